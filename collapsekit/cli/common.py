@@ -1,0 +1,135 @@
+"""What every command shares: consoles, error translation, progress rendering, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from collapsekit.errors import CollapsekitError
+from collapsekit.progress import Message, ProgressEvent, TaskAdvanced, TaskFinished, TaskStarted
+
+__all__ = ["console", "err_console", "handle_errors", "rich_progress", "print_json", "to_jsonable"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Translate :class:`CollapsekitError` into one red line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CollapsekitError as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+@contextmanager
+def rich_progress(quiet: bool = False) -> Iterator[Callable[[ProgressEvent], None]]:
+    """A progress callback that renders library events as rich progress bars on stderr."""
+    if quiet:
+        def noop(event: ProgressEvent) -> None:
+            if isinstance(event, Message) and event.level == "warning":
+                err_console.print(f"[yellow]warning:[/] {event.text}", highlight=False)
+
+        yield noop
+        return
+    progress = Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err_console,
+        transient=False,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def callback(event: ProgressEvent) -> None:
+        if isinstance(event, TaskStarted):
+            tasks[event.task] = progress.add_task(
+                event.description or event.task, total=event.total, info=""
+            )
+        elif isinstance(event, TaskAdvanced) and event.task in tasks:
+            info = "  ".join(f"{k}={_fmt(v)}" for k, v in event.info.items())
+            progress.update(tasks[event.task], advance=event.advance, info=info)
+        elif isinstance(event, TaskFinished) and event.task in tasks:
+            t = tasks.pop(event.task)
+            task = progress.tasks[t] if t < len(progress.tasks) else None
+            if task is not None and task.total is not None:
+                progress.update(t, completed=task.total)
+        elif isinstance(event, Message):
+            style = "yellow" if event.level == "warning" else "dim"
+            prefix = "warning: " if event.level == "warning" else ""
+            progress.console.print(f"[{style}]{prefix}{event.text}[/]", highlight=False)
+
+    with progress:
+        yield callback
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy/torch scalars and arrays, paths and dataclasses to plain JSON data."""
+    import dataclasses
+    from pathlib import Path
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    try:
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            return to_jsonable(obj.detach().cpu().numpy())
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as JSON to stdout and nothing else."""
+    typer.echo(json.dumps(to_jsonable(obj), indent=2))

@@ -1,0 +1,41 @@
+"""Errors a user can act on. The CLI prints their message in one red line and exits 2."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CollapsekitError",
+    "DataError",
+    "LayoutError",
+    "CheckpointError",
+    "InputError",
+    "ConfigError",
+    "TrainingError",
+]
+
+
+class CollapsekitError(Exception):
+    """Base class of every error caused by user input (bad file, bad option, bad data)."""
+
+
+class DataError(CollapsekitError):
+    """A volume, label map or dataset that cannot be used (missing, corrupt, wrong shape)."""
+
+
+class LayoutError(DataError):
+    """A data directory whose structure does not match the expected dataset layout."""
+
+
+class CheckpointError(CollapsekitError):
+    """A checkpoint that cannot be loaded safely or is not recognised."""
+
+
+class InputError(CollapsekitError):
+    """Bad embeddings or arrays given to a diagnostic (shape, dtype, NaN, too few rows)."""
+
+
+class ConfigError(CollapsekitError):
+    """An invalid option or configuration value."""
+
+
+class TrainingError(CollapsekitError):
+    """Training stopped for a reason the user should know (NaN loss, batch larger than data)."""

@@ -1,0 +1,120 @@
+"""2D MONAI ResNet backbones for single-channel CT slices.
+
+MONAI's ResNet with ``spatial_dims=2``, ``n_input_channels=1``, a stride-2 7x7 stem (MONAI defaults
+to stride 1, which costs 4x the compute of the usual ResNet) and bias-free downsample convolutions,
+so state-dict keys and shapes match torchvision-style ResNets (``conv1``, ``bn1``, ``layer1..4``,
+``downsample.0/1``). The classification ``fc`` is dropped.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import resnet as monai_resnet
+from torch import nn
+
+from collapsekit.options import look_up_option
+
+__all__ = ["BACKBONES", "Backbone", "build_backbone"]
+
+#: name -> (block, layers, final width)
+BACKBONES: dict[str, tuple[str, list[int], int]] = {
+    "resnet18": ("basic", [2, 2, 2, 2], 512),
+    "resnet34": ("basic", [3, 4, 6, 3], 512),
+    "resnet50": ("bottleneck", [3, 4, 6, 3], 2048),
+}
+
+
+class Backbone(nn.Module):
+    """A ResNet trunk returning the final feature map or its global average.
+
+    Args:
+        arch: one of ``resnet18``, ``resnet34``, ``resnet50``.
+        in_channels: input channels (1 for CT; 3 for ImageNet-style foreign weights).
+
+    Attributes:
+        arch: the architecture name.
+        out_channels: width ``C`` of the final feature map (512 or 2048).
+        stride: output stride of the final feature map (32 unless dilated).
+    """
+
+    def __init__(self, arch: str = "resnet18", in_channels: int = 1) -> None:
+        super().__init__()
+        arch = look_up_option(arch, BACKBONES, "backbone")
+        block, layers, width = BACKBONES[arch]
+        net = monai_resnet.ResNet(
+            block=block,
+            layers=layers,
+            block_inplanes=[64, 128, 256, 512],
+            spatial_dims=2,
+            n_input_channels=in_channels,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+            shortcut_type="B",
+            bias_downsample=False,
+            feed_forward=False,
+        )
+        self.arch = arch
+        self.in_channels = in_channels
+        self.out_channels = width
+        self.stride = 32
+        # Same attribute names as torchvision so state dicts load key for key.
+        self.conv1 = net.conv1
+        self.bn1 = net.bn1
+        self.act = net.act
+        self.maxpool = net.maxpool
+        self.layer1 = net.layer1
+        self.layer2 = net.layer2
+        self.layer3 = net.layer3
+        self.layer4 = net.layer4
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final feature map. ``x``: ``(B, in_channels, H, W)`` -> ``(B, C, H/stride, W/stride)``."""
+        if x.shape[1] != self.in_channels and self.in_channels == 3 and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # grayscale slice fed to an RGB-pretrained model
+        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled embedding: ``(B, in_channels, H, W)`` -> ``(B, C)``."""
+        return self.forward_features(x).mean(dim=(2, 3))
+
+    def last_norm(self) -> nn.Module:
+        """The final normalisation of the last residual block of the last stage (ZCA placement)."""
+        block = self.layer4[-1]
+        return block.bn3 if hasattr(block, "bn3") else block.bn2
+
+    def set_last_norm(self, module: nn.Module) -> None:
+        """Replace the module returned by :meth:`last_norm` (used to insert ZCA whitening)."""
+        block = self.layer4[-1]
+        if hasattr(block, "bn3"):
+            block.bn3 = module
+        else:
+            block.bn2 = module
+
+    def dilate(self, output_stride: int) -> Backbone:
+        """Turn the last stages' strides into dilations (DeepLab-style), in place.
+
+        ``output_stride`` 16 dilates ``layer4`` (dilation 2); 8 dilates ``layer3`` (2) and
+        ``layer4`` (4), like the r50-d8 of mmsegmentation. Weights are unchanged.
+        """
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        plan = {32: [], 16: [(self.layer4, 2)], 8: [(self.layer3, 2), (self.layer4, 4)]}[output_stride]
+        for layer, dilation in plan:
+            for m in layer.modules():
+                if isinstance(m, nn.Conv2d):
+                    if m.stride == (2, 2):
+                        m.stride = (1, 1)
+                    if m.kernel_size == (3, 3):
+                        m.dilation = (dilation, dilation)
+                        m.padding = (dilation, dilation)
+        self.stride = output_stride
+        return self
+
+
+def build_backbone(arch: str = "resnet18", in_channels: int = 1) -> Backbone:
+    """Build a randomly initialised :class:`Backbone` (see its docstring)."""
+    return Backbone(arch, in_channels)
