@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -24,6 +22,7 @@ from rich.progress import (
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.progress import Message, ProgressEvent, TaskAdvanced, TaskFinished, TaskStarted
+from collapsekit.serialization import to_jsonable
 
 __all__ = ["console", "err_console", "handle_errors", "rich_progress", "print_json", "to_jsonable"]
 
@@ -61,6 +60,7 @@ def _fmt(v: Any) -> str:
 def rich_progress(quiet: bool = False) -> Iterator[Callable[[ProgressEvent], None]]:
     """A progress callback that renders library events as rich progress bars on stderr."""
     if quiet:
+
         def noop(event: ProgressEvent) -> None:
             if isinstance(event, Message) and event.level == "warning":
                 err_console.print(f"[yellow]warning:[/] {event.text}", highlight=False)
@@ -99,35 +99,6 @@ def rich_progress(quiet: bool = False) -> Iterator[Callable[[ProgressEvent], Non
 
     with progress:
         yield callback
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy/torch scalars and arrays, paths and dataclasses to plain JSON data."""
-    import dataclasses
-    from pathlib import Path
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return to_jsonable(obj.item())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    try:
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            return to_jsonable(obj.detach().cpu().numpy())
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 def print_json(obj: Any) -> None:

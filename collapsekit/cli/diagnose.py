@@ -1,0 +1,230 @@
+"""``collapsekit spectrum`` and ``collapsekit similarity``: collapse diagnostics of any model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from collapsekit.cli.app import app
+from collapsekit.cli.common import console, handle_errors, print_json, rich_progress
+
+InputsArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="Checkpoints, run directories, embeddings files (.npy/.npz/.pt tensor) or random:ARCH.",
+        show_default=False,
+    ),
+]
+DatasetOpt = Annotated[str, typer.Option(help="phantom | btcv | abdomenct1k | folder")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Dataset root on disk.")]
+SamplesOpt = Annotated[int, typer.Option(help="Slices to embed (evenly spaced).")]
+ImageSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--image-size", help="Slice size fed to models (default: the checkpoint's, else 128)."
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | auto")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the JSON result to stdout and nothing else.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+DropOpt = Annotated[
+    bool, typer.Option("--drop-nonfinite", help="Drop rows with NaN/inf instead of failing.")
+]
+
+
+def _device(device: str) -> str:
+    import torch
+
+    from collapsekit.options import look_up_option
+
+    device = look_up_option(device, ("auto", "cpu", "cuda"), "device")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        from collapsekit.errors import ConfigError
+
+        raise ConfigError("--device cuda requested but no CUDA device is available")
+    return device
+
+
+@app.command()
+@handle_errors
+def spectrum(
+    inputs: InputsArg,
+    dataset: DatasetOpt = "phantom",
+    data_dir: DataDirOpt = None,
+    samples: SamplesOpt = 2048,
+    dense: Annotated[
+        bool, typer.Option("--dense", help="Per-location features of the final map.")
+    ] = False,
+    head: Annotated[
+        bool, typer.Option("--head", help="Projector output instead of the backbone.")
+    ] = False,
+    normalize: Annotated[
+        bool, typer.Option("--normalize/--no-normalize", help="L2-normalise rows first.")
+    ] = True,
+    image_size: ImageSizeOpt = None,
+    out: Annotated[Path, typer.Option(help="Where spectrum.png and spectrum.json go.")] = Path("."),
+    device: DeviceOpt = "auto",
+    drop_nonfinite: DropOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Singular spectrum, effective rank, α-ReQ and friends of embeddings (Jing et al. 2022)."""
+    from collapsekit.diagnostics.report import DataSpec, spectrum_analysis
+    from collapsekit.errors import ConfigError
+    from collapsekit.plotting import plot_spectrum, save_figure
+    from collapsekit.serialization import write_json
+
+    if dense and head:
+        raise ConfigError("--dense and --head are exclusive")
+    mode = "dense" if dense else "head" if head else "backbone"
+    data = DataSpec(
+        dataset=dataset,
+        data_dir=str(data_dir) if data_dir else None,
+        samples=samples,
+        image_size=image_size,
+    )
+    with rich_progress(quiet or json_out) as progress:
+        results = spectrum_analysis(
+            inputs,
+            data,
+            mode=mode,
+            normalize=normalize,
+            device=_device(device),
+            drop_nonfinite=drop_nonfinite,
+            progress=progress,
+        )
+    payload = {"mode": mode, "normalized": normalize, "results": [r.to_dict() for r in results]}
+    write_json(payload, out / "spectrum.json")
+    fig, _ = plot_spectrum(results, title=f"Embedding spectrum ({mode})")
+    save_figure(fig, out / "spectrum.png")
+    if json_out:
+        print_json(payload)
+        return
+    table = Table(title=f"Embedding spectrum ({mode}{', L2-normalised' if normalize else ''})")
+    for col in (
+        "input",
+        "N",
+        "D",
+        "eff. rank (centred)",
+        "eff. rank (raw)",
+        "α",
+        "R²",
+        "std L2",
+        "top-1 var",
+        "top-10 var",
+        "num. rank",
+    ):
+        table.add_column(col, justify="left" if col == "input" else "right")
+    notes = []
+    for r in results:
+        table.add_row(
+            r.name,
+            str(r.n),
+            str(r.d),
+            f"{r.effective_rank_centered:.1f}",
+            f"{r.effective_rank_uncentered:.1f}",
+            f"{r.alpha:.2f}",
+            f"{r.alpha_r2:.2f}",
+            f"{r.std_l2:.4f}",
+            f"{r.top1_variance:.1%}",
+            f"{r.top10_variance:.1%}",
+            f"{r.numerical_rank}/{r.rank_bound}",
+        )
+        if r.d > r.n - 1:
+            notes.append(
+                f"{r.name}: D={r.d} > N-1={r.n - 1}, so every rank is bounded by N-1 = {r.n - 1}"
+            )
+    console.print(table)
+    for n in notes:
+        console.print(f"[yellow]note:[/] {n}")
+    console.print(
+        "std L2 ≈ 1/√D for healthy embeddings, → 0 when collapsed "
+        f"(1/√D = {1 / results[0].d ** 0.5:.4f} for D={results[0].d})."
+    )
+    console.print(f"wrote {out / 'spectrum.png'} and {out / 'spectrum.json'}")
+
+
+@app.command()
+@handle_errors
+def similarity(
+    inputs: InputsArg,
+    pixels: Annotated[
+        bool, typer.Option("--pixels", help="Also the cosine similarity of the slices' pixels.")
+    ] = False,
+    dataset: DatasetOpt = "phantom",
+    data_dir: DataDirOpt = None,
+    samples: SamplesOpt = 2048,
+    image_size: ImageSizeOpt = None,
+    out: Annotated[Path, typer.Option(help="Where similarity.png and similarity.json go.")] = Path(
+        "."
+    ),
+    device: DeviceOpt = "auto",
+    drop_nonfinite: DropOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Inter-image cosine similarity of embeddings (same vs different volume) and of pixels."""
+    from collapsekit.diagnostics.report import DataSpec, similarity_analysis
+    from collapsekit.plotting import plot_similarity, save_figure
+    from collapsekit.serialization import write_json
+
+    data = DataSpec(
+        dataset=dataset,
+        data_dir=str(data_dir) if data_dir else None,
+        samples=samples,
+        image_size=image_size,
+    )
+    with rich_progress(quiet or json_out) as progress:
+        results = similarity_analysis(
+            inputs,
+            data,
+            pixels=pixels,
+            device=_device(device),
+            drop_nonfinite=drop_nonfinite,
+            progress=progress,
+        )
+    payload = {"results": [r.to_dict() for r in results]}
+    write_json(payload, out / "similarity.json")
+    fig, _ = plot_similarity(results)
+    save_figure(fig, out / "similarity.png")
+    if json_out:
+        print_json(payload)
+        return
+    table = Table(title="Inter-image cosine similarity")
+    for col in (
+        "input",
+        "pairs",
+        "mean",
+        "std",
+        "median",
+        "q05",
+        "q95",
+        "same volume",
+        "different volume",
+    ):
+        table.add_column(col, justify="left" if col == "input" else "right")
+    for r in results:
+        d = r.to_dict()
+        same = d.get("same_volume") or {}
+        diff = d.get("different_volume") or {}
+        q = d["quantiles"]
+        table.add_row(
+            r.name,
+            str(r.n_pairs),
+            f"{r.mean:.3f}",
+            f"{r.std:.3f}",
+            f"{q.get('q50', float('nan')):.3f}",
+            f"{q.get('q05', float('nan')):.3f}",
+            f"{q.get('q95', float('nan')):.3f}",
+            f"{same['mean']:.3f}" if same else "-",
+            f"{diff['mean']:.3f}" if diff else "-",
+        )
+    console.print(table)
+    console.print(f"wrote {out / 'similarity.png'} and {out / 'similarity.json'}")

@@ -1,0 +1,128 @@
+"""``collapsekit train``: pretrain MoCo v2 (+ local, + ZCA) and monitor collapse live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from collapsekit.cli.app import app
+from collapsekit.cli.common import console, err_console, handle_errors, rich_progress
+
+
+@app.command(no_args_is_help=False)
+@handle_errors
+def train(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML config file; flags override it.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="phantom | abdomenct1k | btcv | folder")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Dataset root on disk.")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="mocov2 | local | zca | local+zca")] = None,
+    backbone: Annotated[str | None, typer.Option(help="resnet18 | resnet34 | resnet50")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs over the training slices.")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Total optimiser steps (overrides --epochs).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Global batch size.")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Training view size (px).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Base LR (default 0.03·B/256).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/<time>-<method>-<arch>).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out (or runs/latest).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run already in --out.")
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="DataLoader workers per process.")
+    ] = None,
+    stop_after: Annotated[
+        int | None,
+        typer.Option("--stop-after", help="Stop after this many total steps (resume later)."),
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", help="Also checkpoint every N steps.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")
+    ] = False,
+) -> None:
+    """Pretrain on CT slices and write a run directory (checkpoint, config, metrics, spectrum).
+
+    Works under torchrun: `torchrun --nproc_per_node 2 -m collapsekit train ...`.
+    """
+    import os
+
+    from collapsekit.train.config import config_from_dict, load_config
+    from collapsekit.train.loop import train as run_training
+
+    overrides = dict(
+        dataset=dataset,
+        data_dir=str(data_dir) if data_dir else None,
+        epochs=epochs,
+        steps=steps,
+        batch_size=batch_size,
+        image_size=image_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        num_workers=workers,
+        stop_after=stop_after,
+        checkpoint_every=checkpoint_every,
+        model={"method": method, "arch": backbone},
+    )
+    cfg = load_config(config, **overrides) if config else config_from_dict({}, **overrides)
+    if resume and out is None:
+        latest = Path("runs/latest")
+        if not latest.exists():
+            from collapsekit.errors import ConfigError
+
+            raise ConfigError("--resume needs --out DIR (no runs/latest to continue)")
+        out = latest.resolve()
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if not quiet and is_main and not resume:
+        _print_config(cfg)
+    with rich_progress(quiet or not is_main) as progress:
+        result = run_training(cfg, out, resume=resume, overwrite=overwrite, progress=progress)
+    if quiet or not is_main:
+        return
+    last = result.history[-1] if result.history else {}
+    state = "finished" if result.finished else f"stopped at step {result.step}/{result.total_steps}"
+    console.print(f"[green]{state}[/] — run directory [bold]{result.run_dir}[/]")
+    if last:
+        console.print(
+            f"final loss {last['loss']:.4f}, effective rank {last['effective_rank']:.1f} "
+            f"(α={last['alpha']:.2f}), {last['images_per_s']:.1f} img/s"
+        )
+    if result.finished:
+        console.print(f"spectrum: {result.run_dir / 'spectrum.png'}")
+    else:
+        err_console.print(f"continue with: collapsekit train --resume --out {result.run_dir}")
+
+
+def _print_config(cfg: object) -> None:
+    from collapsekit.train.config import config_to_dict
+
+    data = config_to_dict(cfg)  # type: ignore[arg-type]
+    table = Table(title="effective configuration", show_header=False, box=None)
+    model = data.pop("model")
+    for k, v in data.items():
+        table.add_row(k, str(v))
+    for k, v in model.items():
+        table.add_row(f"model.{k}", str(v))
+    console.print(table)

@@ -1,0 +1,191 @@
+"""Embeddings of a model over CT slices: pooled backbone output, projector output, dense features.
+
+Extraction runs under ``torch.no_grad()`` with the model in eval mode (BatchNorm and ZCA use their
+running statistics). Slices are chosen deterministically (evenly spaced over the usable slices of all
+volumes), resized to ``image_size`` and batched.
+
+What is reported for a whitened model: with ZCA before the projector, the pooled backbone output is
+the feature *entering* the whitening layer; whitened output is flat by construction and says nothing.
+With ZCA inside the last residual block the backbone output is the sum of a whitened branch and the
+identity path followed by ReLU, so it is not trivially white and is reported as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from collapsekit.data.volume import Volume
+from collapsekit.errors import InputError
+from collapsekit.options import look_up_option
+from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
+
+__all__ = [
+    "Embeddings",
+    "MODES",
+    "select_slices",
+    "slice_tensor",
+    "extract_embeddings",
+    "pixel_vectors",
+]
+
+MODES = ("backbone", "head", "dense")
+
+
+@dataclass
+class Embeddings:
+    """Embeddings with their provenance.
+
+    Attributes:
+        name: model name.
+        mode: ``backbone`` (pooled), ``head`` (projector output) or ``dense`` (per location).
+        z: float32 ``(N, D)``.
+        volume: ``(N,)`` index of the source volume of each row (for same/different-volume splits).
+        slice: ``(N,)`` slice index of each row.
+    """
+
+    name: str
+    mode: str
+    z: np.ndarray
+    volume: np.ndarray
+    slice: np.ndarray
+
+
+def select_slices(volumes: Sequence[Volume], samples: int | None) -> list[tuple[int, int]]:
+    """Deterministic, evenly spaced ``(volume, slice)`` pairs over all usable slices."""
+    index = [(v, int(s)) for v, vol in enumerate(volumes) for s in vol.slices]
+    if not index:
+        raise InputError("no usable slices in the selected volumes (all slices had almost no body)")
+    if samples is None or samples >= len(index):
+        return index
+    pick = np.linspace(0, len(index) - 1, num=samples).round().astype(int)
+    return [index[i] for i in pick]
+
+
+def slice_tensor(
+    volumes: Sequence[Volume], index: Sequence[tuple[int, int]], image_size: int
+) -> torch.Tensor:
+    """Stack slices into ``(B, 1, S, S)`` float32, resized (bilinear, antialiased) to ``image_size``."""
+    out = []
+    for v, s in index:
+        img = torch.from_numpy(np.ascontiguousarray(volumes[v].image[..., s], dtype=np.float32))
+        img = img[None, None]
+        if img.shape[-2:] != (image_size, image_size):
+            img = F.interpolate(
+                img,
+                size=(image_size, image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+        out.append(img[0])
+    return torch.stack(out)
+
+
+def _model_parts(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    backbone = getattr(model, "backbone", model)
+    encoder = getattr(model, "encoder", None)
+    return backbone, encoder
+
+
+@torch.no_grad()
+def extract_embeddings(
+    model: nn.Module,
+    volumes: Sequence[Volume],
+    *,
+    image_size: int = 128,
+    samples: int | None = 2048,
+    mode: str = "backbone",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    max_locations: int | None = 64,
+    name: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> Embeddings:
+    """Embed CT slices with ``model``.
+
+    Args:
+        model: a :class:`~collapsekit.diagnostics.loading.LoadedModel`, a collapsekit ``Encoder``, or
+            any backbone with ``forward`` (pooled) and ``forward_features`` (map).
+        volumes: preprocessed volumes.
+        image_size: slices are resized to ``image_size``².
+        samples: number of slices (evenly spaced); ``None`` for all.
+        mode: ``backbone`` (global-average-pooled final map, ``(N, C)``), ``head`` (projector output;
+            needs a collapsekit checkpoint) or ``dense`` (per-location features of the final map,
+            ``(N·h·w, C)``, at most ``max_locations`` evenly spaced locations per slice).
+        batch_size: slices per forward pass.
+        device: where to run.
+        name: label for the result (defaults to the model's name).
+        progress: progress callback (events ``extract``).
+
+    Returns:
+        :class:`Embeddings`.
+    """
+    mode = look_up_option(mode, MODES, "embedding mode")
+    backbone, encoder = _model_parts(model)
+    if mode == "head" and encoder is None:
+        raise InputError("--head needs a collapsekit checkpoint (this model has no projector)")
+    if encoder is not None and not hasattr(model, "backbone"):
+        encoder = model  # an Encoder passed directly
+    label = name or getattr(model, "name", None) or type(model).__name__
+    index = select_slices(volumes, samples)
+    was_training = [(m, m.training) for m in (backbone, encoder) if m is not None]
+    for m, _ in was_training:
+        m.eval()
+    zs: list[np.ndarray] = []
+    vols: list[np.ndarray] = []
+    sls: list[np.ndarray] = []
+    emit(progress, TaskStarted("extract", total=len(index), description=f"embedding {label}"))
+    try:
+        for start in range(0, len(index), batch_size):
+            chunk = index[start : start + batch_size]
+            x = slice_tensor(volumes, chunk, image_size).to(device)
+            v = np.array([c[0] for c in chunk])
+            s = np.array([c[1] for c in chunk])
+            if mode == "backbone":
+                z = backbone(x)
+            elif mode == "head":
+                assert encoder is not None
+                z = encoder(x)
+            else:
+                fmap = backbone.forward_features(x)  # B×C×h×w
+                b, c, h, w = fmap.shape
+                flat = fmap.permute(0, 2, 3, 1).reshape(b, h * w, c)
+                if max_locations is not None and h * w > max_locations:
+                    keep = (
+                        torch.linspace(0, h * w - 1, max_locations).round().long().to(flat.device)
+                    )
+                    flat = flat[:, keep]
+                n_loc = flat.shape[1]
+                z = flat.reshape(b * n_loc, c)
+                v = np.repeat(v, n_loc)
+                s = np.repeat(s, n_loc)
+            zs.append(z.float().cpu().numpy())
+            vols.append(v)
+            sls.append(s)
+            emit(progress, TaskAdvanced("extract", advance=len(chunk)))
+    finally:
+        for m, flag in was_training:
+            m.train(flag)
+    emit(progress, TaskFinished("extract"))
+    return Embeddings(
+        name=label,
+        mode=mode,
+        z=np.concatenate(zs),
+        volume=np.concatenate(vols),
+        slice=np.concatenate(sls),
+    )
+
+
+def pixel_vectors(
+    volumes: Sequence[Volume], samples: int | None = 2048, size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened, downsampled slices ``(N, size²)`` and their volume ids: pixel-space similarity."""
+    index = select_slices(volumes, samples)
+    x = slice_tensor(volumes, index, size)
+    return x.reshape(len(index), -1).numpy(), np.array([i[0] for i in index])

@@ -1,0 +1,184 @@
+"""End-to-end diagnostics behind ``collapsekit spectrum`` and ``collapsekit similarity``.
+
+Each input is a model (collapsekit checkpoint or run directory, foreign checkpoint, ``random:ARCH``)
+whose embeddings are extracted over a dataset, or a file of embeddings (``.npy``, ``.npz``, ``.pt``
+tensor) used as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from collapsekit.data.volume import Volume
+from collapsekit.diagnostics.extract import Embeddings, extract_embeddings, pixel_vectors
+from collapsekit.diagnostics.loading import LoadedModel, load_model
+from collapsekit.errors import InputError
+from collapsekit.progress import ProgressCallback
+from collapsekit.serialization import write_json
+
+__all__ = [
+    "DataSpec",
+    "EMBEDDING_SUFFIXES",
+    "is_embeddings_file",
+    "load_input",
+    "load_eval_volumes",
+    "embeddings_for",
+    "spectrum_analysis",
+    "similarity_analysis",
+    "write_json",
+]
+
+EMBEDDING_SUFFIXES = (".npy", ".npz")
+CHUNK = 16384
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which slices models are evaluated on (diagnostics default: a phantom of 48 cases)."""
+
+    dataset: str = "phantom"
+    data_dir: str | None = None
+    split: str = "all"
+    samples: int | None = 2048
+    image_size: int | None = None
+    phantom_cases: int = 48
+    seed: int = 0
+
+
+def is_embeddings_file(spec: str) -> bool:
+    return Path(spec).suffix.lower() in EMBEDDING_SUFFIXES
+
+
+def load_input(spec: str, device: str | torch.device = "cpu") -> LoadedModel | np.ndarray:
+    """A model, or an ``(N, D)`` array when ``spec`` is an embeddings file (``.pt``: a bare tensor)."""
+    from collapsekit.diagnostics import load_embeddings
+
+    if is_embeddings_file(spec):
+        return load_embeddings(spec)
+    if Path(spec).suffix.lower() in (".pt", ".pth") and Path(spec).is_file():
+        from collapsekit.train.checkpoint import safe_torch_load
+
+        try:
+            obj = safe_torch_load(spec)
+        except Exception as e:  # re-raise as the embeddings loader words it for tensors
+            raise InputError(str(e)) from None
+        if isinstance(obj, torch.Tensor):
+            return load_embeddings(spec)
+    return load_model(spec, device=device)
+
+
+def load_eval_volumes(data: DataSpec, progress: ProgressCallback | None = None) -> list[Volume]:
+    """Preprocessed volumes of ``data.dataset`` (every case with an image by default)."""
+    from collapsekit.data import PhantomConfig, load_split
+
+    phantom = PhantomConfig(cases=data.phantom_cases, seed=data.seed + 1000, validation=0)
+    return load_split(data.dataset, data.data_dir, data.split, phantom=phantom, progress=progress)
+
+
+def _name(spec: str) -> str:
+    p = Path(spec)
+    if spec.startswith("random:"):
+        return spec
+    if p.name == "checkpoint.pt":
+        return p.parent.name
+    return p.stem if p.suffix else p.name
+
+
+def embeddings_for(
+    specs: Sequence[str],
+    data: DataSpec,
+    *,
+    mode: str = "backbone",
+    device: str | torch.device = "cpu",
+    drop_nonfinite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> list[Embeddings]:
+    """Load each input; extract model embeddings over ``data`` (volumes loaded once)."""
+    from collapsekit.diagnostics import as_embeddings
+
+    loaded = [(s, load_input(s, device)) for s in specs]
+    volumes: list[Volume] | None = None
+    out: list[Embeddings] = []
+    for spec, obj in loaded:
+        if isinstance(obj, np.ndarray):
+            z = as_embeddings(obj, name=spec, drop_nonfinite=drop_nonfinite).cpu().numpy()
+            n = len(z)
+            out.append(Embeddings(_name(spec), "file", z, np.zeros(n, dtype=int), np.arange(n)))
+            continue
+        if volumes is None:
+            volumes = load_eval_volumes(data, progress)
+        size = data.image_size or obj.image_size or 128
+        emb = extract_embeddings(
+            obj,
+            volumes,
+            image_size=size,
+            samples=data.samples,
+            mode=mode,
+            device=device,
+            name=_name(spec),
+            progress=progress,
+        )
+        emb.z = as_embeddings(emb.z, name=spec, drop_nonfinite=drop_nonfinite).cpu().numpy()
+        out.append(emb)
+    return out
+
+
+def spectrum_analysis(
+    specs: Sequence[str],
+    data: DataSpec = DataSpec(),
+    *,
+    mode: str = "backbone",
+    normalize: bool = True,
+    device: str | torch.device = "cpu",
+    drop_nonfinite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> list[Any]:
+    """Spectrum reports (:class:`~collapsekit.diagnostics.SpectrumResult`) of every input."""
+    from collapsekit.diagnostics import SpectrumAccumulator, spectrum_report
+
+    results = []
+    for emb in embeddings_for(
+        specs, data, mode=mode, device=device, drop_nonfinite=drop_nonfinite, progress=progress
+    ):
+        name = emb.name if mode == "backbone" or emb.mode == "file" else f"{emb.name} [{mode}]"
+        if len(emb.z) > CHUNK:
+            acc = SpectrumAccumulator(emb.z.shape[1], normalize=normalize, name=name)
+            for i in range(0, len(emb.z), CHUNK):
+                acc.update(emb.z[i : i + CHUNK])
+            results.append(acc.compute())
+        else:
+            results.append(spectrum_report(emb.z, name=name, normalize=normalize))
+    return results
+
+
+def similarity_analysis(
+    specs: Sequence[str],
+    data: DataSpec = DataSpec(),
+    *,
+    pixels: bool = False,
+    mode: str = "backbone",
+    device: str | torch.device = "cpu",
+    drop_nonfinite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> list[Any]:
+    """Inter-image cosine similarity of each input's embeddings (and of the pixels with ``pixels``)."""
+    from collapsekit.diagnostics import pairwise_cosine_stats
+
+    results = []
+    embs = embeddings_for(
+        specs, data, mode=mode, device=device, drop_nonfinite=drop_nonfinite, progress=progress
+    )
+    for emb in embs:
+        groups = emb.volume if emb.mode != "file" else None
+        results.append(pairwise_cosine_stats(emb.z, groups=groups, name=emb.name))
+    if pixels:
+        volumes = load_eval_volumes(data, progress)
+        x, vol = pixel_vectors(volumes, data.samples, size=64)
+        results.insert(0, pairwise_cosine_stats(x, groups=vol, name="pixels (64x64)"))
+    return results
