@@ -1,0 +1,59 @@
+"""CT data: phantom, dataset layouts, preprocessing and caching, slice datasets, two-view augmentation.
+
+Typical use::
+
+    from collapsekit.data import PhantomConfig, TwoViewTransform, load_split, pretrain_dataset
+
+    volumes = load_split("phantom", split="all", phantom=PhantomConfig(cases=12))
+    ds = pretrain_dataset(volumes, TwoViewTransform(size=128))
+"""
+
+from __future__ import annotations
+
+from collapsekit.data.augment import TwoViewTransform, crop_grid, resized_crop, sample_crop_box
+from collapsekit.data.cache import clear_cache, memory_cache_info
+from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS, BTCV_TO_ABDOMENCT1K
+from collapsekit.data.layouts import DATASETS, SPLITS, DatasetIndex, discover
+from collapsekit.data.loading import check_dataset, load_split, load_volumes, voxel_spacing
+from collapsekit.data.phantom import (
+    PhantomConfig,
+    generate_phantom,
+    phantom_case_seed,
+    write_phantom_dataset,
+)
+from collapsekit.data.preprocess import PreprocessConfig, window
+from collapsekit.data.slices import SliceDataset, pretrain_dataset, resize_label, resize_slice
+from collapsekit.data.volume import CaseRecord, Volume, radiological_view
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "BTCV_LABELS",
+    "ABDOMENCT1K_LABELS",
+    "BTCV_TO_ABDOMENCT1K",
+    "CaseRecord",
+    "Volume",
+    "DatasetIndex",
+    "PhantomConfig",
+    "PreprocessConfig",
+    "SliceDataset",
+    "TwoViewTransform",
+    "discover",
+    "load_volumes",
+    "load_split",
+    "check_dataset",
+    "generate_phantom",
+    "phantom_case_seed",
+    "write_phantom_dataset",
+    "pretrain_dataset",
+    "resized_crop",
+    "crop_grid",
+    "sample_crop_box",
+    "resize_slice",
+    "resize_label",
+    "radiological_view",
+    "window",
+    "voxel_spacing",
+    "clear_cache",
+    "memory_cache_info",
+]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CaseRecord", "Volume"]
+__all__ = ["CaseRecord", "Volume", "radiological_view"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,10 @@ class Volume:
         label: integer ``(H, W, Z)`` label map (BTCV ids) or ``None``.
         affine: ``(4, 4)`` voxel-to-world affine of the preprocessed volume.
         source_affine: affine of the file as it was read (for writing predictions back).
-        slices: indices along the last axis that hold enough body to be used.
+        slices: int64 indices along the last axis that hold enough body to be used.
+
+    Volumes returned by ``load_volumes`` are shared with its cache: their arrays are read-only and
+    stored in Fortran order, so each axial slice ``image[:, :, z]`` is contiguous in memory.
     """
 
     case_id: str
@@ -43,3 +46,15 @@ class Volume:
     slices: np.ndarray
     source_affine: np.ndarray | None = None
     source_path: Path | None = None
+
+
+def radiological_view(slice_ras: np.ndarray) -> np.ndarray:
+    """Turn an axial slice of a RAS volume ``(H, W)`` into the radiological display convention.
+
+    A RAS slice ``volume.image[:, :, z]`` has rows running towards the patient's Right and columns
+    towards Anterior. Radiologists look at an axial slice from the feet: anterior at the top and the
+    patient's right on the left of the screen. The display is ``slice[::-1, ::-1].T``: display row
+    ``r`` is ``y = W - 1 - r`` (anterior first) and display column ``c`` is ``x = H - 1 - c`` (right
+    first). Works on any trailing-2D array (image or label).
+    """
+    return np.asarray(slice_ras)[::-1, ::-1].T

@@ -1,0 +1,135 @@
+"""Map-style dataset of axial slices over preprocessed volumes.
+
+Indexed by ``(volume, slice)`` so a shuffled DataLoader mixes slices of all volumes in one batch
+(an iterable patch stream would put adjacent, near-identical slices together as negatives). The
+volumes are decoded once (see :func:`~collapsekit.data.loading.load_volumes`), so epochs never
+re-read ``.nii.gz`` files.
+
+A slice is ``volume.image[:, :, z]`` in the volume's array layout (RAS: rows run towards the
+patient's Right, columns towards Anterior); use
+:func:`~collapsekit.data.volume.radiological_view` to display it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from collapsekit.data.augment import TwoViewTransform
+from collapsekit.data.volume import Volume
+from collapsekit.errors import ConfigError, DataError
+
+__all__ = ["SliceDataset", "pretrain_dataset", "resize_slice", "resize_label"]
+
+
+def resize_slice(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``(C, H, W)`` to ``(C, size, size)``: bilinear, ``align_corners=False``, anti-aliased."""
+    if image.shape[-2:] == (size, size):
+        return image
+    return F.interpolate(
+        image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )[0]
+
+
+def resize_label(label: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize an ``(H, W)`` label map to ``(size, size)`` with nearest neighbour (pixel centres, ``nearest-exact``)."""
+    if label.shape[-2:] == (size, size):
+        return label
+    return F.interpolate(label[None, None].float(), size=(size, size), mode="nearest-exact")[
+        0, 0
+    ].to(label.dtype)
+
+
+class SliceDataset(Dataset):
+    """Axial slices of preprocessed volumes.
+
+    Args:
+        volumes: preprocessed volumes; only their :attr:`Volume.slices` are used.
+        image_size: resize every slice to ``(image_size, image_size)`` (image bilinear and
+            anti-aliased, label nearest); ``None`` keeps the volume's in-plane size.
+        with_label: also return the label map (volumes must have labels).
+        transform: applied to the ``(1, H, W)`` image tensor (after ``image_size`` resizing); its
+            dict output is returned, merged with ``volume`` and ``slice`` (and ``label``).
+
+    Attributes:
+        index: ``(volume index, slice index)`` pairs, in volume order then slice order.
+
+    Items are ``{"image": float32 (1, S, S), "label": int64 (S, S) (if with_label), "volume": int,
+    "slice": int}``, or ``transform(image) | {"volume", "slice"}`` when a transform is given.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Volume],
+        *,
+        image_size: int | None = None,
+        with_label: bool = False,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+    ) -> None:
+        if image_size is not None and image_size < 1:
+            raise ConfigError(f"image_size must be >= 1, got {image_size}")
+        if with_label:
+            missing = [v.case_id for v in volumes if v.label is None]
+            if missing:
+                raise DataError(
+                    f"with_label=True but case {missing[0]} has no label map ({len(missing)} cases without labels)"
+                )
+        self.volumes = list(volumes)
+        self.image_size = image_size
+        self.with_label = with_label
+        self.transform = transform
+        self.index: list[tuple[int, int]] = [
+            (vi, int(z)) for vi, v in enumerate(self.volumes) for z in v.slices
+        ]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __repr__(self) -> str:
+        return (
+            f"SliceDataset({len(self.volumes)} volumes, {len(self)} slices, image_size={self.image_size}, "
+            f"with_label={self.with_label}, transform={self.transform!r})"
+        )
+
+    def slice_image(self, i: int) -> torch.Tensor:
+        """The float32 ``(1, S, S)`` image of item ``i`` before any transform."""
+        vi, z = self.index[i]
+        img = torch.from_numpy(np.array(self.volumes[vi].image[:, :, z], dtype=np.float32))[None]
+        return resize_slice(img, self.image_size) if self.image_size is not None else img
+
+    def slice_label(self, i: int) -> torch.Tensor:
+        """The int64 ``(S, S)`` label map of item ``i``."""
+        vi, z = self.index[i]
+        label = self.volumes[vi].label
+        if label is None:
+            raise DataError(f"case {self.volumes[vi].case_id} has no label map")
+        lab = torch.from_numpy(np.array(label[:, :, z], dtype=np.int64))
+        return resize_label(lab, self.image_size) if self.image_size is not None else lab
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"slice index {i} out of range for {len(self)} slices")
+        i = i % len(self)
+        vi, z = self.index[i]
+        image = self.slice_image(i)
+        out: dict[str, Any]
+        if self.transform is not None:
+            result = self.transform(image)
+            out = dict(result) if isinstance(result, dict) else {"image": result}
+        else:
+            out = {"image": image}
+        if self.with_label:
+            out["label"] = self.slice_label(i)
+        out["volume"] = vi
+        out["slice"] = z
+        return out
+
+
+def pretrain_dataset(volumes: Sequence[Volume], transform: TwoViewTransform) -> SliceDataset:
+    """Slices of ``volumes`` fed through a two-view transform (no labels), for contrastive pretraining."""
+    return SliceDataset(volumes, transform=transform)

@@ -1,0 +1,178 @@
+"""Preprocessing: HU window values, RAS orientation, resampling, slice selection, bad inputs."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from collapsekit.data import (
+    CaseRecord,
+    PreprocessConfig,
+    load_volumes,
+    radiological_view,
+    voxel_spacing,
+    window,
+)
+from collapsekit.errors import ConfigError, DataError
+
+
+def _load(path, label=None, cfg=PreprocessConfig()):
+    return load_volumes([CaseRecord(path.name, path, label)], cfg)[0]
+
+
+def test_window_closed_form():
+    hu = np.array([-1000.0, -175.0, 37.5, 250.0, 1000.0])
+    np.testing.assert_allclose(window(hu), [0.0, 0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(window(np.array([-100.0, 0.0, 50.0]), -100, 100), [0.0, 0.5, 0.75])
+
+
+def test_window_values_through_loader(tmp_path, nifti):
+    vol = np.full((4, 4, 3), 0.0, dtype=np.float32)
+    vol[0, 0, :], vol[1, 0, :], vol[2, 0, :], vol[3, 0, :] = -1000, -175, 37.5, 250
+    vol[0, 1, :], vol[1, 1, :] = 1000, -47.5  # -47.5 -> 0.3
+    v = _load(nifti(tmp_path / "w.nii.gz", vol))
+    np.testing.assert_allclose(v.image[:, 0, 0], [0.0, 0.0, 0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(v.image[:2, 1, 0], [1.0, 0.3], atol=1e-6)
+    np.testing.assert_allclose(v.image[:, :, 1], window(vol[:, :, 1]), atol=1e-6)
+    assert v.image.dtype == np.float32 and not v.image.flags.writeable
+    custom = _load(tmp_path / "w.nii.gz", cfg=PreprocessConfig(a_min=-1000, a_max=1000))
+    np.testing.assert_allclose(custom.image[:, 0, 0], [0.0, 0.4125, 0.51875, 0.625], atol=1e-6)
+
+
+def test_orientation_to_ras(tmp_path, nifti, ct):
+    """An LPS-stored file (like many BTCV volumes) loads to the same RAS array as a RAS file."""
+    ras = ct(1, (6, 5, 3))
+    lab = (ras > 100).astype(np.uint8)
+    aff_ras = np.diag([0.8, 0.7, 2.5, 1.0])
+    aff_ras[:3, 3] = [-10.0, -20.0, 5.0]
+    # Same voxels stored with axes 0 and 1 reversed: world = aff_lps @ index.
+    aff_lps = aff_ras.copy()
+    aff_lps[0, 0], aff_lps[1, 1] = -0.8, -0.7
+    aff_lps[0, 3] = -10.0 + 0.8 * 5
+    aff_lps[1, 3] = -20.0 + 0.7 * 4
+    a = _load(nifti(tmp_path / "ras.nii.gz", ras), nifti(tmp_path / "ras_l.nii.gz", lab, aff_ras))
+    b = _load(
+        nifti(tmp_path / "lps.nii.gz", ras[::-1, ::-1].copy(), aff_lps),
+        nifti(tmp_path / "lps_l.nii.gz", lab[::-1, ::-1].copy(), aff_lps),
+    )
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.label, b.label)
+    np.testing.assert_allclose(b.affine, aff_ras)
+    np.testing.assert_allclose(b.source_affine, aff_lps)
+    np.testing.assert_allclose(voxel_spacing(b.affine), [0.8, 0.7, 2.5])
+
+
+def test_radiological_view():
+    s = np.zeros((4, 3))
+    s[3, 2] = 1  # most Right (x index H-1), most Anterior (y index W-1)
+    s[0, 0] = 2  # most Left, most Posterior
+    d = radiological_view(s)
+    assert d.shape == (3, 4)
+    assert d[0, 0] == 1 and d[-1, -1] == 2  # anterior-right at the top-left of the screen
+
+
+def test_slice_selection(tmp_path, nifti):
+    vol = np.full((10, 10, 5), -1000, dtype=np.int16)
+    vol[2:8, 2:8, 1] = 40  # 36% body
+    vol[4:6, 4:6, 2] = 40  # 4% body: below the default 5%
+    vol[0:5, :, 3] = -400  # 50% above the -500 HU body threshold
+    v = _load(nifti(tmp_path / "s.nii.gz", vol))
+    np.testing.assert_array_equal(v.slices, [1, 3])
+    assert v.slices.dtype == np.int64
+    v = _load(tmp_path / "s.nii.gz", cfg=PreprocessConfig(min_body_fraction=0.0))
+    np.testing.assert_array_equal(v.slices, [0, 1, 2, 3, 4])
+    v = _load(tmp_path / "s.nii.gz", cfg=PreprocessConfig(min_body_fraction=0.4))
+    np.testing.assert_array_equal(v.slices, [3])
+
+
+def test_in_plane_resize_and_spacing(tmp_path, nifti, ct):
+    img = ct(2, (16, 16, 3))
+    lab = np.zeros((16, 16, 3), dtype=np.uint8)
+    lab[4:12, 4:12, :] = 6
+    lab[6:8, 6:8, :] = 11
+    aff = np.diag([1.0, 1.0, 3.0, 1.0])
+    ip, lp = nifti(tmp_path / "i.nii.gz", img, aff), nifti(tmp_path / "l.nii.gz", lab, aff)
+    v = _load(ip, lp, PreprocessConfig(in_plane_size=8))
+    assert v.image.shape == v.label.shape == (8, 8, 3)
+    np.testing.assert_allclose(voxel_spacing(v.affine), [2.0, 2.0, 3.0])
+    # nearest-exact on a factor-2 shrink samples source pixel 2i+1
+    np.testing.assert_array_equal(v.label, lab[1::2, 1::2, :])
+    v = _load(ip, lp, PreprocessConfig(pixdim=(0.5, 2.0)))
+    assert v.image.shape[2] == 3 and v.label.shape == v.image.shape
+    np.testing.assert_allclose(voxel_spacing(v.affine), [0.5, 2.0, 3.0])
+    assert set(np.unique(v.label)) == {0, 6, 11}
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="a_max > a_min"):
+        PreprocessConfig(a_min=10, a_max=10)
+    with pytest.raises(ConfigError, match="pixdim"):
+        PreprocessConfig(pixdim=(1.0, -1.0))
+    assert PreprocessConfig(pixdim=[1, 2]).pixdim == (1.0, 2.0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="min_body_fraction"):
+        PreprocessConfig(min_body_fraction=1.0)
+
+
+# --- bad inputs: each raises DataError naming the file ------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(
+        DataError, match=f"image file {tmp_path / 'gone.nii.gz'} of case gone.nii.gz does not exist"
+    ):
+        _load(tmp_path / "gone.nii.gz")
+
+
+def test_truncated_file(tmp_path, nifti, ct):
+    p = nifti(tmp_path / "t.nii.gz", ct(0, (16, 16, 8)))
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match=f"cannot read {p}: not a readable NIfTI"):
+        _load(p)
+    q = tmp_path / "garbage.nii.gz"
+    q.write_bytes(gzip.compress(b"not a nifti header at all" * 20))
+    with pytest.raises(DataError, match=f"cannot read {q}"):
+        _load(q)
+
+
+def test_shape_mismatch(tmp_path, nifti, ct):
+    ip = nifti(tmp_path / "i.nii.gz", ct(0, (8, 8, 4)))
+    lp = nifti(tmp_path / "l.nii.gz", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(
+        DataError, match=rf"label {lp} has shape \(8, 8, 3\) but image {ip} has shape \(8, 8, 4\)"
+    ):
+        _load(ip, lp)
+
+
+def test_2d_and_4d(tmp_path, nifti):
+    p2 = nifti(tmp_path / "flat.nii.gz", np.zeros((8, 8), np.int16))
+    with pytest.raises(DataError, match=rf"{p2} is a 2D volume of shape \(8, 8\)"):
+        _load(p2)
+    p4 = nifti(tmp_path / "time.nii.gz", np.zeros((8, 8, 4, 2), np.int16))
+    with pytest.raises(DataError, match=rf"{p4} is a 4D volume of shape \(8, 8, 4, 2\)"):
+        _load(p4)
+    ok = nifti(tmp_path / "single.nii.gz", np.zeros((8, 8, 4, 1), np.int16))
+    assert _load(ok).image.shape == (8, 8, 4)
+
+
+def test_non_integer_label(tmp_path, nifti, ct):
+    ip = nifti(tmp_path / "i.nii.gz", ct(0, (8, 8, 4)))
+    lab = np.zeros((8, 8, 4), np.float32)
+    lab[2, 2, 1] = 0.5
+    lp = nifti(tmp_path / "l.nii.gz", lab)
+    with pytest.raises(DataError, match=rf"{lp} is not an integer label map \(e.g. value 0.5\)"):
+        _load(ip, lp)
+    lab[2, 2, 1] = 3.0  # integer values stored as float are fine
+    nifti(lp, lab)
+    v = _load(ip, lp)
+    assert v.label.dtype == np.uint8 and v.label[2, 2, 1] == 3
+
+
+def test_nan_image(tmp_path, nifti):
+    vol = np.zeros((4, 4, 2), np.float32)
+    vol[1, 1, 1] = np.nan
+    p = nifti(tmp_path / "nan.nii.gz", vol)
+    with pytest.raises(DataError, match=f"{p} contains NaN"):
+        _load(p)
