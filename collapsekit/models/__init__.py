@@ -1,0 +1,52 @@
+"""Models: MONAI ResNet backbones, ZCA whitening, heads, MoCo v2 and local feature learning."""
+
+from __future__ import annotations
+
+from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone
+from collapsekit.models.builder import METHODS, ZCA_PLACEMENTS, Encoder, ModelConfig, build_encoder
+from collapsekit.models.heads import LocalHead, ProjectionHead
+from collapsekit.models.local import local_info_nce, overlap_grid, sample_local_features
+from collapsekit.models.moco import (
+    MoCo,
+    MoCoOutput,
+    Queue,
+    SplitBatchNorm2d,
+    convert_split_bn,
+    info_nce_logits,
+    update_momentum,
+)
+from collapsekit.models.zca import (
+    ZCA_METHODS,
+    ZCAWhitening,
+    inv_sqrt_eigh,
+    inv_sqrt_newton_schulz,
+    whitening_matrix,
+)
+
+__all__ = [
+    "BACKBONES",
+    "METHODS",
+    "ZCA_METHODS",
+    "ZCA_PLACEMENTS",
+    "Backbone",
+    "Encoder",
+    "LocalHead",
+    "ModelConfig",
+    "MoCo",
+    "MoCoOutput",
+    "ProjectionHead",
+    "Queue",
+    "SplitBatchNorm2d",
+    "ZCAWhitening",
+    "build_backbone",
+    "build_encoder",
+    "convert_split_bn",
+    "info_nce_logits",
+    "inv_sqrt_eigh",
+    "inv_sqrt_newton_schulz",
+    "local_info_nce",
+    "overlap_grid",
+    "sample_local_features",
+    "update_momentum",
+    "whitening_matrix",
+]

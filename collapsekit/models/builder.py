@@ -1,0 +1,213 @@
+"""Model configuration and the encoder: backbone (+ ZCA whitening) + projector (+ local head).
+
+The four variants of the ablation in Hassanpour et al. (ISBI 2024, arXiv 2402.14611):
+``mocov2`` (plain MoCo v2), ``local`` (+ local feature learning), ``zca`` (+ ZCA whitening) and
+``local+zca`` (both, the paper's method).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from collapsekit.errors import ConfigError
+from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone
+from collapsekit.models.heads import LocalHead, ProjectionHead
+from collapsekit.models.zca import ZCA_METHODS, ZCAWhitening
+from collapsekit.options import look_up_option
+
+__all__ = ["METHODS", "ZCA_PLACEMENTS", "ModelConfig", "Encoder", "build_encoder"]
+
+METHODS = ("mocov2", "local", "zca", "local+zca")
+ZCA_PLACEMENTS = ("block", "pre_projector")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines the pretraining model (stored as plain data in checkpoints).
+
+    Attributes:
+        arch: backbone, ``resnet18`` | ``resnet34`` | ``resnet50``.
+        method: ``mocov2`` | ``local`` | ``zca`` | ``local+zca``.
+        proj_dim: output width of the MoCo v2 projector (128).
+        proj_hidden: hidden width of the projector; ``None`` = backbone width (MoCo v2).
+        queue_size: MoCo queue length ``K`` (65536 in MoCo on ImageNet; smaller for small data).
+        temperature: InfoNCE temperature ``T`` (MoCo v2: 0.2), used by both losses.
+        momentum: key-encoder momentum ``m`` (0.999).
+        shuffle_bn_splits: on one process, BatchNorm statistics are computed over this many
+            sub-batches in both encoders and the key batch is shuffled first (the official MoCo
+            single-GPU emulation of shuffle-BN); ignored under ``torch.distributed``, where the
+            keys are shuffled across ranks. 1 disables it.
+        zca_placement: ``block``: ZCA replaces the final norm of the last residual block of the
+            last stage (before the residual add and ReLU); ``pre_projector``: ZCA on the pooled
+            vector right before the projector.
+        zca_method: ``eigh`` | ``newton_schulz`` (see :mod:`collapsekit.models.zca`).
+        zca_group_size: channels per whitened group ``d``; must divide the backbone width.
+        zca_eps, zca_momentum, zca_ns_iters: see :class:`~collapsekit.models.zca.ZCAWhitening`.
+        local_grid: points per side of the local grid (``G×G`` points per pair).
+        local_weight: ``λ`` in ``L = L_global + λ L_local`` (0.5).
+        local_dim: output width of the local head.
+        local_queue_size: length of the queue of past local keys.
+        local_min_overlap: pairs whose overlap is below this fraction of the smaller crop are
+            masked out of the local loss.
+
+    Raises:
+        ConfigError: an unknown option (with a "did you mean") or an out-of-range number.
+    """
+
+    arch: str = "resnet18"
+    method: str = "local+zca"
+    proj_dim: int = 128
+    proj_hidden: int | None = None
+    queue_size: int = 4096
+    temperature: float = 0.2
+    momentum: float = 0.999
+    shuffle_bn_splits: int = 2
+    zca_placement: str = "block"
+    zca_method: str = "eigh"
+    zca_group_size: int = 64
+    zca_eps: float = 1e-4
+    zca_momentum: float = 0.1
+    zca_ns_iters: int = 5
+    local_grid: int = 4
+    local_weight: float = 0.5
+    local_dim: int = 128
+    local_queue_size: int = 16384
+    local_min_overlap: float = 0.1
+
+    def __post_init__(self) -> None:
+        canon = {
+            "arch": look_up_option(self.arch, BACKBONES, "backbone"),
+            "method": look_up_option(self.method, METHODS, "method"),
+            "zca_placement": look_up_option(self.zca_placement, ZCA_PLACEMENTS, "zca placement"),
+            "zca_method": look_up_option(self.zca_method, ZCA_METHODS, "zca method"),
+        }
+        for key, value in canon.items():
+            object.__setattr__(self, key, value)
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(what)
+
+        width = self.backbone_width
+        need(self.proj_dim >= 1, f"proj_dim must be >= 1, got {self.proj_dim}")
+        need(
+            self.proj_hidden is None or self.proj_hidden >= 1,
+            f"proj_hidden must be >= 1 or None, got {self.proj_hidden}",
+        )
+        need(self.queue_size >= 1, f"queue_size must be >= 1, got {self.queue_size}")
+        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
+        need(
+            self.shuffle_bn_splits >= 1,
+            f"shuffle_bn_splits must be >= 1, got {self.shuffle_bn_splits}",
+        )
+        need(
+            1 <= self.zca_group_size <= width and width % self.zca_group_size == 0,
+            f"zca_group_size {self.zca_group_size} must divide the {self.arch} width {width} "
+            "(e.g. 16, 32, 64, 128)",
+        )
+        need(self.zca_eps > 0, f"zca_eps must be > 0, got {self.zca_eps}")
+        need(
+            0.0 < self.zca_momentum <= 1.0,
+            f"zca_momentum must be in (0, 1], got {self.zca_momentum}",
+        )
+        need(self.zca_ns_iters >= 1, f"zca_ns_iters must be >= 1, got {self.zca_ns_iters}")
+        need(self.local_grid >= 1, f"local_grid must be >= 1, got {self.local_grid}")
+        need(self.local_weight >= 0, f"local_weight must be >= 0, got {self.local_weight}")
+        need(self.local_dim >= 1, f"local_dim must be >= 1, got {self.local_dim}")
+        need(
+            self.local_queue_size >= 1,
+            f"local_queue_size must be >= 1, got {self.local_queue_size}",
+        )
+        need(
+            0.0 <= self.local_min_overlap <= 1.0,
+            f"local_min_overlap must be in [0, 1], got {self.local_min_overlap}",
+        )
+
+    @property
+    def uses_local(self) -> bool:
+        """Whether the local feature-learning branch is on (``local``, ``local+zca``)."""
+        return self.method in ("local", "local+zca")
+
+    @property
+    def uses_zca(self) -> bool:
+        """Whether a ZCA whitening layer is inserted (``zca``, ``local+zca``)."""
+        return self.method in ("zca", "local+zca")
+
+    @property
+    def backbone_width(self) -> int:
+        """Channels ``C`` of the backbone's final feature map (512 or 2048)."""
+        return BACKBONES[self.arch][2]
+
+
+class Encoder(nn.Module):
+    """Backbone (+ ZCA at the chosen place) + MoCo v2 projector (+ optional local head).
+
+    Attributes:
+        backbone: the ResNet trunk (holds the ZCA layer for the ``block`` placement).
+        projector: :class:`~collapsekit.models.heads.ProjectionHead`.
+        pre_projector: ``nn.Identity`` or the ZCA layer applied to the pooled vector.
+        local_head: :class:`~collapsekit.models.heads.LocalHead` or ``None``.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        projector: nn.Module,
+        pre_projector: nn.Module | None = None,
+        local_head: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+        self.pre_projector = pre_projector if pre_projector is not None else nn.Identity()
+        self.local_head = local_head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final feature map ``(B, 1, H, W) -> (B, C, H/32, W/32)``."""
+        return self.backbone.forward_features(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled backbone output ``(B, C)``: what diagnostics and probes use.
+
+        With the ``pre_projector`` placement this is the input of the whitening layer, never its
+        (white by construction) output.
+        """
+        return self.features(x).mean(dim=(2, 3))
+
+    def project(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Projector output ``(B, proj_dim)`` from a final feature map ``(B, C, h, w)``."""
+        out: torch.Tensor = self.projector(self.pre_projector(fmap.mean(dim=(2, 3))))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Projector output ``(B, proj_dim)``, not normalised."""
+        return self.project(self.features(x))
+
+
+def build_encoder(cfg: ModelConfig) -> Encoder:
+    """Build a randomly initialised :class:`Encoder` for ``cfg`` (plain BatchNorm everywhere)."""
+    backbone = build_backbone(cfg.arch, in_channels=1)
+    width = backbone.out_channels
+
+    def zca() -> ZCAWhitening:
+        return ZCAWhitening(
+            width,
+            group_size=cfg.zca_group_size,
+            method=cfg.zca_method,
+            eps=cfg.zca_eps,
+            momentum=cfg.zca_momentum,
+            ns_iters=cfg.zca_ns_iters,
+        )
+
+    pre: nn.Module | None = None
+    if cfg.uses_zca and cfg.zca_placement == "block":
+        backbone.set_last_norm(zca())
+    elif cfg.uses_zca:
+        pre = zca()
+    projector = ProjectionHead(width, cfg.proj_hidden or width, cfg.proj_dim)
+    local_head = LocalHead(width, width, cfg.local_dim) if cfg.uses_local else None
+    return Encoder(backbone, projector, pre, local_head)

@@ -1,0 +1,148 @@
+"""Local feature learning: corresponding points of two crops and a per-point InfoNCE.
+
+Hassanpour et al. (ISBI 2024, arXiv 2402.14611) add "a contrastive objective on local patches of
+the feature maps" to MoCo v2. Their public code gives the local loss no gradient and no spatial
+correspondence, so collapsekit defines it from the crop geometry recorded by the two-view
+augmentation (as in DenseCL / PixPro-style dense contrastive learning, Wang et al. 2021, Xie et
+al. 2021):
+
+1. :func:`overlap_grid`: a ``G×G`` grid of points evenly inside the intersection of the two crop
+   boxes (source pixel coordinates), mapped to each view's normalised ``grid_sample`` coordinates
+   (mirrored for a flipped view), plus a mask of pairs whose overlap is large enough;
+2. :func:`sample_local_features`: bilinear sampling of each view's final feature map at its points;
+3. :func:`local_info_nce`: per point, positive = the same point in the other view's key features,
+   negatives = every other point of the batch and a queue of past local keys.
+
+Coordinate convention: a box ``(y0, x0, y1, x1)`` is the continuous source region
+``[y0, y1) × [x0, x1)`` (source pixel ``i`` covers ``[i, i + 1)``) resampled to the square view,
+optionally mirrored left-right after resampling. With ``align_corners=False`` the normalised
+coordinate of a source point ``u`` in a view is ``2 (u − y0) / (y1 − y0) − 1``, independent of the
+view and feature-map resolution (a stride-``s`` feature map covers the same extent).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["overlap_grid", "sample_local_features", "local_info_nce"]
+
+
+def _to_view(
+    py: torch.Tensor, px: torch.Tensor, box: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
+    """Source points ``(B, P)`` -> normalised ``(x, y)`` view coordinates ``(B, P, 2)``."""
+    y0, x0, y1, x1 = (box[:, i : i + 1] for i in range(4))
+    gy = 2.0 * (py - y0) / (y1 - y0).clamp_min(1e-6) - 1.0
+    gx = 2.0 * (px - x0) / (x1 - x0).clamp_min(1e-6) - 1.0
+    gx = torch.where(flip.to(torch.bool).reshape(-1, 1), -gx, gx)  # mirrored view
+    return torch.stack([gx, gy], dim=-1).clamp(-1.0, 1.0)
+
+
+def overlap_grid(
+    box1: torch.Tensor,
+    box2: torch.Tensor,
+    flip1: torch.Tensor,
+    flip2: torch.Tensor,
+    grid: int,
+    size: int,
+    min_overlap: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Corresponding points of two crops: a ``grid × grid`` lattice inside their overlap.
+
+    The intersection ``[iy0, iy1) × [ix0, ix1)`` of the boxes is split into ``grid × grid`` equal
+    cells and the points are the cell centres, ``iy0 + (i + ½)(iy1 − iy0)/grid``, listed row-major
+    (``P = grid²``, y outer, x inner). Each point is mapped to both views (see the module docstring).
+
+    Args:
+        box1, box2: ``(B, 4)`` crop boxes ``(y0, x0, y1, x1)`` in source pixel coordinates.
+        flip1, flip2: ``(B,)`` bool, whether the view was mirrored left-right.
+        grid: points per side ``G``.
+        size: side of the square views in pixels. The normalised coordinates do not depend on it
+            (``align_corners=False``); it is checked to be positive.
+        min_overlap: a pair is valid when ``area(box1 ∩ box2) / min(area1, area2) ≥ min_overlap``
+            and the intersection is not empty.
+
+    Returns:
+        ``coords1, coords2``: ``(B, P, 2)`` in ``[-1, 1]``, ``(x, y)`` order as ``grid_sample``
+        expects; ``valid``: ``(B,)`` bool. Pairs without overlap get finite (meaningless) points.
+    """
+    if grid < 1 or size < 1:
+        raise ValueError(f"grid and size must be >= 1, got grid={grid}, size={size}")
+    if box1.shape != box2.shape or box1.dim() != 2 or box1.shape[1] != 4:
+        raise ValueError(
+            f"expected two (B, 4) boxes, got shapes {tuple(box1.shape)} and {tuple(box2.shape)}"
+        )
+    dtype = box1.dtype if box1.is_floating_point() else torch.float32
+    b1, b2 = box1.to(dtype), box2.to(dtype)
+    lo = torch.maximum(b1[:, :2], b2[:, :2])  # (iy0, ix0)
+    hi = torch.minimum(b1[:, 2:], b2[:, 2:])
+    ext = (hi - lo).clamp_min(0.0)  # (ih, iw)
+    inter = ext[:, 0] * ext[:, 1]
+    area1 = (b1[:, 2] - b1[:, 0]) * (b1[:, 3] - b1[:, 1])
+    area2 = (b2[:, 2] - b2[:, 0]) * (b2[:, 3] - b2[:, 1])
+    frac = inter / torch.minimum(area1, area2).clamp_min(1e-12)
+    valid = (inter > 0) & (frac >= min_overlap)
+
+    t = (torch.arange(grid, dtype=dtype, device=b1.device) + 0.5) / grid  # (G,)
+    ys = lo[:, 0:1] + t * ext[:, 0:1]  # (B, G)
+    xs = lo[:, 1:2] + t * ext[:, 1:2]
+    py = ys[:, :, None].expand(-1, grid, grid).reshape(-1, grid * grid)  # row-major
+    px = xs[:, None, :].expand(-1, grid, grid).reshape(-1, grid * grid)
+    return _to_view(py, px, b1, flip1), _to_view(py, px, b2, flip2), valid
+
+
+def sample_local_features(fmap: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinearly sample a feature map at normalised points.
+
+    Args:
+        fmap: ``(B, C, h, w)`` feature map.
+        coords: ``(B, P, 2)`` points in ``[-1, 1]``, ``(x, y)`` order (``align_corners=False``).
+
+    Returns:
+        ``(B, P, C)`` features (border padding, so points near the edge are not darkened).
+    """
+    if (
+        fmap.dim() != 4
+        or coords.dim() != 3
+        or coords.shape[-1] != 2
+        or coords.shape[0] != fmap.shape[0]
+    ):
+        raise ValueError(
+            f"expected (B, C, h, w) features and (B, P, 2) points, got {tuple(fmap.shape)} "
+            f"and {tuple(coords.shape)}"
+        )
+    out = F.grid_sample(
+        fmap,
+        coords.to(fmap.dtype).unsqueeze(2),  # (B, P, 1, 2)
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )  # (B, C, P, 1)
+    return out.squeeze(-1).transpose(1, 2)
+
+
+def local_info_nce(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor | None, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-point InfoNCE with in-batch and queued negatives.
+
+    For point ``n``: ``logits_n = [q_n·k_1, …, q_n·k_N | q_n·queue] / T`` with label ``n``: the
+    positive is the same point in the other view, the negatives are every other point of the batch
+    plus the queue. ``loss = −(1/N) Σ_n log softmax(logits_n)_n``.
+
+    Args:
+        q: ``(N, D)`` L2-normalised query points (valid pairs only).
+        k: ``(N, D)`` L2-normalised key points (no gradient needed).
+        queue: ``(D, K)`` past keys, or ``None``.
+        temperature: ``T``.
+
+    Returns:
+        ``loss`` (scalar), ``logits`` ``(N, N + K)`` and ``labels`` ``(N,)``.
+    """
+    logits = q @ k.t()  # q: N×D, k: N×D -> N×N
+    if queue is not None:
+        logits = torch.cat([logits, q @ queue], dim=1)  # q: N×D, queue: D×K
+    logits = logits / temperature
+    labels = torch.arange(q.shape[0], device=q.device)
+    return F.cross_entropy(logits, labels), logits, labels

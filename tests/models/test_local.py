@@ -1,0 +1,190 @@
+"""Local feature learning: overlap geometry, exact correspondence, closed-form loss, gradient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from collapsekit.models import (
+    MoCo,
+    ModelConfig,
+    local_info_nce,
+    overlap_grid,
+    sample_local_features,
+)
+
+
+def _t(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_overlap_grid_hand_computed() -> None:
+    # intersection of (0,0,32,32) and (16,8,48,40) is y∈[16,32), x∈[8,32): cell centres
+    # y = 20, 28 and x = 14, 26 (grid 2)
+    box1, box2 = _t([[0, 0, 32, 32]]), _t([[16, 8, 48, 40]])
+    no, yes = torch.tensor([False]), torch.tensor([True])
+    c1, c2, valid = overlap_grid(box1, box2, no, no, grid=2, size=32)
+    gx1, gy1 = [-0.125, 0.625], [0.25, 0.75]  # 2 (u − y0)/(y1 − y0) − 1
+    gx2, gy2 = [-0.625, 0.125], [-0.75, -0.25]
+    expect1 = [[gx1[0], gy1[0]], [gx1[1], gy1[0]], [gx1[0], gy1[1]], [gx1[1], gy1[1]]]
+    expect2 = [[gx2[0], gy2[0]], [gx2[1], gy2[0]], [gx2[0], gy2[1]], [gx2[1], gy2[1]]]
+    torch.testing.assert_close(c1[0], _t(expect1))
+    torch.testing.assert_close(c2[0], _t(expect2))
+    assert valid.tolist() == [True]
+    _, c2f, _ = overlap_grid(box1, box2, no, yes, grid=2, size=32)  # mirrored view: x -> −x
+    torch.testing.assert_close(c2f[0], _t([[-x, y] for x, y in expect2]))
+
+
+def test_overlap_validity_mask() -> None:
+    box1 = _t([[0, 0, 32, 32], [0, 0, 32, 32], [0, 0, 32, 32], [0, 0, 32, 32]])
+    box2 = _t([[40, 40, 60, 60], [28, 28, 60, 60], [8, 8, 24, 24], [24, 0, 56, 32]])
+    # overlap / smaller area: 0 (disjoint), 16/1024, 1 (contained), 256/1024
+    flips = torch.zeros(4, dtype=torch.bool)
+    c1, c2, valid = overlap_grid(box1, box2, flips, flips, grid=4, size=32, min_overlap=0.1)
+    assert valid.tolist() == [False, False, True, True]
+    assert torch.isfinite(c1).all() and torch.isfinite(c2).all()
+    assert c1.abs().max() <= 1 and c2.abs().max() <= 1
+    _, _, valid0 = overlap_grid(box1, box2, flips, flips, grid=4, size=32, min_overlap=0.0)
+    assert valid0.tolist() == [False, True, True, True]  # empty overlap is never valid
+
+
+def test_sample_local_features_at_pixel_centres_is_exact() -> None:
+    fmap = torch.randn(2, 3, 4, 4)
+    # pixel (row 1, col 2) centre: x = 2 (2 + .5)/4 − 1, y = 2 (1 + .5)/4 − 1
+    coords = torch.tensor([[[0.25, -0.25], [-0.75, 0.75]]]).repeat(2, 1, 1)
+    out = sample_local_features(fmap, coords)
+    assert out.shape == (2, 2, 3)
+    torch.testing.assert_close(out[:, 0], fmap[:, :, 1, 2])
+    torch.testing.assert_close(out[:, 1], fmap[:, :, 3, 0])
+
+
+def _pointwise_encoder() -> nn.Module:
+    """Identical 'encoders' for both views: per-pixel MLP then stride-4 pooling (equivariant to
+    crops on the stride-4 lattice and to flips)."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(1, 8, 1), nn.ReLU(), nn.Conv2d(8, 6, 1), nn.AvgPool2d(4))
+
+
+def test_geometric_views_give_identical_local_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 1, 96, 96, generator=g)
+    # crops of one synthetic image at known boxes (offsets on the stride-4 lattice), some flipped
+    boxes1 = _t([[0, 0, 48, 48], [16, 32, 64, 80], [40, 8, 88, 56]])
+    boxes2 = _t([[16, 12, 64, 60], [8, 40, 56, 88], [48, 0, 96, 48]])
+    flip1 = torch.tensor([False, True, True])
+    flip2 = torch.tensor([True, False, True])
+
+    def crop(boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        views = []
+        for (y0, x0, y1, x1), f in zip(boxes.long().tolist(), flips.tolist(), strict=True):
+            v = image[0, :, y0:y1, x0:x1]
+            views.append(v.flip(-1) if f else v)
+        return torch.stack(views)
+
+    view1, view2 = crop(boxes1, flip1), crop(boxes2, flip2)
+    enc = _pointwise_encoder()
+    c1, c2, valid = overlap_grid(boxes1, boxes2, flip1, flip2, grid=4, size=48)
+    assert valid.all()
+    with torch.no_grad():
+        f1 = sample_local_features(enc(view1), c1)
+        f2 = sample_local_features(enc(view2), c2)
+    assert f1.shape == (3, 16, 6)
+    torch.testing.assert_close(f1, f2, atol=1e-6, rtol=1e-5)
+    # the correspondence is not trivial: unrelated points differ
+    assert not torch.allclose(f1, f2.roll(1, dims=1), atol=1e-3)
+    # forgetting the flip breaks it
+    _, c2_noflip, _ = overlap_grid(boxes1, boxes2, flip1, torch.zeros(3, dtype=torch.bool), 4, 48)
+    with torch.no_grad():
+        f2_wrong = sample_local_features(enc(view2), c2_noflip)
+    assert not torch.allclose(f1[0], f2_wrong[0], atol=1e-3)
+
+
+def test_local_info_nce_closed_form() -> None:
+    # N orthonormal points with q = k: logits are I/T, loss = log(1 + (N − 1 + K_eff) e^{−1/T})
+    n, t = 6, 0.2
+    q = torch.eye(8)[:n]
+    loss, logits, labels = local_info_nce(q, q.clone(), None, t)
+    assert logits.shape == (n, n) and labels.tolist() == list(range(n))
+    assert loss.item() == pytest.approx(math.log(1 + (n - 1) * math.exp(-1 / t)), rel=1e-6)
+    queue = torch.eye(8)[n:].T  # 2 queued keys orthogonal to every query
+    loss_q, logits_q, _ = local_info_nce(q, q.clone(), queue, t)
+    assert logits_q.shape == (n, n + 2)
+    assert loss_q.item() == pytest.approx(math.log(1 + (n + 1) * math.exp(-1 / t)), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["local", "local+zca"])
+def test_local_loss_alone_reaches_the_backbone(method: str) -> None:
+    model = MoCo(ModelConfig(method=method, queue_size=16, local_queue_size=64))
+    b = 4
+    box1 = _t([[0, 0, 48, 48]]).repeat(b, 1)
+    batch = {
+        "view1": torch.rand(b, 1, 32, 32),
+        "view2": torch.rand(b, 1, 32, 32),
+        "box1": box1,
+        "box2": box1 + 12,
+        "flip1": torch.zeros(b, dtype=torch.bool),
+        "flip2": torch.ones(b, dtype=torch.bool),
+    }
+    out = model(batch)
+    assert out.loss_local is not None
+    out.loss_local.backward()
+    bb = model.encoder_q.backbone
+    for p in (bb.conv1.weight, bb.layer1[0].conv1.weight, bb.layer4[-1].conv2.weight):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    assert model.encoder_q.projector.fc1.weight.grad is None  # only the local path was used
+    head = model.encoder_q.local_head
+    assert head is not None and head.fc1.weight.grad.abs().sum() > 0
+
+
+def test_no_valid_pair_gives_zero_local_loss_with_a_graph() -> None:
+    model = MoCo(ModelConfig(method="local", queue_size=16, local_queue_size=64))
+    b = 4
+    batch = {
+        "view1": torch.rand(b, 1, 32, 32),
+        "view2": torch.rand(b, 1, 32, 32),
+        "box1": _t([[0, 0, 10, 10]]).repeat(b, 1),
+        "box2": _t([[20, 20, 30, 30]]).repeat(b, 1),
+        "flip1": torch.zeros(b, dtype=torch.bool),
+        "flip2": torch.zeros(b, dtype=torch.bool),
+    }
+    out = model(batch)
+    assert out.loss_local is not None and out.loss_local.item() == 0.0
+    assert out.local_valid_fraction == 0.0
+    assert model.local_queue is not None and model.local_queue.ptr.item() == 0
+    out.loss.backward()
+    assert torch.isfinite(
+        F.normalize(model.encoder_q.backbone.conv1.weight.grad.flatten(), dim=0)
+    ).all()
+
+
+def test_correspondence_matches_the_data_layer_resized_crop() -> None:
+    """Views from ``collapsekit.data.augment.resized_crop`` (non-integer zoom, flips) of a linear
+    ramp image: a linear encoder with stride 4 makes the sampled features exactly equal."""
+    from collapsekit.data.augment import resized_crop
+
+    yy, xx = torch.meshgrid(torch.arange(128.0) + 0.5, torch.arange(128.0) + 0.5, indexing="ij")
+    image = torch.stack([0.02 * yy - 0.01 * xx, 0.005 * xx + 1.0])  # (2, 128, 128), linear
+    boxes1 = _t([[10.0, 12.0, 70.5, 66.0], [30.0, 40.0, 110.0, 120.0]])
+    boxes2 = _t([[25.0, 20.0, 90.0, 97.0], [2.0, 30.0, 80.0, 100.0]])
+    flip1 = torch.tensor([False, True])
+    flip2 = torch.tensor([True, True])
+
+    def views(boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        out = [resized_crop(image, b, 32) for b in boxes]
+        return torch.stack(
+            [v.flip(-1) if f else v for v, f in zip(out, flips.tolist(), strict=True)]
+        )
+
+    torch.manual_seed(4)
+    enc = nn.Sequential(nn.Conv2d(2, 5, 1), nn.AvgPool2d(4))  # linear, stride 4
+    c1, c2, valid = overlap_grid(boxes1, boxes2, flip1, flip2, grid=3, size=32)
+    assert valid.all()
+    with torch.no_grad():
+        f1 = sample_local_features(enc(views(boxes1, flip1)), c1)
+        f2 = sample_local_features(enc(views(boxes2, flip2)), c2)
+    torch.testing.assert_close(f1, f2, atol=1e-4, rtol=1e-4)
+    assert (f1[:, 0] - f1[:, -1]).abs().max() > 0.1  # points really differ
