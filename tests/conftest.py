@@ -10,6 +10,8 @@ import torch
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests use tiny tensors: one intra-op thread is faster than two, and immune to a busy machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ sequence of an uninterrupted run on CPU, whatever the number of DataLoader worke
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -119,8 +120,10 @@ class _EpochSampler(Sampler[int]):
         g.manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g).tolist()
         for b in range(self.start_batch, self.steps_per_epoch):
-            lo = b * self.batch_size + self.rank * self.local
-            yield from perm[lo : lo + self.local]
+            # Interleaved: rank r takes samples r, r+W, ... of the global batch, the same
+            # sub-batches that split-BN normalises together on one process.
+            batch = perm[b * self.batch_size : (b + 1) * self.batch_size]
+            yield from batch[self.rank :: self.world]
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start_batch) * self.local
@@ -150,14 +153,15 @@ def _load_volumes(
 ) -> tuple[list[Volume], list[Volume]]:
     pre = PreprocessConfig(a_min=cfg.a_min, a_max=cfg.a_max, in_plane_size=cfg.in_plane_size)
     phantom = PhantomConfig(
-        cases=cfg.phantom_cases, size=cfg.phantom_size, slices=cfg.phantom_slices, seed=cfg.seed
+        cases=cfg.phantom_cases,
+        size=cfg.phantom_size,
+        slices=cfg.phantom_slices,
+        seed=cfg.seed,
+        validation=min(4, cfg.phantom_cases // 3),
     )
     kw: dict[str, Any] = dict(phantom=phantom, cache_dir=cfg.cache_dir, progress=progress)
     train_vols = load_split(cfg.dataset, cfg.data_dir, "training", pre, **kw)
-    try:
-        monitor_vols = load_split(cfg.dataset, cfg.data_dir, "validation", pre, **kw)
-    except Exception:
-        monitor_vols = []
+    monitor_vols = load_split(cfg.dataset, cfg.data_dir, "validation", pre, **kw)
     if not monitor_vols:
         # No validation split (AbdomenCT-1K, folder): hold out the last volumes for monitoring.
         n_hold = max(1, len(train_vols) // 20) if len(train_vols) >= 5 else 0
@@ -263,7 +267,7 @@ def _train(
         runtime = {
             k: getattr(cfg, k) for k in ("stop_after", "num_workers", "device", "checkpoint_every")
         }
-        cfg = config_from_dict(ckpt["config"], **runtime)
+        cfg = dataclasses.replace(config_from_dict(ckpt["config"]), **runtime)
     else:
         existing = [f for f in RUN_FILES if (run_dir / f).exists()]
         if existing and not overwrite:
@@ -297,6 +301,9 @@ def _train(
         drop_last=True,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
+        # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
+        # run would see a shifted shuffle-BN permutation stream.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
@@ -337,7 +344,7 @@ def _train(
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.toml")
-        if run_dir.parent != run_dir:
+        if run_dir.resolve().parent.name == "runs":
             _update_latest(run_dir)
     barrier(ctx)
 

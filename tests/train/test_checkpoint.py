@@ -21,7 +21,13 @@ from collapsekit.train.checkpoint import (
 
 
 def _ckpt(v: float) -> dict:
-    return {"format": "collapsekit", "version": 1, "w": torch.full((3,), v), "step": 7, "cfg": {"a": [1, 2]}}
+    return {
+        "format": "collapsekit",
+        "version": 1,
+        "w": torch.full((3,), v),
+        "step": 7,
+        "cfg": {"a": [1, 2]},
+    }
 
 
 def test_roundtrip_exact(tmp_path: Path) -> None:

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from collapsekit.errors import ConfigError, TrainingError
+from collapsekit.train.checkpoint import load_checkpoint
+from collapsekit.train.config import TrainConfig, config_from_dict, load_config
+from collapsekit.train.loop import _EpochSampler, train
+
+TINY = dict(
+    image_size=32,
+    batch_size=4,
+    phantom_cases=4,
+    phantom_size=32,
+    phantom_slices=6,
+    monitor_samples=12,
+    num_workers=0,
+)
+
+
+def tiny(**kw) -> TrainConfig:
+    model = kw.pop("model", {})
+    return config_from_dict(
+        {}, **{**TINY, **kw}, model={"queue_size": 16, "local_queue_size": 64, **model}
+    )
+
+
+def test_sampler_partitions_global_batches_across_ranks() -> None:
+    full = list(_EpochSampler(10, 4, seed=3))
+    r0 = list(_EpochSampler(10, 4, seed=3, rank=0, world=2))
+    r1 = list(_EpochSampler(10, 4, seed=3, rank=1, world=2))
+    assert len(full) == 8 and len(set(full)) == 8  # drop_last: 2 batches of 4
+    for b in range(2):
+        batch = full[4 * b : 4 * b + 4]
+        assert r0[2 * b : 2 * b + 2] == batch[0::2] and r1[2 * b : 2 * b + 2] == batch[1::2]
+    s = _EpochSampler(10, 4, seed=3)
+    s.set_epoch(0, start_batch=1)
+    assert list(s) == full[4:]
+    s.set_epoch(1)
+    assert list(s) != full  # a new permutation each epoch
+
+
+def test_run_directory_contents(tmp_path: Path) -> None:
+    res = train(tiny(epochs=2, model={"method": "local+zca"}), tmp_path / "run")
+    run = tmp_path / "run"
+    assert (
+        res.finished
+        and res.step == res.total_steps == 2 * (16 * 6 // 4 // 4)
+        or res.step == res.total_steps
+    )
+    assert {p.name for p in run.iterdir()} >= {
+        "checkpoint.pt",
+        "config.toml",
+        "metrics.jsonl",
+        "spectrum.png",
+    }
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    for r in lines:
+        assert set(r) >= {
+            "loss",
+            "loss_global",
+            "loss_local",
+            "lr",
+            "images_per_s",
+            "effective_rank",
+            "alpha",
+        }
+        assert (
+            math.isfinite(r["loss"]) and 1.0 <= r["effective_rank"] <= 11
+        )  # N-1 = 11 bounds the rank
+        assert r["loss"] == pytest.approx(r["loss_global"] + 0.5 * r["loss_local"], rel=1e-5)
+    ck = load_checkpoint(run / "checkpoint.pt")
+    assert ck["step"] == res.step and len(ck["losses"]) == res.step
+    # config.toml round-trips to the same config
+    assert load_config(run / "config.toml") == tiny(epochs=2, model={"method": "local+zca"})
+    # the cosine schedule ends at zero
+    assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_resume_replays_the_same_losses(tmp_path: Path) -> None:
+    cfg = tiny(steps=6, model={"method": "local+zca"})
+    full = train(cfg, tmp_path / "a")
+    part = train(
+        config_from_dict(
+            {},
+            **{**TINY, "steps": 6, "stop_after": 3},
+            model={"queue_size": 16, "local_queue_size": 64, "method": "local+zca"},
+        ),
+        tmp_path / "b",
+    )
+    assert part.step == 3 and not part.finished
+    assert not (tmp_path / "b" / "spectrum.png").exists()
+    resumed = train(tiny(steps=6), tmp_path / "b", resume=True)
+    assert resumed.finished and len(resumed.losses) == 6
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-5, abs=1e-6)
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_refuses_to_clobber_a_run(tmp_path: Path) -> None:
+    train(tiny(steps=1, model={"method": "mocov2"}), tmp_path / "r")
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny(steps=1), tmp_path / "r")
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(tiny(steps=1), tmp_path / "empty", resume=True)
+
+
+def test_batch_larger_than_data(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="larger than the"):
+        train(tiny(batch_size=512, steps=1), tmp_path / "r")
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collapsekit.models import MoCo
+
+    cfg = tiny(steps=4, checkpoint_every=1, model={"method": "mocov2"})
+    original = MoCo.forward
+    calls = {"n": 0}
+
+    def flaky(self, batch):
+        out = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(MoCo, "forward", flaky)
+    with pytest.raises(TrainingError, match="at step 3"):
+        train(cfg, tmp_path / "r")
+    ck = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert ck["step"] == 2 and all(math.isfinite(x) for x in ck["losses"])
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'local\\+zca'"):
+        tiny(model={"method": "local+zcaa"})
+    with pytest.raises(ConfigError, match="did you mean 'resnet50'"):
+        tiny(model={"arch": "resnet05"})
+    with pytest.raises(ConfigError, match="data-dir"):
+        config_from_dict({}, dataset="btcv")
+    with pytest.raises(ConfigError, match="unknown config key 'epoch'; did you mean 'epochs'"):
+        config_from_dict({"epoch": 3})
