@@ -1,0 +1,334 @@
+"""``collapsekit probe`` and ``collapsekit finetune``: segmentation quality as per-organ 3D Dice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from collapsekit.cli.app import app
+from collapsekit.cli.common import console, handle_errors, print_json, rich_progress
+
+if TYPE_CHECKING:
+    from collapsekit.data.volume import Volume
+    from collapsekit.diagnostics.loading import LoadedModel
+    from collapsekit.diagnostics.probe import SegmentationResult
+    from collapsekit.progress import ProgressCallback
+
+CheckpointsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Checkpoints, run directories, foreign checkpoints or random:ARCH "
+        "(default: runs/latest).",
+        show_default=False,
+    ),
+]
+DatasetOpt = Annotated[str, typer.Option(help="phantom (built in) | btcv (needs --data-dir).")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="BTCV root (dataset_0.json or RawData/).")
+]
+EpochsOpt = Annotated[int, typer.Option(help="Epochs over the training slices.")]
+ImageSizeOpt = Annotated[
+    int | None,
+    typer.Option("--image-size", help="Slice size (default: the checkpoint's, else 128)."),
+]
+FractionOpt = Annotated[
+    float, typer.Option("--label-fraction", help="Fraction of labelled training volumes.")
+]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Slices per step.")]
+LrOpt = Annotated[float | None, typer.Option(help="Learning rate (default: the method's).")]
+SavePredOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--save-predictions", help="Write <case>_pred.nii.gz label maps here (per checkpoint)."
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the subset, shuffling and head init.")]
+PhantomCasesOpt = Annotated[
+    int, typer.Option("--phantom-cases", help="Phantom volumes (a third for validation).")
+]
+PhantomSizeOpt = Annotated[int, typer.Option("--phantom-size", help="Phantom in-plane size.")]
+PhantomSlicesOpt = Annotated[int, typer.Option("--phantom-slices", help="Phantom slices.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the JSON result to stdout and nothing else.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+#: Seed of the evaluation phantom: far from the pretraining phantom (seeded by the run seed).
+PHANTOM_EVAL_SEED = 10_000
+
+
+@app.command()
+@handle_errors
+def probe(
+    checkpoints: CheckpointsArg = None,
+    dataset: DatasetOpt = "phantom",
+    data_dir: DataDirOpt = None,
+    epochs: EpochsOpt = 20,
+    image_size: ImageSizeOpt = None,
+    output_stride: Annotated[
+        int, typer.Option("--output-stride", help="8 | 16 | 32 (below 32: dilated last stages).")
+    ] = 32,
+    label_fraction: FractionOpt = 1.0,
+    dice_loss: Annotated[
+        bool, typer.Option("--dice-loss", help="Add a soft Dice loss to the cross-entropy.")
+    ] = False,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    cache: Annotated[str, typer.Option(help="Feature cache: memory | disk | none.")] = "memory",
+    save_predictions: SavePredOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    phantom_cases: PhantomCasesOpt = 12,
+    phantom_size: PhantomSizeOpt = 128,
+    phantom_slices: PhantomSlicesOpt = 48,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Linear probe (1×1 conv on the frozen final feature map) scored by per-organ 3D Dice."""
+    from collapsekit.diagnostics.probe import ProbeConfig, linear_probe
+
+    specs = _specs(checkpoints)
+    dev = _device(device)
+    results: list[SegmentationResult] = []
+    with rich_progress(quiet or json_out) as progress:
+        train, val, labels = _load_data(
+            dataset, data_dir, phantom_cases, phantom_size, phantom_slices, progress
+        )
+        for spec in specs:
+            model = _load(spec, dev)
+            extra: dict[str, Any] = {}
+            if batch_size is not None:
+                extra["batch_size"] = batch_size
+            if lr is not None:
+                extra["lr"] = lr
+            cfg = ProbeConfig(
+                epochs=epochs,
+                image_size=_image_size(model, image_size, progress),
+                output_stride=output_stride,
+                dice_loss=dice_loss,
+                label_fraction=label_fraction,
+                seed=seed,
+                cache=cache,
+                **extra,
+            )
+            results.append(
+                linear_probe(
+                    model.backbone,
+                    train,
+                    val,
+                    labels,
+                    cfg,
+                    name=model.name,
+                    device=dev,
+                    progress=progress,
+                    save_predictions=_pred_dir(save_predictions, model.name, len(specs)),
+                )
+            )
+    _render(results, "Linear probe", json_out)
+
+
+@app.command()
+@handle_errors
+def finetune(
+    checkpoint: Annotated[
+        str | None,
+        typer.Argument(
+            help="Checkpoint, run directory, foreign checkpoint or random:ARCH "
+            "(default: runs/latest).",
+            show_default=False,
+        ),
+    ] = None,
+    dataset: DatasetOpt = "phantom",
+    data_dir: DataDirOpt = None,
+    decoder: Annotated[str, typer.Option(help="Segmentation decoder: unet.")] = "unet",
+    epochs: EpochsOpt = 20,
+    image_size: ImageSizeOpt = None,
+    label_fraction: FractionOpt = 1.0,
+    dice_loss: Annotated[
+        bool, typer.Option("--dice-loss/--no-dice-loss", help="Soft Dice loss + cross-entropy.")
+    ] = True,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    save_predictions: SavePredOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    phantom_cases: PhantomCasesOpt = 12,
+    phantom_size: PhantomSizeOpt = 128,
+    phantom_slices: PhantomSlicesOpt = 48,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fine-tune the pretrained encoder under a MONAI UNet decoder; per-organ 3D Dice."""
+    from collapsekit.diagnostics.finetune import FinetuneConfig
+    from collapsekit.diagnostics.finetune import finetune as run_finetune
+
+    spec = _specs([checkpoint] if checkpoint else None)[0]
+    dev = _device(device)
+    with rich_progress(quiet or json_out) as progress:
+        train, val, labels = _load_data(
+            dataset, data_dir, phantom_cases, phantom_size, phantom_slices, progress
+        )
+        model = _load(spec, dev)
+        extra: dict[str, Any] = {}
+        if batch_size is not None:
+            extra["batch_size"] = batch_size
+        if lr is not None:
+            extra["lr"] = lr
+        cfg = FinetuneConfig(
+            epochs=epochs,
+            image_size=_image_size(model, image_size, progress),
+            decoder=decoder,
+            dice_loss=dice_loss,
+            label_fraction=label_fraction,
+            seed=seed,
+            **extra,
+        )
+        result = run_finetune(
+            model.backbone,
+            train,
+            val,
+            labels,
+            cfg,
+            name=model.name,
+            device=dev,
+            progress=progress,
+            save_predictions=save_predictions,
+        )
+    _render([result], "Fine-tuning (UNet decoder)", json_out)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _specs(checkpoints: list[str] | None) -> list[str]:
+    """The checkpoints to evaluate; ``runs/latest`` when none is given."""
+    if checkpoints:
+        return list(checkpoints)
+    latest = Path("runs/latest")
+    if not (latest / "checkpoint.pt").is_file():
+        from collapsekit.errors import CheckpointError
+
+        raise CheckpointError(
+            "no checkpoint given and runs/latest/checkpoint.pt does not exist: run "
+            "`collapsekit train` first, or pass a checkpoint, a run directory or random:resnet18"
+        )
+    return [str(latest.resolve())]  # the run's own name labels the results, not "latest"
+
+
+def _device(device: str) -> str:
+    import torch
+
+    from collapsekit.errors import ConfigError
+    from collapsekit.options import look_up_option
+
+    device = look_up_option(device, ("auto", "cpu", "cuda"), "device")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but no CUDA device is available")
+    return device
+
+
+def _load(spec: str, device: str) -> LoadedModel:
+    from collapsekit.diagnostics.loading import load_model
+
+    return load_model(spec, device=device)
+
+
+def _image_size(model: LoadedModel, requested: int | None, progress: ProgressCallback) -> int:
+    """``--image-size``, else the checkpoint's training size, else 128; warn when they differ."""
+    from collapsekit.progress import Message
+
+    trained = model.image_size
+    if requested is None:
+        return int(trained) if trained else 128
+    if trained and trained != requested:
+        progress(
+            Message(
+                f"{model.name} was pretrained on {trained}-px slices and is evaluated at "
+                f"{requested} px (omit --image-size to use {trained})",
+                level="warning",
+            )
+        )
+    return requested
+
+
+def _load_data(
+    dataset: str,
+    data_dir: Path | None,
+    phantom_cases: int,
+    phantom_size: int,
+    phantom_slices: int,
+    progress: ProgressCallback,
+) -> tuple[list[Volume], list[Volume], dict[int, str]]:
+    """Training and validation volumes with labels (BTCV ids for both datasets)."""
+    from collapsekit.data import BTCV_LABELS, PhantomConfig, load_split
+    from collapsekit.options import look_up_option
+
+    dataset = look_up_option(dataset, ("phantom", "btcv"), "dataset")
+    phantom = None
+    if dataset == "phantom":
+        phantom = PhantomConfig(
+            cases=phantom_cases,
+            size=phantom_size,
+            slices=phantom_slices,
+            seed=PHANTOM_EVAL_SEED,
+            validation=max(1, phantom_cases // 3) if phantom_cases > 1 else 0,
+        )
+    root = str(data_dir) if data_dir is not None else None
+    train = load_split(dataset, root, "training", phantom=phantom, progress=progress)
+    val = load_split(dataset, root, "validation", phantom=phantom, progress=progress)
+    return list(train), list(val), dict(BTCV_LABELS)
+
+
+def _pred_dir(root: Path | None, name: str, n: int) -> Path | None:
+    """Predictions of several checkpoints go to one sub-directory each."""
+    if root is None or n == 1:
+        return root
+    import re
+
+    return root / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _cell(value: float | None) -> str:
+    return "[dim]absent[/]" if value is None else f"{value:.3f}"
+
+
+def _render(results: list[SegmentationResult], title: str, json_out: bool) -> None:
+    if json_out:
+        print_json({"results": [r.to_dict() for r in results]})
+        return
+    table = Table(title=f"{title}: 3D Dice per organ (validation)")
+    table.add_column("organ")
+    for r in results:
+        table.add_column(r.checkpoint, justify="right")
+    organs = list(results[0].dice) if results else []
+    for organ in organs:
+        table.add_row(organ, *(_cell(r.dice.get(organ)) for r in results))
+    table.add_section()
+    table.add_row("[bold]mean[/]", *(f"[bold]{_cell(_finite(r.mean_dice))}[/]" for r in results))
+    table.add_row(
+        "mean (organs present, per volume)", *(_cell(_finite(r.mean_dice_present)) for r in results)
+    )
+    console.print(table)
+    absent = results[0].absent if results else {}
+    everywhere = set.intersection(*(set(o) for o in absent.values())) if absent else set()
+    missing = {case: [o for o in organs if o not in everywhere] for case, organs in absent.items()}
+    missing = {case: organs for case, organs in missing.items() if organs}
+    if missing:
+        console.print(
+            "[dim]absent from the ground truth (not scored): "
+            + "; ".join(f"{case}: {', '.join(o)}" for case, o in missing.items())
+            + "[/]",
+            highlight=False,
+        )
+
+
+def _finite(x: float) -> float | None:
+    import math
+
+    return x if math.isfinite(x) else None
