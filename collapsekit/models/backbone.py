@@ -84,7 +84,9 @@ class Backbone(nn.Module):
     def last_norm(self) -> nn.Module:
         """The final normalisation of the last residual block of the last stage (ZCA placement)."""
         block = self.layer4[-1]
-        return block.bn3 if hasattr(block, "bn3") else block.bn2
+        norm = block.bn3 if hasattr(block, "bn3") else block.bn2
+        assert isinstance(norm, nn.Module)
+        return norm
 
     def set_last_norm(self, module: nn.Module) -> None:
         """Replace the module returned by :meth:`last_norm` (used to insert ZCA whitening)."""
@@ -102,7 +104,9 @@ class Backbone(nn.Module):
         """
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        plan = {32: [], 16: [(self.layer4, 2)], 8: [(self.layer3, 2), (self.layer4, 4)]}[output_stride]
+        plan = {32: [], 16: [(self.layer4, 2)], 8: [(self.layer3, 2), (self.layer4, 4)]}[
+            output_stride
+        ]
         for layer, dilation in plan:
             for m in layer.modules():
                 if isinstance(m, nn.Conv2d):

@@ -123,7 +123,11 @@ def sample_local_features(fmap: torch.Tensor, coords: torch.Tensor) -> torch.Ten
 
 
 def local_info_nce(
-    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor | None, temperature: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor | None,
+    temperature: float,
+    offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-point InfoNCE with in-batch and queued negatives.
 
@@ -136,13 +140,16 @@ def local_info_nce(
         k: ``(N, D)`` L2-normalised key points (no gradient needed).
         queue: ``(D, K)`` past keys, or ``None``.
         temperature: ``T``.
+        offset: index in ``k`` of the positive of ``q[0]``. Under DDP ``k`` holds the key points of
+            every rank (so each rank sees the negatives one process would see) and ``offset`` is the
+            number of key points on the ranks before this one; 0 on one process.
 
     Returns:
-        ``loss`` (scalar), ``logits`` ``(N, N + K)`` and ``labels`` ``(N,)``.
+        ``loss`` (scalar), ``logits`` ``(N, M + K)`` and ``labels`` ``(N,)``.
     """
-    logits = q @ k.t()  # q: N×D, k: N×D -> N×N
+    logits = q @ k.t()  # q: N×D, k: M×D -> N×M
     if queue is not None:
         logits = torch.cat([logits, q @ queue], dim=1)  # q: N×D, queue: D×K
     logits = logits / temperature
-    labels = torch.arange(q.shape[0], device=q.device)
+    labels = torch.arange(q.shape[0], device=q.device) + offset
     return F.cross_entropy(logits, labels), logits, labels

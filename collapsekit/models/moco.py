@@ -320,12 +320,18 @@ class MoCo(nn.Module):
             with torch.no_grad():
                 zk = F.normalize(self.encoder_k.local_head(sample_local_features(fk, c2)), dim=-1)
             valid_fraction = float(valid.float().mean())
+            # Key points of every rank (one process's negatives); this rank's positives start at offset.
+            zk_all = concat_all_gather(zk)
+            valid_all = concat_all_gather(valid.to(torch.uint8)).bool()  # gloo has no bool
+            n_points = zk.shape[1]
+            offset = int(valid_all[: rank() * zk.shape[0]].sum()) * n_points if is_dist() else 0
             if bool(valid.any()):
                 loss_local, _, _ = local_info_nce(
                     zq[valid].reshape(-1, cfg.local_dim),
-                    zk[valid].reshape(-1, cfg.local_dim),
+                    zk_all[valid_all].reshape(-1, cfg.local_dim),
                     self.local_queue.queue.clone().detach(),
                     cfg.temperature,
+                    offset=offset,
                 )
             else:  # keep the graph (and DDP's used-parameter set) intact
                 loss_local = zq.sum() * 0.0
@@ -334,8 +340,6 @@ class MoCo(nn.Module):
         if self.training:
             self.queue.enqueue(concat_all_gather(k))
             if self.local_queue is not None and zk is not None and valid is not None:
-                zk_all = concat_all_gather(zk)
-                valid_all = concat_all_gather(valid.to(torch.uint8)).bool()  # gloo has no bool
                 self.local_queue.enqueue(zk_all[valid_all].reshape(-1, cfg.local_dim))
         return MoCoOutput(
             loss=loss,

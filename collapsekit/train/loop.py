@@ -202,6 +202,15 @@ def monitor_metrics(
     }
 
 
+def _global_mean(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Mean of a per-rank scalar over ranks (what one process on the whole batch would log)."""
+    if not ctx.distributed:
+        return x
+    y = x.clone()
+    torch.distributed.all_reduce(y)
+    return y / ctx.world_size
+
+
 def _cosine(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
@@ -410,12 +419,12 @@ def _train(
             step += 1
             n_steps += 1
             n_img += cfg.batch_size
-            lv = float(loss.detach())
+            lv = float(_global_mean(loss.detach(), ctx))
             losses.append(lv)
             sums["loss"] += lv
-            sums["loss_global"] += float(output.loss_global.detach())
+            sums["loss_global"] += float(_global_mean(output.loss_global.detach(), ctx))
             if output.loss_local is not None:
-                sums["loss_local"] += float(output.loss_local.detach())
+                sums["loss_local"] += float(_global_mean(output.loss_local.detach(), ctx))
             ips = n_img / max(time.perf_counter() - t0, 1e-9)
             info = {"epoch": epoch + 1, "loss": lv, "lr": scheduler.get_last_lr()[0], "img/s": ips}
             if "effective_rank" in last_metrics:
