@@ -14,7 +14,9 @@ __all__ = ["look_up_option"]
 E = TypeVar("E", bound=Enum)
 
 
-def look_up_option(value: str | Enum, choices: Iterable[str] | type[Enum], name: str = "option") -> str:
+def look_up_option(
+    value: str | Enum, choices: Iterable[str] | type[Enum], name: str = "option"
+) -> str:
     """Return the canonical string for ``value`` among ``choices``.
 
     Args:

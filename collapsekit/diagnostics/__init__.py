@@ -1,0 +1,33 @@
+"""Collapse diagnostics on plain ``(N, D)`` embeddings: spectrum, ranks, similarity, file IO."""
+
+from __future__ import annotations
+
+from collapsekit.diagnostics.embeddings_io import load_embeddings
+from collapsekit.diagnostics.rank import effective_rank, numerical_rank
+from collapsekit.diagnostics.similarity import SimilarityResult, pairwise_cosine_stats
+from collapsekit.diagnostics.spectrum import (
+    SpectrumResult,
+    alpha_req,
+    explained_variance,
+    singular_spectrum,
+    spectrum_report,
+    std_of_l2_normalized,
+)
+from collapsekit.diagnostics.streaming import SpectrumAccumulator
+from collapsekit.diagnostics.validation import as_embeddings
+
+__all__ = [
+    "as_embeddings",
+    "singular_spectrum",
+    "effective_rank",
+    "alpha_req",
+    "numerical_rank",
+    "explained_variance",
+    "std_of_l2_normalized",
+    "SpectrumResult",
+    "spectrum_report",
+    "SpectrumAccumulator",
+    "SimilarityResult",
+    "pairwise_cosine_stats",
+    "load_embeddings",
+]

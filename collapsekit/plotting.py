@@ -1,0 +1,176 @@
+"""Figures of the diagnostics: ``plot_*(result, ax=None) -> (fig, ax)``, shared by CLI and notebooks.
+
+Plotting is separate from computing: every function takes result objects from
+:mod:`collapsekit.diagnostics`, draws on ``ax`` (or a new figure) and returns ``(fig, ax)``. Nothing
+here calls ``plt.show``; :func:`save_figure` writes and closes a figure, so the CLI works on a
+headless (Agg) backend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from collapsekit.diagnostics.similarity import SimilarityResult
+from collapsekit.diagnostics.spectrum import SpectrumResult
+
+__all__ = ["plot_spectrum", "plot_similarity", "save_figure"]
+
+_STYLE = "whitegrid"
+_PALETTE = "colorblind"
+_NOISE_DECADES = 13.0
+
+
+def _as_list(results: Any, kind: type) -> list[Any]:
+    items = [results] if isinstance(results, kind) else list(results)
+    if not items or not all(isinstance(r, kind) for r in items):
+        raise TypeError(f"expected a {kind.__name__} or a non-empty sequence of them")
+    return items
+
+
+def _figure(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is not None:
+        fig = ax.get_figure()
+        assert isinstance(fig, Figure)
+        return fig, ax
+    with sns.axes_style(_STYLE):
+        fig, new_ax = plt.subplots(figsize=size, layout="constrained")
+    return fig, new_ax
+
+
+def plot_spectrum(
+    results: SpectrumResult | Sequence[SpectrumResult],
+    ax: Axes | None = None,
+    *,
+    title: str | None = None,
+) -> tuple[Figure, Axes]:
+    """Log10 of the covariance singular values against their index, one line per result.
+
+    Collapse shows as a tail that drops steeply (Jing et al. 2022, Fig. 2). Zero values (beyond
+    the rank, e.g. ``D > N - 1``) are left out of the line, and the y-axis stops 13 decades below
+    the largest value (float64 rounding noise), so a collapsed tail drops off the axes. The legend gives each name with its
+    effective rank (centred) and ``D``.
+
+    Args:
+        results: one :class:`SpectrumResult` or several (same or different ``D``).
+        ax: axes to draw on; a new figure when None.
+        title: axes title; a default names what is plotted.
+
+    Returns:
+        ``(fig, ax)``.
+    """
+    items = _as_list(results, SpectrumResult)
+    fig, ax = _figure(ax, (7.0, 4.5))
+    colors = sns.color_palette(_PALETTE, n_colors=max(len(items), 3))
+    top, bottom = -np.inf, np.inf
+    for res, color in zip(items, colors, strict=False):
+        s = np.asarray(res.spectrum, dtype=np.float64)
+        idx = np.arange(1, len(s) + 1)
+        positive = s > 0
+        log_s = np.where(positive, np.log10(np.where(positive, s, 1.0)), np.nan)
+        if positive.any():
+            top = max(top, float(np.nanmax(log_s)))
+            bottom = min(bottom, float(np.nanmin(log_s)))
+        label = (
+            f"{res.name}  (eff. rank {res.effective_rank_centered:.1f} of D={res.d}"
+            + (f", N-1={res.n - 1}" if res.bounded_by_samples else "")
+            + ")"
+        )
+        ax.plot(idx, log_s, color=color, linewidth=1.8, label=label)
+    ax.set_xlabel("singular value index (descending)")
+    ax.set_ylabel("log$_{10}$ singular value of the covariance")
+    normalized = {r.normalized for r in items}
+    default = "Embedding covariance spectrum" + (
+        " (rows L2-normalised)" if normalized == {True} else ""
+    )
+    ax.set_title(default if title is None else title)
+    ax.set_xlim(0, max(len(r.spectrum) for r in items) + 1)
+    if np.isfinite(top):
+        # Below ~1e-13 of the largest value a float64 covariance holds only rounding noise: let a
+        # collapsed tail fall off the axes instead of squeezing the informative range.
+        ax.set_ylim(max(bottom, top - _NOISE_DECADES) - 0.5, top + 0.5)
+    ax.legend(loc="best", fontsize="small", frameon=True)
+    return fig, ax
+
+
+def plot_similarity(
+    results: SimilarityResult | Sequence[SimilarityResult],
+    ax: Axes | None = None,
+    *,
+    title: str | None = None,
+) -> tuple[Figure, Axes]:
+    """Density histograms of pairwise cosine similarity, one colour per result.
+
+    With a same/different-volume split, the two parts are drawn dashed (same volume) and dotted
+    (different volume) in the result's colour, over the filled histogram of all pairs; the legend
+    gives each mean. Identical slices pile up at 1, isotropic embeddings around 0.
+
+    Args:
+        results: one :class:`SimilarityResult` or several (e.g. embeddings and pixels).
+        ax: axes to draw on; a new figure when None.
+        title: axes title; default "Pairwise cosine similarity".
+
+    Returns:
+        ``(fig, ax)``.
+    """
+    items = _as_list(results, SimilarityResult)
+    fig, ax = _figure(ax, (7.0, 4.5))
+    colors = sns.color_palette(_PALETTE, n_colors=max(len(items), 3))
+    lo = 1.0
+    for res, color in zip(items, colors, strict=False):
+        _, edges = res.histogram
+        ax.stairs(
+            res.density(),
+            edges,
+            fill=True,
+            alpha=0.25,
+            color=color,
+            label=f"{res.name}: all pairs (mean {res.mean:.3f})",
+        )
+        ax.stairs(res.density(), edges, color=color, linewidth=1.2)
+        for part, style, label in (
+            (res.same_volume, "--", "same volume"),
+            (res.different_volume, ":", "different volume"),
+        ):
+            if part is not None:
+                ax.stairs(
+                    part.density(),
+                    part.histogram[1],
+                    color=color,
+                    linestyle=style,
+                    linewidth=1.8,
+                    label=f"{res.name}: {label} (mean {part.mean:.3f})",
+                )
+        counts, edges = res.histogram
+        if counts.any():
+            lo = min(lo, float(edges[np.flatnonzero(counts)[0]]))
+    # Zoom on the occupied range (always including [0, 1]): CT cosines often sit in [0.5, 1].
+    ax.set_xlim(max(-1.0, min(0.0, lo - 0.05)), 1.0)
+    ax.set_xlabel("cosine similarity")
+    ax.set_ylabel("density")
+    ax.set_title("Pairwise cosine similarity" if title is None else title)
+    ax.legend(loc="upper left", fontsize="small", frameon=True)
+    return fig, ax
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
+    """Write ``fig`` to ``path`` (parent folders created, tight bounding box) and close it.
+
+    Returns:
+        The path written.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(out, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return out

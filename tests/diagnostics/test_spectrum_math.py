@@ -1,0 +1,180 @@
+"""singular_spectrum, alpha_req, explained_variance, std_of_l2_normalized, spectrum_report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from collapsekit.diagnostics import (
+    alpha_req,
+    effective_rank,
+    explained_variance,
+    singular_spectrum,
+    spectrum_report,
+    std_of_l2_normalized,
+)
+from collapsekit.errors import InputError
+
+
+def _decaying(n: int, d: int, seed: int = 0, offset: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return (rng.standard_normal((n, d)) / np.arange(1, d + 1)) @ q.T + offset
+
+
+def _normalize(z: np.ndarray) -> np.ndarray:
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def _top_half_rel_error(s: np.ndarray, ref: np.ndarray) -> float:
+    half = len(ref) // 2
+    return float(np.max(np.abs(s[:half] - ref[:half]) / ref[:half]))
+
+
+def test_spectrum_equals_numpy_svd_of_cov() -> None:
+    z = _decaying(500, 40, offset=3.0).astype(np.float32)
+    ref = np.linalg.svd(np.cov(z.T.astype(np.float64)), compute_uv=False)
+    s = singular_spectrum(z, normalize=False)
+    assert s.dtype == torch.float64 and s.shape == (40,)
+    assert _top_half_rel_error(s.numpy(), ref) < 1e-5
+    np.testing.assert_allclose(s.numpy(), ref, rtol=1e-9)  # in fact float64-exact throughout
+
+
+def test_normalized_spectrum_equals_numpy_on_normalized_rows() -> None:
+    z = _decaying(300, 16, seed=3, offset=0.5)
+    ref = np.linalg.svd(np.cov(_normalize(z).T), compute_uv=False)
+    np.testing.assert_allclose(singular_spectrum(torch.tensor(z)).numpy(), ref, rtol=1e-9)
+
+
+def test_spectrum_with_more_dims_than_samples() -> None:
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((20, 50))
+    ref = np.linalg.svd(np.cov(z.T), compute_uv=False)
+    s = singular_spectrum(z, normalize=False).numpy()
+    assert s.shape == (50,)
+    np.testing.assert_allclose(s[:19], ref[:19], rtol=1e-9)
+    assert np.all(s[19:] == 0.0)  # the centred 20 x 50 matrix has rank 19
+
+
+def test_report_for_d_greater_than_n_is_bounded_by_samples() -> None:
+    z = np.random.default_rng(5).standard_normal((20, 50))
+    res = spectrum_report(z, normalize=False)
+    assert res.rank_bound == 19 and res.numerical_rank == 19 and res.bounded_by_samples
+    d = res.to_dict()
+    assert d["rank_bound"] == 19 and d["rank_bounded_by_samples"] is True
+
+
+def test_isotropic_gaussian_has_effective_rank_close_to_d() -> None:
+    z = np.random.default_rng(6).standard_normal((20000, 32))
+    res = spectrum_report(z)
+    assert 0.95 * 32 < res.effective_rank_centered <= 32
+    assert res.numerical_rank == 32
+    assert res.top1_variance == pytest.approx(1 / 32, rel=0.1)
+    assert res.std_l2 == pytest.approx(1 / math.sqrt(32), rel=0.02)
+    assert abs(res.alpha) < 0.1
+
+
+def test_report_ranks_equal_effective_rank_of_svd() -> None:
+    z = _decaying(400, 24, seed=7, offset=2.0)
+    res = spectrum_report(z)
+    zn = _normalize(z)
+    centred = np.linalg.svd(zn - zn.mean(0), compute_uv=False)
+    raw = np.linalg.svd(zn, compute_uv=False)
+    assert res.effective_rank_centered == pytest.approx(effective_rank(centred), rel=1e-8)
+    assert res.effective_rank_uncentered == pytest.approx(effective_rank(raw), rel=1e-8)
+    # the mean offset takes one large singular value of the raw matrix: RankMe (uncentred) is lower
+    assert res.effective_rank_uncentered < res.effective_rank_centered - 1
+
+
+def test_rank_one_embeddings() -> None:
+    rng = np.random.default_rng(8)
+    z = np.outer(rng.standard_normal(100), rng.standard_normal(32))
+    res = spectrum_report(z, normalize=False)
+    assert res.effective_rank_centered == pytest.approx(1.0, abs=1e-4)  # float64 rounding tail
+    assert res.numerical_rank == 1
+    assert res.top1_variance == pytest.approx(1.0, abs=1e-12)
+    assert math.isnan(res.alpha) and res.to_dict()["alpha_req"] is None
+
+
+def test_collapsed_to_a_point() -> None:
+    z = np.tile(np.arange(1.0, 9.0), (50, 1))
+    res = spectrum_report(z)
+    assert res.numerical_rank == 0 and res.effective_rank_centered == 0.0
+    assert math.isnan(res.top1_variance) and math.isnan(res.alpha)
+    assert res.std_l2 == pytest.approx(0.0, abs=1e-12)
+    assert res.effective_rank_uncentered == pytest.approx(1.0, abs=1e-6)
+    json.dumps(res.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 3.0])
+def test_alpha_req_recovers_power_law(alpha: float) -> None:
+    lam = 7.0 * np.arange(1, 201, dtype=np.float64) ** -alpha
+    a, r2 = alpha_req(np.random.default_rng(0).permutation(lam))  # order does not matter
+    assert a == pytest.approx(alpha, abs=1e-10)
+    assert r2 == pytest.approx(1.0, abs=1e-12)
+
+
+def test_alpha_req_fit_range_and_noise() -> None:
+    i = np.arange(1, 101, dtype=np.float64)
+    lam = np.where(i <= 50, i**-1.0, 1e-3 * i**-4.0)  # a break after 50
+    assert alpha_req(lam, fit_range=(0, 50))[0] == pytest.approx(1.0, abs=1e-10)
+    assert alpha_req(lam, fit_range=(50, 100))[0] == pytest.approx(4.0, abs=1e-10)
+    noisy = i**-1.5 * np.exp(np.random.default_rng(1).normal(0, 0.05, 100))
+    a, r2 = alpha_req(noisy)
+    assert a == pytest.approx(1.5, abs=0.05) and 0.98 < r2 < 1.0
+    assert alpha_req(np.ones(10)) == (pytest.approx(0.0, abs=1e-12), 1.0)
+
+
+def test_alpha_req_errors() -> None:
+    with pytest.raises(InputError, match="at least 2 positive"):
+        alpha_req([1.0, 0.0, 0.0])
+    with pytest.raises(InputError, match="fit_range"):
+        alpha_req([1.0, 0.5], fit_range=(1, 5))
+
+
+def test_explained_variance() -> None:
+    lam = [1.0, 4.0, 2.0, 3.0]
+    assert explained_variance(lam, 1) == pytest.approx(0.4)
+    assert explained_variance(lam, [1, 2, 10]) == {
+        1: pytest.approx(0.4),
+        2: pytest.approx(0.7),
+        10: pytest.approx(1.0),
+    }
+    assert explained_variance(np.ones(64), 10) == pytest.approx(10 / 64)
+    assert math.isnan(explained_variance(np.zeros(3), 1))
+    with pytest.raises(InputError, match="positive integer"):
+        explained_variance(lam, 0)
+
+
+def test_std_of_l2_normalized_matches_numpy() -> None:
+    z = _decaying(300, 12, seed=9, offset=1.0)
+    expected = np.std(_normalize(z), axis=0, ddof=1).mean()
+    assert std_of_l2_normalized(z) == pytest.approx(expected, rel=1e-12)
+    assert std_of_l2_normalized(np.ones((10, 4))) == 0.0
+
+
+def test_report_drop_nonfinite_and_errors() -> None:
+    z = _decaying(100, 8)
+    bad = z.copy()
+    bad[[3, 50]] = np.nan
+    with pytest.raises(InputError, match="2 of 100 rows"):
+        spectrum_report(bad)
+    res = spectrum_report(bad, drop_nonfinite=True)
+    ref = spectrum_report(np.delete(z, [3, 50], axis=0))
+    assert res.n == 98
+    np.testing.assert_allclose(res.spectrum, ref.spectrum, rtol=1e-12)
+
+
+def test_to_dict_is_json_ready_and_spells_out_semantics() -> None:
+    res = spectrum_report(_decaying(200, 10), name="model.pt")
+    d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
+    assert d["name"] == "model.pt" and d["n"] == 200 and d["d"] == 10
+    assert d["covariance_singular_values"] == pytest.approx(res.spectrum.tolist())
+    for key in ("effective_rank_centered", "effective_rank_uncentered", "rows_l2_normalized"):
+        assert key in d
+    assert d["numerical_rank_rtol"] == pytest.approx(10 * np.finfo(np.float32).eps)
+    assert "centred" in d["definitions"]["effective_rank_centered"]
