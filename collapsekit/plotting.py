@@ -22,7 +22,13 @@ from matplotlib.figure import Figure
 from collapsekit.diagnostics.similarity import SimilarityResult
 from collapsekit.diagnostics.spectrum import SpectrumResult
 
-__all__ = ["plot_spectrum", "plot_similarity", "save_figure"]
+__all__ = [
+    "plot_spectrum",
+    "plot_similarity",
+    "plot_rank_history",
+    "plot_ablation_dice",
+    "save_figure",
+]
 
 _STYLE = "whitegrid"
 _PALETTE = "colorblind"
@@ -158,6 +164,82 @@ def plot_similarity(
     ax.set_ylabel("density")
     ax.set_title("Pairwise cosine similarity" if title is None else title)
     ax.legend(loc="upper left", fontsize="small", frameon=True)
+    return fig, ax
+
+
+def plot_rank_history(
+    histories: dict[str, list[dict[str, Any]]] | dict[str, Any],
+    ax: Axes | None = None,
+    *,
+    key: str = "effective_rank",
+    title: str | None = None,
+) -> tuple[Figure, Axes]:
+    """A per-epoch metric (default: effective rank of the monitor set) of each training run.
+
+    Args:
+        histories: ``{name: [metrics.jsonl records]}``, or an ablation ``results.json`` dict
+            (each method's first seed is drawn, further seeds as thin lines).
+        key: the record field to draw.
+    """
+    if "methods" in histories:
+        runs: dict[str, list[list[dict[str, Any]]]] = {
+            m["method"]: m["history"] for m in histories["methods"].values() if m.get("history")
+        }
+    else:
+        runs = {name: [h] for name, h in histories.items()}
+    fig, ax = _figure(ax, (7.0, 4.2))
+    colors = sns.color_palette(_PALETTE, max(len(runs), 1))
+    for color, (name, seeds) in zip(colors, runs.items(), strict=False):
+        for i, records in enumerate(seeds):
+            xs = [r["epoch"] for r in records if r.get(key) is not None]
+            ys = [r[key] for r in records if r.get(key) is not None]
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                color=color,
+                lw=2 if i == 0 else 0.8,
+                label=name if i == 0 else None,
+            )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key.replace("_", " "))
+    ax.set_title(title or f"{key.replace('_', ' ')} during pretraining")
+    if runs:
+        ax.legend(fontsize=8)
+    return fig, ax
+
+
+def plot_ablation_dice(
+    results: dict[str, Any], ax: Axes | None = None, *, title: str | None = None
+) -> tuple[Figure, Axes]:
+    """Grouped bars of linear-probe Dice per organ, one bar per method (error bars over seeds)."""
+    methods = list(results["methods"].values())
+    organs = [k.split("/", 1)[1] for k in methods[0]["mean"] if k.startswith("dice/")]
+    organs = [o for o in organs if any(m["mean"].get(f"dice/{o}") is not None for m in methods)]
+    fig, ax = _figure(ax, (max(8.0, 0.9 * (len(organs) + 1)), 4.5))
+    labels = [*organs, "mean"]
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(labels))
+    colors = sns.color_palette(_PALETTE, len(methods))
+    for i, (m, color) in enumerate(zip(methods, colors, strict=True)):
+        keys = [f"dice/{o}" for o in organs] + ["mean_dice"]
+        vals = [m["mean"].get(k) for k in keys]
+        errs = [m["std"].get(k) or 0.0 for k in keys]
+        heights = [100 * v if v is not None else 0.0 for v in vals]
+        ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width,
+            heights,
+            width,
+            color=color,
+            yerr=[100 * e for e in errs] if m["seeds"] > 1 else None,
+            label=m["method"],
+            capsize=2,
+        )
+    ax.set_xticks(x, labels, rotation=35, ha="right")
+    ax.set_ylabel("Dice (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "Linear-probe Dice per organ")
+    ax.legend(fontsize=8, ncols=min(len(methods), 5))
     return fig, ax
 
 

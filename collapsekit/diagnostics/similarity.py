@@ -59,6 +59,26 @@ class SimilarityResult:
         total = counts.sum()
         return counts / (total * np.diff(edges)) if total else np.zeros(len(counts))
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SimilarityResult:
+        """Rebuild a result from :meth:`to_dict` output (e.g. a saved ``similarity.json``)."""
+        return cls(
+            name=d["name"],
+            n_pairs=int(d["n_pairs"]),
+            mean=float(d["mean"]),
+            std=float(d["std"]),
+            quantiles={k: float(v) for k, v in d["quantiles"].items()},
+            histogram=(
+                np.asarray(d["histogram"]["counts"], dtype=np.int64),
+                np.asarray(d["histogram"]["bin_edges"], dtype=np.float64),
+            ),
+            n_samples=int(d.get("n_samples", 0)),
+            same_volume=None if d.get("same_volume") is None else cls.from_dict(d["same_volume"]),
+            different_volume=(
+                None if d.get("different_volume") is None else cls.from_dict(d["different_volume"])
+            ),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (plain floats and lists), splits nested under their names."""
         counts, edges = self.histogram

@@ -268,6 +268,11 @@ class SpectrumResult:
         """True when ``N - 1 < D``: no rank above ``N - 1`` is possible, whatever the model."""
         return self.n - 1 < self.d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SpectrumResult:
+        """Rebuild a result from :meth:`to_dict` output (e.g. a saved ``spectrum.json``)."""
+        return spectrum_result_from_dict(d)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (lists and plain floats; NaN becomes ``None``), keys spelled out."""
         return {
@@ -296,6 +301,31 @@ class SpectrumResult:
                 "rank_bound": "min(D, N - 1)",
             },
         }
+
+
+def _nan(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def spectrum_result_from_dict(d: dict[str, Any]) -> SpectrumResult:
+    """Inverse of :meth:`SpectrumResult.to_dict` (``None`` back to NaN)."""
+    return SpectrumResult(
+        name=d["name"],
+        n=int(d["n"]),
+        d=int(d["d"]),
+        normalized=bool(d["rows_l2_normalized"]),
+        spectrum=np.asarray(d["covariance_singular_values"], dtype=np.float64),
+        effective_rank_centered=_nan(d["effective_rank_centered"]),
+        effective_rank_uncentered=_nan(d["effective_rank_uncentered"]),
+        alpha=_nan(d["alpha_req"]),
+        alpha_r2=_nan(d["alpha_req_r2"]),
+        std_l2=_nan(d["std_of_l2_normalized"]),
+        top1_variance=_nan(d["top1_variance_fraction"]),
+        top10_variance=_nan(d["top10_variance_fraction"]),
+        numerical_rank=int(d["numerical_rank"]),
+        rank_tolerance=float(d["numerical_rank_rtol"]),
+        rank_bound=int(d["rank_bound"]),
+    )
 
 
 def summarize_spectrum(

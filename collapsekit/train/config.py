@@ -53,7 +53,7 @@ class TrainConfig:
     dataset: str = "phantom"
     data_dir: str | None = None
     image_size: int = 128
-    epochs: int = 5
+    epochs: int = 10
     steps: int | None = None
     batch_size: int = 32
     lr: float | None = None

@@ -1,0 +1,83 @@
+"""``collapsekit ablate``: the paper's ablation table, measured on the user's data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from collapsekit.cli.app import app
+from collapsekit.cli.common import console, handle_errors, rich_progress
+
+
+@app.command()
+@handle_errors
+def ablate(
+    dataset: Annotated[
+        str, typer.Option(help="Pretraining data: phantom | abdomenct1k | folder")
+    ] = "phantom",
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Pretraining data root.")
+    ] = None,
+    eval_dataset: Annotated[str, typer.Option("--eval-dataset", help="phantom | btcv")] = "phantom",
+    eval_data_dir: Annotated[
+        Path | None, typer.Option("--eval-data-dir", help="BTCV root.")
+    ] = None,
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated methods.")
+    ] = "mocov2,local,zca,local+zca",
+    budget: Annotated[
+        str, typer.Option(help="small (CPU, ≤25 min on phantom) | paper (GPU)")
+    ] = "small",
+    seeds: Annotated[int, typer.Option(help="Seeds per method (mean ± std when > 1).")] = 1,
+    epochs: Annotated[
+        int | None, typer.Option(help="Override the budget's pretraining epochs.")
+    ] = None,
+    probe_epochs: Annotated[
+        int | None, typer.Option("--probe-epochs", help="Override probe epochs.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Results directory (re-run to resume).")] = Path(
+        "runs/ablation"
+    ),
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Pretrain every method, diagnose and probe each, and write report.md + results.json + figures."""
+    from collapsekit.ablation import AblationConfig, run_ablation
+
+    overrides = {
+        k: v for k, v in {"epochs": epochs, "probe_epochs": probe_epochs}.items() if v is not None
+    }
+    cfg = AblationConfig(
+        dataset=dataset,
+        data_dir=str(data_dir) if data_dir else None,
+        eval_dataset=eval_dataset,
+        eval_data_dir=str(eval_data_dir) if eval_data_dir else None,
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        budget=budget,
+        seeds=seeds,
+        device=device,
+        overrides=overrides,
+    )
+    with rich_progress(quiet) as progress:
+        results = run_ablation(cfg, out, progress=progress)
+    if quiet:
+        return
+    table = Table(title=f"Ablation ({results['config']['budget']} budget, {seeds} seed(s))")
+    for col in ("method", "local", "ZCA", "eff. rank", "dense eff. rank", "mean Dice"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for m in results["methods"].values():
+        mean = m["mean"]
+        dice = mean["mean_dice"]
+        table.add_row(
+            m["method"],
+            {True: "✓", False: "", None: "–"}[m["local"]],
+            {True: "✓", False: "", None: "–"}[m["zca"]],
+            f"{mean['effective_rank']:.1f}",
+            f"{mean['dense_effective_rank']:.1f}",
+            "–" if dice is None else f"{100 * dice:.1f}",
+        )
+    console.print(table)
+    console.print(f"report: {out / 'report.md'}")
