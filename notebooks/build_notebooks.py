@@ -1,0 +1,216 @@
+"""Regenerate the notebooks (no outputs committed): ``python notebooks/build_notebooks.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).parent
+
+SETUP = """\
+# Small settings so the notebook runs top to bottom on a laptop CPU in a minute or two.
+# Set QUICK = False for the real defaults.
+import os
+QUICK = os.environ.get("COLLAPSEKIT_NOTEBOOK_QUICK", "1") == "1"
+import torch
+if QUICK:
+    torch.set_num_threads(1)  # tiny tensors: extra threads only add overhead
+%matplotlib inline"""
+
+NB1 = [
+    new_markdown_cell(
+        "# Quickstart: is my representation collapsed?\n\n"
+        "This notebook trains a tiny MoCo v2 + local + ZCA model on the built-in CT phantom, then "
+        "diagnoses it next to a randomly initialised ResNet-18: the singular spectrum of the "
+        "embedding covariance (Jing et al. 2022), the effective rank (Roy & Vetterli 2007; RankMe), "
+        "and the inter-image cosine similarity. Everything here is the public API; the CLI "
+        "(`collapsekit train`, `collapsekit spectrum`, `collapsekit similarity`) calls the same functions."
+    ),
+    new_code_cell(SETUP),
+    new_markdown_cell("## 1. Train (or point `RUN` at an existing run directory / checkpoint)"),
+    new_code_cell(
+        """\
+import tempfile
+from collapsekit.train import config_from_dict, train
+
+workdir = tempfile.mkdtemp(prefix="collapsekit-nb1-")
+cfg = config_from_dict(
+    {},
+    steps=4 if QUICK else None,
+    batch_size=8 if QUICK else 32,
+    image_size=64 if QUICK else 128,
+    phantom_cases=4 if QUICK else 12,
+    phantom_size=64 if QUICK else 128,
+    monitor_samples=64,
+    num_workers=0,
+)
+result = train(cfg, f"{workdir}/run")
+RUN = result.run_dir
+print(RUN, "finished:", result.finished, "last loss:", round(result.losses[-1], 3))"""
+    ),
+    new_markdown_cell("## 2. Load models and embed CT slices"),
+    new_code_cell(
+        """\
+from collapsekit.data import PhantomConfig, load_split
+from collapsekit.diagnostics import extract_embeddings, load_model
+
+volumes = load_split(
+    "phantom", split="all", phantom=PhantomConfig(cases=4 if QUICK else 16, seed=123, validation=0)
+)
+models = [load_model(RUN), load_model("random:resnet18")]
+size = 64 if QUICK else 128
+embeddings = [extract_embeddings(m, volumes, image_size=size, samples=128 if QUICK else 1024) for m in models]
+[(e.name, e.z.shape) for e in embeddings]"""
+    ),
+    new_markdown_cell(
+        "## 3. Spectrum and effective rank\n\nA collapsed representation has a spectrum whose tail "
+        "drops steeply: few directions carry all the variance. Effective rank is 1 for rank one and "
+        "D for isotropic embeddings."
+    ),
+    new_code_cell(
+        """\
+from collapsekit.diagnostics import spectrum_report
+from collapsekit.plotting import plot_spectrum
+
+reports = [spectrum_report(e.z, name=e.name) for e in embeddings]
+for r in reports:
+    print(f"{r.name:28s} eff. rank {r.effective_rank_centered:6.1f} (RankMe {r.effective_rank_uncentered:6.1f})"
+          f"  alpha {r.alpha:.2f}  std(L2) {r.std_l2:.4f} vs 1/sqrt(D) {r.d ** -0.5:.4f}")
+fig, ax = plot_spectrum(reports)"""
+    ),
+    new_markdown_cell("## 4. Inter-image cosine similarity (same vs different volume)"),
+    new_code_cell(
+        """\
+from collapsekit.diagnostics import pairwise_cosine_stats
+from collapsekit.plotting import plot_similarity
+
+sims = [pairwise_cosine_stats(e.z, groups=e.volume, name=e.name) for e in embeddings]
+for s in sims:
+    print(f"{s.name:28s} mean {s.mean:.3f}  same volume {s.same_volume.mean:.3f}  "
+          f"different volume {s.different_volume.mean:.3f}")
+fig, ax = plot_similarity(sims)"""
+    ),
+]
+
+NB2 = [
+    new_markdown_cell(
+        "# Anatomy of collapse: why CT slices collapse, and what ZCA does\n\n"
+        "The paper's argument: CT slices are alike (same body, same organs, same intensities), so "
+        "MoCo's negatives are hard to tell apart and the representation collapses into few "
+        "dimensions. This notebook measures (1) how alike the slices are in pixel space, (2) the "
+        "global vs dense spectra of a backbone (segmentation uses the dense, per-location "
+        "features), and (3) what a ZCA whitening layer does to a spectrum."
+    ),
+    new_code_cell(SETUP),
+    new_code_cell(
+        """\
+from collapsekit.data import PhantomConfig, load_split
+from collapsekit.diagnostics import extract_embeddings, load_model, pairwise_cosine_stats, pixel_vectors
+from collapsekit.plotting import plot_similarity
+
+volumes = load_split(
+    "phantom", split="all", phantom=PhantomConfig(cases=4 if QUICK else 16, seed=7, validation=0)
+)
+pixels, vol_ids = pixel_vectors(volumes, samples=128 if QUICK else 1024, size=64)
+pix = pairwise_cosine_stats(pixels, groups=vol_ids, name="pixels (64x64)")
+model = load_model("random:resnet18")
+emb = extract_embeddings(model, volumes, image_size=64 if QUICK else 128, samples=128 if QUICK else 1024)
+sim = pairwise_cosine_stats(emb.z, groups=emb.volume, name="random ResNet-18 embedding")
+print(f"pixel-space cosine: mean {pix.mean:.3f}; embedding cosine: mean {sim.mean:.3f}")
+fig, ax = plot_similarity([pix, sim])"""
+    ),
+    new_markdown_cell(
+        "## Global vs dense spectra\n\nThe pooled embedding averages the feature map; the dense "
+        "features are the per-location vectors a segmentation head reads."
+    ),
+    new_code_cell(
+        """\
+from collapsekit.diagnostics import spectrum_report
+from collapsekit.plotting import plot_spectrum
+
+size = 64 if QUICK else 128
+dense = extract_embeddings(model, volumes, image_size=size, samples=128, mode="dense")
+glob = extract_embeddings(model, volumes, image_size=size, samples=256, mode="backbone")
+reports = [spectrum_report(glob.z, name="global (pooled)"), spectrum_report(dense.z, name="dense (per location)")]
+fig, ax = plot_spectrum(reports, title="random ResNet-18: global vs dense")"""
+    ),
+    new_markdown_cell(
+        "## What ZCA whitening does to a spectrum\n\n"
+        "`ZCAWhitening` computes `W = Σ^{-1/2}` per group of channels and outputs `W (x − μ)`. Applied to "
+        "the backbone's embeddings, every group becomes white (covariance ≈ I), which lifts the tail "
+        "of the spectrum. That is why collapsekit reports the features *entering* a whitening layer "
+        "at the output: the whitened output is flat by construction."
+    ),
+    new_code_cell(
+        """\
+import torch
+from collapsekit.models import ZCAWhitening
+
+z = torch.from_numpy(glob.z)
+zca = ZCAWhitening(z.shape[1], group_size=64, affine=False).train()
+with torch.no_grad():
+    white = zca(z)
+before = spectrum_report(z, name="before ZCA", normalize=False)
+after = spectrum_report(white, name="after ZCA (groups of 64)", normalize=False)
+print(f"effective rank {before.effective_rank_centered:.1f} -> {after.effective_rank_centered:.1f}")
+fig, ax = plot_spectrum([before, after], title="ZCA whitening flattens the spectrum")"""
+    ),
+]
+
+NB3 = [
+    new_markdown_cell(
+        "# The ablation: load an `ablate` results directory and plot it\n\n"
+        "`collapsekit ablate --out DIR` pretrains `mocov2`, `local`, `zca` and `local+zca`, diagnoses each "
+        "and probes it. Point `ABLATION_DIR` at such a directory; by default this notebook runs a tiny "
+        "ablation first so it works anywhere."
+    ),
+    new_code_cell(SETUP),
+    new_code_cell(
+        """\
+import tempfile
+from collapsekit.ablation import AblationConfig, load_results, run_ablation
+
+ABLATION_DIR = os.environ.get("ABLATION_DIR")
+if ABLATION_DIR is None:
+    ABLATION_DIR = tempfile.mkdtemp(prefix="collapsekit-nb3-")
+    tiny = dict(image_size=32, epochs=1, batch_size=8, queue_size=32, phantom_cases=4, samples=64,
+                probe_epochs=2, probe_image_size=32)
+    run_ablation(AblationConfig(methods=("mocov2", "local+zca"), overrides=tiny if QUICK else {}), ABLATION_DIR)
+results = load_results(ABLATION_DIR)
+for m in results["methods"].values():
+    dice = m["mean"]["mean_dice"]
+    print(f"{m['method']:16s} eff. rank {m['mean']['effective_rank']:6.1f}  mean Dice {100 * dice:5.1f}")"""
+    ),
+    new_code_cell(
+        """\
+import matplotlib.pyplot as plt
+from collapsekit.diagnostics import SpectrumResult
+from collapsekit.plotting import plot_ablation_dice, plot_rank_history, plot_spectrum
+
+spectra = []
+for m in results["methods"].values():
+    r = SpectrumResult.from_dict(m["evals"][0]["global"])
+    spectra.append(r)
+fig, axes = plt.subplots(1, 2, figsize=(13, 4), layout="constrained")
+plot_spectrum(spectra, ax=axes[0], title="global spectra")
+plot_rank_history(results, ax=axes[1])
+fig, ax = plot_ablation_dice(results)"""
+    ),
+]
+
+
+def main() -> None:
+    for name, cells in [
+        ("01_quickstart.ipynb", NB1),
+        ("02_anatomy_of_collapse.ipynb", NB2),
+        ("03_ablation.ipynb", NB3),
+    ]:
+        nb = new_notebook(cells=cells)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, HERE / name)
+
+
+if __name__ == "__main__":
+    main()
