@@ -160,7 +160,7 @@ def _eval_volumes(cfg: AblationConfig, progress: ProgressCallback | None) -> dic
     cases = cfg.settings["phantom_cases"]
     # Evaluation phantoms use another seed: cases unseen during pretraining.
     phantom = PhantomConfig(cases=cases, seed=10_000, validation=max(1, min(4, cases // 3)))
-    kw = dict(phantom=phantom, progress=progress)
+    kw: dict[str, Any] = dict(phantom=phantom, progress=progress)
     return {
         "train": load_split(cfg.eval_dataset, cfg.eval_data_dir, "training", **kw),
         "val": load_split(cfg.eval_dataset, cfg.eval_data_dir, "validation", **kw),
@@ -239,7 +239,7 @@ def _aggregate(
     mean: dict[str, float | None] = {}
     std: dict[str, float | None] = {}
     for key in summaries[0]:
-        vals = [s[key] for s in summaries if s.get(key) is not None]
+        vals = [float(v) for s in summaries if (v := s.get(key)) is not None]
         mean[key] = float(np.mean(vals)) if vals else None
         std[key] = float(np.std(vals, ddof=1)) if len(vals) > 1 else (0.0 if vals else None)
     return mean, std
@@ -396,8 +396,8 @@ def render_report(results: dict[str, Any], out: str | Path) -> Path:
 
     glob = [SpectrumResult.from_dict(m["evals"][0]["global"]) for m in methods.values()]
     dens = [SpectrumResult.from_dict(m["evals"][0]["dense"]) for m in methods.values()]
-    for r, m in zip(glob + dens, list(methods.values()) * 2, strict=True):
-        object.__setattr__(r, "name", m["method"])
+    for spec, m in zip(glob + dens, list(methods.values()) * 2, strict=True):
+        object.__setattr__(spec, "name", m["method"])
     save_figure(
         plot_spectrum(glob, title="Global (pooled) backbone spectrum")[0],
         out / "spectra_global.png",
@@ -406,11 +406,11 @@ def render_report(results: dict[str, Any], out: str | Path) -> Path:
         plot_spectrum(dens, title="Dense (per-location) feature spectrum")[0],
         out / "spectra_dense.png",
     )
-    sims = [SimilarityResult.from_dict(results["pixels"])] + [
+    sims: list[SimilarityResult] = [SimilarityResult.from_dict(results["pixels"])] + [
         SimilarityResult.from_dict(m["evals"][0]["similarity"]) for m in methods.values()
     ]
-    for r, name in zip(sims[1:], [m["method"] for m in methods.values()], strict=True):
-        object.__setattr__(r, "name", name)
+    for sim, name in zip(sims[1:], [m["method"] for m in methods.values()], strict=True):
+        object.__setattr__(sim, "name", name)
     save_figure(plot_similarity(sims)[0], out / "similarity.png")
     save_figure(plot_ablation_dice(results)[0], out / "dice_per_organ.png")
     save_figure(plot_rank_history(results)[0], out / "effective_rank_per_epoch.png")

@@ -181,10 +181,10 @@ def plot_rank_history(
             (each method's first seed is drawn, further seeds as thin lines).
         key: the record field to draw.
     """
+    runs: dict[str, list[list[dict[str, Any]]]]
     if "methods" in histories:
-        runs: dict[str, list[list[dict[str, Any]]]] = {
-            m["method"]: m["history"] for m in histories["methods"].values() if m.get("history")
-        }
+        methods: dict[str, Any] = histories["methods"]  # type: ignore[assignment]
+        runs = {m["method"]: m["history"] for m in methods.values() if m.get("history")}
     else:
         runs = {name: [h] for name, h in histories.items()}
     fig, ax = _figure(ax, (7.0, 4.2))

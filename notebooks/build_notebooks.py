@@ -13,8 +13,10 @@ SETUP = """\
 # Small settings so the notebook runs top to bottom on a laptop CPU in a minute or two.
 # Set QUICK = False for the real defaults.
 import os
-QUICK = os.environ.get("COLLAPSEKIT_NOTEBOOK_QUICK", "1") == "1"
+
 import torch
+
+QUICK = os.environ.get("COLLAPSEKIT_NOTEBOOK_QUICK", "1") == "1"
 if QUICK:
     torch.set_num_threads(1)  # tiny tensors: extra threads only add overhead
 %matplotlib inline"""
@@ -208,7 +210,11 @@ def main() -> None:
         ("03_ablation.ipynb", NB3),
     ]:
         nb = new_notebook(cells=cells)
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
         nbformat.write(nb, HERE / name)
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from collapsekit.data.volume import Volume
 from collapsekit.errors import InputError
@@ -87,7 +87,7 @@ def slice_tensor(
     return torch.stack(out)
 
 
-def _model_parts(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+def _model_parts(model: Any) -> tuple[Any, Any]:
     backbone = getattr(model, "backbone", model)
     encoder = getattr(model, "encoder", None)
     return backbone, encoder
@@ -95,7 +95,7 @@ def _model_parts(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
 
 @torch.no_grad()
 def extract_embeddings(
-    model: nn.Module,
+    model: Any,
     volumes: Sequence[Volume],
     *,
     image_size: int = 128,

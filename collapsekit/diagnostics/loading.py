@@ -101,7 +101,9 @@ def backbone_from_state_dict(state: dict[str, Any], source: str = "state dict") 
     try:
         missing, unexpected = backbone.load_state_dict(trunk, strict=False)
     except RuntimeError as e:
-        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e)[:160])
+        detail = next(
+            (ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e)[:160]
+        )
         raise CheckpointError(f"{source}: weights do not fit a {arch} ({detail})") from None
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
@@ -127,7 +129,9 @@ def _load_collapsekit(ckpt: dict[str, Any], name: str, path: Path) -> LoadedMode
     try:
         missing, unexpected = encoder.load_state_dict(state, strict=False)
     except RuntimeError as e:
-        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e)[:160])
+        detail = next(
+            (ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e)[:160]
+        )
         raise CheckpointError(f"{path}: model weights do not match its config ({detail})") from None
     if missing or unexpected:
         raise CheckpointError(

@@ -100,7 +100,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def rng_state() -> dict[str, Any]:
     """Every RNG state a training step depends on, as weights-only-loadable data."""
-    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG is what users seed
+    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))  # noqa: NPY002 - users seed it
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {

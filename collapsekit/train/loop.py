@@ -174,9 +174,7 @@ def _load_volumes(
 
 
 @torch.no_grad()
-def monitor_metrics(
-    encoder: nn.Module, images: torch.Tensor, batch_size: int = 128
-) -> dict[str, float]:
+def monitor_metrics(encoder: Any, images: torch.Tensor, batch_size: int = 128) -> dict[str, float]:
     """Effective rank (centred and not), α-ReQ and std of L2-normalised pooled backbone embeddings."""
     from collapsekit.diagnostics import spectrum_report
 
@@ -323,8 +321,8 @@ def _train(
 
     # ---- model, optimiser, schedule
     torch.manual_seed(cfg.seed)
-    model: nn.Module = MoCo(cfg.model).to(device)
-    moco = model
+    moco = MoCo(cfg.model).to(device)
+    model: nn.Module = moco
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -486,7 +484,7 @@ def _final_spectrum(moco: MoCo, images: torch.Tensor, run_dir: Path, cfg: TrainC
     from collapsekit.diagnostics import spectrum_report
     from collapsekit.plotting import plot_spectrum, save_figure
 
-    encoder = moco.encoder_q
+    encoder: Any = moco.encoder_q
     was = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device

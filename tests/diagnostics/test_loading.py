@@ -14,7 +14,9 @@ def test_random_baseline_is_seeded_and_eval() -> None:
     a, b = load_model("random:resnet18"), load_model("random:resnet18")
     assert a.kind == "random" and a.name == "random:resnet18"
     assert not a.backbone.training
-    for (ka, va), (_, vb) in zip(a.backbone.state_dict().items(), b.backbone.state_dict().items(), strict=True):
+    for (ka, va), (_, vb) in zip(
+        a.backbone.state_dict().items(), b.backbone.state_dict().items(), strict=True
+    ):
         assert torch.equal(va, vb), ka
 
 
@@ -49,7 +51,9 @@ def test_official_moco_checkpoint(tmp_path: Path) -> None:
     sd["module.encoder_q.fc.0.weight"] = torch.zeros(2048, 2048)
     sd["module.encoder_k.conv1.weight"] = torch.zeros(64, 3, 7, 7)
     sd["module.queue"] = torch.zeros(128, 16)
-    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": sd}, tmp_path / "moco_v2_200ep.pth.tar")
+    torch.save(
+        {"epoch": 200, "arch": "resnet50", "state_dict": sd}, tmp_path / "moco_v2_200ep.pth.tar"
+    )
     m = load_model(tmp_path / "moco_v2_200ep.pth.tar")
     assert m.kind == "moco-official" and m.backbone.arch == "resnet50" and m.in_channels == 3
     assert torch.equal(m.backbone.layer4[2].conv3.weight, src.layer4[2].conv3.weight)
@@ -57,7 +61,9 @@ def test_official_moco_checkpoint(tmp_path: Path) -> None:
 
 def test_unrecognised_keys_listed(tmp_path: Path) -> None:
     torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "x.pt")
-    with pytest.raises(CheckpointError, match=r"unrecognised checkpoint.*foo\.weight.*official MoCo"):
+    with pytest.raises(
+        CheckpointError, match=r"unrecognised checkpoint.*foo\.weight.*official MoCo"
+    ):
         load_model(tmp_path / "x.pt")
 
 
