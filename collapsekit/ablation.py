@@ -246,11 +246,9 @@ def _aggregate(
 
 
 def _device(device: str) -> str:
-    import torch
+    from collapsekit.devices import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return resolve_device(device)
 
 
 def run_ablation(

@@ -38,18 +38,9 @@ DropOpt = Annotated[
 
 
 def _device(device: str) -> str:
-    import torch
+    from collapsekit.devices import resolve_device
 
-    from collapsekit.options import look_up_option
-
-    device = look_up_option(device, ("auto", "cpu", "cuda"), "device")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        from collapsekit.errors import ConfigError
-
-        raise ConfigError("--device cuda requested but no CUDA device is available")
-    return device
+    return resolve_device(device)
 
 
 @app.command()

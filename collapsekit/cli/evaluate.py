@@ -220,17 +220,9 @@ def _specs(checkpoints: list[str] | None) -> list[str]:
 
 
 def _device(device: str) -> str:
-    import torch
+    from collapsekit.devices import resolve_device
 
-    from collapsekit.errors import ConfigError
-    from collapsekit.options import look_up_option
-
-    device = look_up_option(device, ("auto", "cpu", "cuda"), "device")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but no CUDA device is available")
-    return device
+    return resolve_device(device)
 
 
 def _load(spec: str, device: str) -> LoadedModel:
