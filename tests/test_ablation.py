@@ -111,3 +111,13 @@ def test_cli_ablate_bad_input(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "did you mean 'local'" in res.output
     res = CliRunner().invoke(app, ["ablate", "--eval-dataset", "btcv", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "--eval-data-dir" in res.output
+
+
+def test_short_training_beats_random_probe(ablation: tuple[Path, dict]) -> None:
+    """A real signal: after one tiny epoch, pretrained backbones probe better than random init."""
+    _, res = ablation
+    random_dice = res["methods"]["random"]["mean"]["mean_dice"]
+    for method in ("mocov2", "local+zca"):
+        per_seed = [s["mean_dice"] for s in res["methods"][method]["per_seed"]]
+        print(method, per_seed, "random", random_dice)
+        assert min(per_seed) > random_dice
