@@ -125,7 +125,7 @@ def pairwise_cosine_stats(
     z: Any,
     *,
     groups: Sequence[Any] | np.ndarray | None = None,
-    bins: int = 50,
+    bins: int = 200,
     max_samples: int | None = 4000,
     seed: int = 0,
     name: str = "embeddings",
