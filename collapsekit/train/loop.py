@@ -137,6 +137,7 @@ def default_run_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:
 
 
 def _update_latest(run_dir: Path) -> None:
+    run_dir = run_dir.resolve()  # never point latest at itself when run via runs/latest
     link = run_dir.parent / "latest"
     tmp = run_dir.parent / f".latest.{os.getpid()}"
     try:

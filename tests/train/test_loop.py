@@ -152,3 +152,17 @@ def test_config_validation() -> None:
         config_from_dict({}, dataset="btcv")
     with pytest.raises(ConfigError, match="unknown config key 'epoch'; did you mean 'epochs'"):
         config_from_dict({"epoch": 3})
+
+
+def test_latest_symlink_tracks_newest_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    train(tiny(steps=1, model={"method": "mocov2"}), Path("runs") / "a")
+    assert (tmp_path / "runs" / "latest").resolve() == (tmp_path / "runs" / "a").resolve()
+    # resuming through the link keeps it pointing at the run, not at itself
+    train(tiny(steps=1), Path("runs") / "latest", resume=True)
+    assert (tmp_path / "runs" / "latest").resolve() == (tmp_path / "runs" / "a").resolve()
+    train(tiny(steps=1, model={"method": "mocov2"}), Path("runs") / "b")
+    assert (tmp_path / "runs" / "latest").resolve() == (tmp_path / "runs" / "b").resolve()
+    # a run outside runs/ leaves the link alone
+    train(tiny(steps=1, model={"method": "mocov2"}), tmp_path / "elsewhere")
+    assert (tmp_path / "runs" / "latest").resolve() == (tmp_path / "runs" / "b").resolve()
