@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -17,7 +19,6 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from collapsekit.errors import CollapsekitError
@@ -26,8 +27,17 @@ from collapsekit.serialization import to_jsonable
 
 __all__ = ["console", "err_console", "handle_errors", "rich_progress", "print_json", "to_jsonable"]
 
-console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    # Piped output (logs, CI, notebooks' !cells) gets 120 columns instead of rich's 80, so tables
+    # and progress bars are not squeezed; a terminal or $COLUMNS decides otherwise.
+    stream = sys.stderr if stderr else sys.stdout
+    if not stream.isatty() and "COLUMNS" not in os.environ:
+        return Console(stderr=stderr, width=120)
+    return Console(stderr=stderr)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,10 +79,9 @@ def rich_progress(quiet: bool = False) -> Iterator[Callable[[ProgressEvent], Non
         return
     progress = Progress(
         TextColumn("[bold blue]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=err_console,
         transient=False,

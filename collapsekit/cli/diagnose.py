@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from collapsekit.cli.app import app
@@ -98,34 +99,23 @@ def spectrum(
     if json_out:
         print_json(payload)
         return
-    table = Table(title=f"Embedding spectrum ({mode}{', L2-normalised' if normalize else ''})")
-    for col in (
-        "input",
-        "N",
-        "D",
-        "eff. rank (centred)",
-        "eff. rank (raw)",
-        "α",
-        "R²",
-        "std L2",
-        "top-1 var",
-        "top-10 var",
-        "num. rank",
-    ):
-        table.add_column(col, justify="left" if col == "input" else "right")
+    suffix = ", L2-normalised" if normalize else ""
+    table = Table(title=f"Embedding spectrum ({mode}{suffix})", box=box.SIMPLE_HEAD)
+    for col in ("input", "N×D", "erank", "RankMe", "α (R²)", "std L2", "top1/10%", "rank"):
+        if col == "input":
+            table.add_column(col, min_width=12, overflow="fold")
+        else:
+            table.add_column(col, justify="right", no_wrap=True)
     notes = []
     for r in results:
         table.add_row(
             r.name,
-            str(r.n),
-            str(r.d),
+            f"{r.n}×{r.d}",
             f"{r.effective_rank_centered:.1f}",
             f"{r.effective_rank_uncentered:.1f}",
-            f"{r.alpha:.2f}",
-            f"{r.alpha_r2:.2f}",
+            f"{r.alpha:.2f} ({r.alpha_r2:.2f})",
             f"{r.std_l2:.4f}",
-            f"{r.top1_variance:.1%}",
-            f"{r.top10_variance:.1%}",
+            f"{100 * r.top1_variance:.1f}/{100 * r.top10_variance:.1f}",
             f"{r.numerical_rank}/{r.rank_bound}",
         )
         if r.d > r.n - 1:
@@ -133,6 +123,11 @@ def spectrum(
                 f"{r.name}: D={r.d} > N-1={r.n - 1}, so every rank is bounded by N-1 = {r.n - 1}"
             )
     console.print(table)
+    console.print(
+        "erank: effective rank of the centred embeddings; RankMe: of the raw matrix; "
+        "rank: numerical rank / its bound min(D, N-1); top1/10%: variance in the leading directions.",
+        style="dim",
+    )
     for n in notes:
         console.print(f"[yellow]note:[/] {n}")
     console.print(

@@ -85,6 +85,8 @@ def _name(spec: str) -> str:
     p = Path(spec)
     if spec.startswith("random:"):
         return spec
+    if p.is_symlink():  # runs/latest -> the run's own name
+        p = p.resolve()
     if p.name == "checkpoint.pt":
         return p.parent.name
     return p.stem if p.suffix else p.name
