@@ -157,9 +157,8 @@ def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
 def _eval_volumes(cfg: AblationConfig, progress: ProgressCallback | None) -> dict[str, Any]:
     from collapsekit.data import PhantomConfig, load_split
 
-    cases = cfg.settings["phantom_cases"]
     # Evaluation phantoms use another seed: cases unseen during pretraining.
-    phantom = PhantomConfig(cases=cases, seed=10_000, validation=max(1, min(4, cases // 3)))
+    phantom = PhantomConfig(cases=cfg.settings["phantom_cases"], seed=10_000)
     kw: dict[str, Any] = dict(phantom=phantom, progress=progress)
     return {
         "train": load_split(cfg.eval_dataset, cfg.eval_data_dir, "training", **kw),

@@ -27,6 +27,7 @@ from collapsekit.serialization import to_jsonable
 
 __all__ = ["console", "err_console", "handle_errors", "rich_progress", "print_json", "to_jsonable"]
 
+
 def _console(stderr: bool = False) -> Console:
     # Piped output (logs, CI, notebooks' !cells) gets 120 columns instead of rich's 80, so tables
     # and progress bars are not squeezed; a terminal or $COLUMNS decides otherwise.

@@ -43,7 +43,7 @@ def phantom_cmd(
         int | None,
         typer.Option(
             "--validation",
-            help="Cases listed as validation (btcv layout); default: a third of the cases, at most 4.",
+            help="Cases listed as validation (btcv layout); default: a third of the cases, at least 1, at most 4.",
         ),
     ] = None,
     overwrite: Annotated[
@@ -61,8 +61,6 @@ def phantom_cmd(
     """Write phantom CT volumes (int16 HU) and BTCV-id label maps in a real dataset layout."""
     from collapsekit.data.phantom import write_phantom_dataset
 
-    if validation is None:
-        validation = min(4, max(cases, 0) // 3)
     with rich_progress(quiet or json_out) as progress:
         index = write_phantom_dataset(
             out_dir,

@@ -48,7 +48,8 @@ SavePredOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the subset, shuffling and head init.")]
 PhantomCasesOpt = Annotated[
-    int, typer.Option("--phantom-cases", help="Phantom volumes (a third for validation).")
+    int,
+    typer.Option("--phantom-cases", help="Phantom volumes (a third for validation, at most 4)."),
 ]
 PhantomSizeOpt = Annotated[int, typer.Option("--phantom-size", help="Phantom in-plane size.")]
 PhantomSlicesOpt = Annotated[int, typer.Option("--phantom-slices", help="Phantom slices.")]
@@ -269,7 +270,6 @@ def _load_data(
             size=phantom_size,
             slices=phantom_slices,
             seed=PHANTOM_EVAL_SEED,
-            validation=max(1, phantom_cases // 3) if phantom_cases > 1 else 0,
         )
     root = str(data_dir) if data_dir is not None else None
     train = load_split(dataset, root, "training", phantom=phantom, progress=progress)

@@ -284,7 +284,7 @@ def discover(
             CaseRecord(f"phantom{i + 1:04d}", None, None, phantom_case_seed(cfg.seed, i))
             for i in range(cfg.cases)
         ]
-        n_train = cfg.cases - cfg.validation
+        n_train = cfg.training_cases
         return DatasetIndex("phantom", None, records[:n_train], records[n_train:], [], phantom=cfg)
     if data_dir is None:
         help_text = {

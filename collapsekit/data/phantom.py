@@ -69,28 +69,48 @@ class PhantomConfig:
         size: in-plane size in pixels (>= 8); the field of view stays 400 mm.
         slices: number of axial slices (>= 1); the volume always spans 150 mm.
         seed: dataset seed; case ``i`` uses :func:`phantom_case_seed` ``(seed, i)``.
-        validation: number of validation cases, ``0 <= validation < cases``.
+        validation: number of validation cases, ``0 <= validation < cases``; ``None`` (default)
+            means :func:`default_validation_cases` — a third of the cases, at least 1, at most 4.
     """
 
     cases: int = 12
     size: int = 128
     slices: int = 48
     seed: int = 0
-    validation: int = 4
+    validation: int | None = None
 
     def __post_init__(self) -> None:
+        if self.validation is None:
+            object.__setattr__(self, "validation", default_validation_cases(self.cases))
         if self.cases < 1:
             raise ConfigError(f"phantom cases must be >= 1, got {self.cases}")
         if self.size < 8:
             raise ConfigError(f"phantom size must be >= 8 pixels, got {self.size}")
         if self.slices < 1:
             raise ConfigError(f"phantom slices must be >= 1, got {self.slices}")
-        if not 0 <= self.validation < self.cases:
+        if not 0 <= self.validation_cases < self.cases:
             raise ConfigError(
                 f"phantom validation cases must be in [0, cases) = [0, {self.cases}), got {self.validation}"
             )
         if self.seed < 0:
             raise ConfigError(f"phantom seed must be >= 0, got {self.seed}")
+
+    @property
+    def validation_cases(self) -> int:
+        """The number of validation cases (``validation`` once its default is resolved)."""
+        return (
+            self.validation if self.validation is not None else default_validation_cases(self.cases)
+        )
+
+    @property
+    def training_cases(self) -> int:
+        """``cases - validation_cases``: the first cases, which form the training split."""
+        return self.cases - self.validation_cases
+
+
+def default_validation_cases(cases: int) -> int:
+    """Validation cases of a ``cases``-volume phantom: a third, at least 1 (when ``cases > 1``), at most 4."""
+    return max(1, min(4, cases // 3)) if cases > 1 else 0
 
 
 def phantom_case_seed(seed: int, index: int) -> int:
@@ -617,7 +637,7 @@ def write_phantom_dataset(
     size: int = 128,
     slices: int = 48,
     seed: int = 0,
-    validation: int = 4,
+    validation: int | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> DatasetIndex:
@@ -697,7 +717,7 @@ def write_phantom_dataset(
             _save_nifti(lut[label], affine, lab_dir / f"Case_{n:05d}.nii.gz")
         emit(progress, TaskAdvanced("phantom", 1, {"case": n}))
     if layout == "btcv":
-        n_train = cfg.cases - cfg.validation
+        n_train = cfg.training_cases
         doc = _btcv_json(
             list(range(1, n_train + 1)),
             list(range(n_train + 1, cfg.cases + 1)),

@@ -158,7 +158,6 @@ def _load_volumes(
         size=cfg.phantom_size,
         slices=cfg.phantom_slices,
         seed=cfg.seed,
-        validation=min(4, cfg.phantom_cases // 3),
     )
     kw: dict[str, Any] = dict(phantom=phantom, cache_dir=cfg.cache_dir, progress=progress)
     train_vols = load_split(cfg.dataset, cfg.data_dir, "training", pre, **kw)
