@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from collapsekit.devices import resolve_device
 from collapsekit.errors import ConfigError
 from collapsekit.options import look_up_option
 from collapsekit.progress import (
@@ -244,12 +245,6 @@ def _aggregate(
     return mean, std
 
 
-def _device(device: str) -> str:
-    from collapsekit.devices import resolve_device
-
-    return resolve_device(device)
-
-
 def run_ablation(
     cfg: AblationConfig, out: str | Path, *, progress: ProgressCallback | None = None
 ) -> dict[str, Any]:
@@ -272,7 +267,7 @@ def run_ablation(
                 f"{out} holds an ablation with other settings ({cfg_file}); use another --out"
             )
     write_json(plain_cfg, cfg_file)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     vols = _eval_volumes(cfg, progress)
     runs = [(m, seed) for m in cfg.methods for seed in range(cfg.seeds)]
     emit(progress, TaskStarted("ablate", total=len(runs) + 1, description="ablation"))

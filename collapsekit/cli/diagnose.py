@@ -38,12 +38,6 @@ DropOpt = Annotated[
 ]
 
 
-def _device(device: str) -> str:
-    from collapsekit.devices import resolve_device
-
-    return resolve_device(device)
-
-
 @app.command()
 @handle_errors
 def spectrum(
@@ -68,6 +62,7 @@ def spectrum(
     quiet: QuietOpt = False,
 ) -> None:
     """Singular spectrum, effective rank, α-ReQ and friends of embeddings (Jing et al. 2022)."""
+    from collapsekit.devices import resolve_device
     from collapsekit.diagnostics.report import DataSpec, spectrum_analysis
     from collapsekit.errors import ConfigError
     from collapsekit.plotting import plot_spectrum, save_figure
@@ -88,7 +83,7 @@ def spectrum(
             data,
             mode=mode,
             normalize=normalize,
-            device=_device(device),
+            device=resolve_device(device),
             drop_nonfinite=drop_nonfinite,
             progress=progress,
         )
@@ -157,6 +152,7 @@ def similarity(
     quiet: QuietOpt = False,
 ) -> None:
     """Inter-image cosine similarity of embeddings (same vs different volume) and of pixels."""
+    from collapsekit.devices import resolve_device
     from collapsekit.diagnostics.report import DataSpec, similarity_analysis
     from collapsekit.plotting import plot_similarity, save_figure
     from collapsekit.serialization import write_json
@@ -172,7 +168,7 @@ def similarity(
             inputs,
             data,
             pixels=pixels,
-            device=_device(device),
+            device=resolve_device(device),
             drop_nonfinite=drop_nonfinite,
             progress=progress,
         )

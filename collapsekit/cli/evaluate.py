@@ -90,10 +90,11 @@ def probe(
     quiet: QuietOpt = False,
 ) -> None:
     """Linear probe (1×1 conv on the frozen final feature map) scored by per-organ 3D Dice."""
+    from collapsekit.devices import resolve_device
     from collapsekit.diagnostics.probe import ProbeConfig, linear_probe
 
     specs = _specs(checkpoints)
-    dev = _device(device)
+    dev = resolve_device(device)
     results: list[SegmentationResult] = []
     with rich_progress(quiet or json_out) as progress:
         train, val, labels = _load_data(
@@ -101,11 +102,6 @@ def probe(
         )
         for spec in specs:
             model = _load(spec, dev)
-            extra: dict[str, Any] = {}
-            if batch_size is not None:
-                extra["batch_size"] = batch_size
-            if lr is not None:
-                extra["lr"] = lr
             cfg = ProbeConfig(
                 epochs=epochs,
                 image_size=_image_size(model, image_size, progress),
@@ -114,7 +110,7 @@ def probe(
                 label_fraction=label_fraction,
                 seed=seed,
                 cache=cache,
-                **extra,
+                **_given(batch_size=batch_size, lr=lr),
             )
             results.append(
                 linear_probe(
@@ -164,21 +160,17 @@ def finetune(
     quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune the pretrained encoder under a MONAI UNet decoder; per-organ 3D Dice."""
+    from collapsekit.devices import resolve_device
     from collapsekit.diagnostics.finetune import FinetuneConfig
     from collapsekit.diagnostics.finetune import finetune as run_finetune
 
     spec = _specs([checkpoint] if checkpoint else None)[0]
-    dev = _device(device)
+    dev = resolve_device(device)
     with rich_progress(quiet or json_out) as progress:
         train, val, labels = _load_data(
             dataset, data_dir, phantom_cases, phantom_size, phantom_slices, progress
         )
         model = _load(spec, dev)
-        extra: dict[str, Any] = {}
-        if batch_size is not None:
-            extra["batch_size"] = batch_size
-        if lr is not None:
-            extra["lr"] = lr
         cfg = FinetuneConfig(
             epochs=epochs,
             image_size=_image_size(model, image_size, progress),
@@ -186,7 +178,7 @@ def finetune(
             dice_loss=dice_loss,
             label_fraction=label_fraction,
             seed=seed,
-            **extra,
+            **_given(batch_size=batch_size, lr=lr),
         )
         result = run_finetune(
             model.backbone,
@@ -220,10 +212,9 @@ def _specs(checkpoints: list[str] | None) -> list[str]:
     return [str(latest.resolve())]  # the run's own name labels the results, not "latest"
 
 
-def _device(device: str) -> str:
-    from collapsekit.devices import resolve_device
-
-    return resolve_device(device)
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set (not None), so the config's own defaults apply to the rest."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _load(spec: str, device: str) -> LoadedModel:

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from collapsekit.devices import resolve_device
+
 __all__ = ["DistContext", "setup_distributed", "broadcast_object", "barrier", "cleanup_distributed"]
 
 
@@ -39,11 +41,7 @@ def setup_distributed(device: str = "auto") -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        from collapsekit.errors import ConfigError
-
-        raise ConfigError("--device cuda requested but no CUDA device is available")
+    use_cuda = resolve_device(device) == "cuda"
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
