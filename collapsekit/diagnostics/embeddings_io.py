@@ -103,6 +103,18 @@ def _load_torch(path: Path) -> np.ndarray:
             f"{path}: cannot be read as tensors with torch.load(weights_only=True) "
             f"(code-running pickles are refused): {_reason(exc)}"
         ) from exc
+    return embeddings_from_object(obj, path)
+
+
+def embeddings_from_object(obj: Any, path: str | Path) -> np.ndarray:
+    """The embeddings array held by an object read from ``path`` with ``torch.load``.
+
+    Accepts a tensor or a dict holding exactly one tensor (see :func:`load_embeddings`).
+
+    Raises:
+        InputError: anything else, naming ``path``.
+    """
+    path = Path(path)
     if isinstance(obj, dict):
         obj = _pick(path, {str(k): v for k, v in obj.items()}, "saved dict")
     if not isinstance(obj, torch.Tensor):

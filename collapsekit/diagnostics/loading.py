@@ -26,7 +26,13 @@ from collapsekit.errors import CheckpointError
 from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone
 from collapsekit.train.checkpoint import FORMAT, safe_torch_load
 
-__all__ = ["LoadedModel", "load_model", "backbone_from_state_dict", "infer_arch"]
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "model_from_object",
+    "backbone_from_state_dict",
+    "infer_arch",
+]
 
 
 @dataclass
@@ -177,8 +183,19 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             raise CheckpointError(
                 f"{path} is a directory without checkpoint.pt (not a collapsekit run)"
             )
+    return model_from_object(safe_torch_load(path), path, device)
+
+
+def model_from_object(
+    obj: Any, path: str | Path, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Build the model held by ``obj``, already read from checkpoint file ``path`` (weights only).
+
+    Raises:
+        CheckpointError: ``obj`` is not a recognised checkpoint (the message lists the formats).
+    """
+    path = Path(path)
     name = path.parent.name if path.name == "checkpoint.pt" else path.stem
-    obj = safe_torch_load(path)
     if not isinstance(obj, dict):
         raise CheckpointError(
             f"{path}: expected a dict of weights, got {type(obj).__name__} (for raw embeddings use .npy/.npz)"

@@ -18,7 +18,6 @@ import torch
 from collapsekit.data.volume import Volume
 from collapsekit.diagnostics.extract import Embeddings, extract_embeddings, pixel_vectors
 from collapsekit.diagnostics.loading import LoadedModel, load_model
-from collapsekit.errors import InputError
 from collapsekit.progress import ProgressCallback
 from collapsekit.serialization import write_json
 
@@ -57,19 +56,17 @@ def is_embeddings_file(spec: str) -> bool:
 
 def load_input(spec: str, device: str | torch.device = "cpu") -> LoadedModel | np.ndarray:
     """A model, or an ``(N, D)`` array when ``spec`` is an embeddings file (``.pt``: a bare tensor)."""
-    from collapsekit.diagnostics import load_embeddings
+    from collapsekit.diagnostics.embeddings_io import embeddings_from_object, load_embeddings
+    from collapsekit.diagnostics.loading import model_from_object
+    from collapsekit.train.checkpoint import safe_torch_load
 
     if is_embeddings_file(spec):
         return load_embeddings(spec)
     if Path(spec).suffix.lower() in (".pt", ".pth") and Path(spec).is_file():
-        from collapsekit.train.checkpoint import safe_torch_load
-
-        try:
-            obj = safe_torch_load(spec)
-        except Exception as e:  # re-raise as the embeddings loader words it for tensors
-            raise InputError(str(e)) from None
+        obj = safe_torch_load(spec)  # read once: a tensor is embeddings, a dict is weights
         if isinstance(obj, torch.Tensor):
-            return load_embeddings(spec)
+            return embeddings_from_object(obj, spec)
+        return model_from_object(obj, spec, device)
     return load_model(spec, device=device)
 
 
