@@ -33,6 +33,7 @@ from collapsekit.data import (
 )
 from collapsekit.data.volume import Volume
 from collapsekit.diagnostics.extract import select_slices, slice_tensor
+from collapsekit.diagnostics.spectrum import SpectrumResult, spectrum_report
 from collapsekit.errors import ConfigError, TrainingError
 from collapsekit.models import MoCo
 from collapsekit.progress import (
@@ -43,7 +44,7 @@ from collapsekit.progress import (
     TaskStarted,
     emit,
 )
-from collapsekit.serialization import to_jsonable
+from collapsekit.serialization import write_json
 from collapsekit.train.checkpoint import (
     FORMAT,
     VERSION,
@@ -61,7 +62,7 @@ from collapsekit.train.distributed import (
     setup_distributed,
 )
 
-__all__ = ["TrainResult", "train", "default_run_dir", "monitor_metrics", "RUN_FILES"]
+__all__ = ["TrainResult", "train", "default_run_dir", "monitor_report", "RUN_FILES"]
 
 RUN_FILES = ("checkpoint.pt", "config.toml", "metrics.jsonl")
 
@@ -174,10 +175,8 @@ def _load_volumes(
 
 
 @torch.no_grad()
-def monitor_metrics(encoder: Any, images: torch.Tensor, batch_size: int = 128) -> dict[str, float]:
-    """Effective rank (centred and not), α-ReQ and std of L2-normalised pooled backbone embeddings."""
-    from collapsekit.diagnostics import spectrum_report
-
+def monitor_report(encoder: Any, images: torch.Tensor, batch_size: int = 128) -> SpectrumResult:
+    """Spectrum report of the pooled backbone embeddings of ``images`` (eval mode, L2-normalised)."""
     was = encoder.training
     encoder.eval()
     try:
@@ -190,7 +189,11 @@ def monitor_metrics(encoder: Any, images: torch.Tensor, batch_size: int = 128) -
         )
     finally:
         encoder.train(was)
-    rep = spectrum_report(z, name="monitor", normalize=True)
+    return spectrum_report(z, name="monitor", normalize=True)
+
+
+def _monitor_record(rep: SpectrumResult) -> dict[str, float]:
+    """What metrics.jsonl logs of a monitor report each epoch."""
     return {
         "effective_rank": rep.effective_rank_centered,
         "effective_rank_uncentered": rep.effective_rank_uncentered,
@@ -388,6 +391,7 @@ def _train(
     model.train()
     epoch = step // steps_per_epoch
     last_metrics: dict[str, float] = history[-1] if history else {}
+    last_report: SpectrumResult | None = None
     while step < stop_at:
         epoch = step // steps_per_epoch
         start_batch = step - epoch * steps_per_epoch
@@ -446,7 +450,8 @@ def _train(
                 "images_per_s": n_img / max(elapsed, 1e-9),
             }
             if ctx.is_main:
-                record.update(monitor_metrics(moco.encoder_q, monitor_images))
+                last_report = monitor_report(moco.encoder_q, monitor_images)
+                record.update(_monitor_record(last_report))
                 last_metrics = record
                 er = record["effective_rank"]
                 if er < cfg.collapse_warn_fraction * width:
@@ -467,7 +472,9 @@ def _train(
 
     finished = step >= total_steps
     if finished and ctx.is_main:
-        _final_spectrum(moco, monitor_images, run_dir, cfg)
+        if last_report is None:  # resumed exactly at the end: nothing was trained this session
+            last_report = monitor_report(moco.encoder_q, monitor_images)
+        _final_spectrum(last_report, run_dir, cfg)
     barrier(ctx)
     return TrainResult(
         run_dir=run_dir,
@@ -480,23 +487,11 @@ def _train(
     )
 
 
-def _final_spectrum(moco: MoCo, images: torch.Tensor, run_dir: Path, cfg: TrainConfig) -> None:
-    from collapsekit.diagnostics import spectrum_report
+def _final_spectrum(rep: SpectrumResult, run_dir: Path, cfg: TrainConfig) -> None:
+    """``spectrum.png`` and ``spectrum.json`` of the final backbone (its last monitor report)."""
     from collapsekit.plotting import plot_spectrum, save_figure
 
-    encoder: Any = moco.encoder_q
-    was = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    with torch.no_grad():
-        z = torch.cat(
-            [
-                encoder.embed(images[i : i + 128].to(device)).float().cpu()
-                for i in range(0, len(images), 128)
-            ]
-        )
-    encoder.train(was)
-    rep = spectrum_report(z, name=f"{cfg.model.method} ({cfg.model.arch})", normalize=True)
+    rep = dataclasses.replace(rep, name=f"{cfg.model.method} ({cfg.model.arch})")
     fig, _ = plot_spectrum(rep, title=f"Backbone spectrum after training — {run_dir.name}")
     save_figure(fig, run_dir / "spectrum.png")
-    (run_dir / "spectrum.json").write_text(json.dumps(to_jsonable(rep), indent=2))
+    write_json(rep, run_dir / "spectrum.json")
