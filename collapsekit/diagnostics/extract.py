@@ -88,9 +88,11 @@ def slice_tensor(
 
 
 def _model_parts(model: Any) -> tuple[Any, Any]:
+    """``(backbone, encoder or None)`` of a LoadedModel, a collapsekit Encoder or a bare backbone."""
     backbone = getattr(model, "backbone", model)
-    encoder = getattr(model, "encoder", None)
-    return backbone, encoder
+    if hasattr(model, "encoder"):  # LoadedModel
+        return backbone, model.encoder
+    return backbone, model if hasattr(model, "projector") else None  # Encoder / backbone
 
 
 @torch.no_grad()
@@ -130,8 +132,6 @@ def extract_embeddings(
     backbone, encoder = _model_parts(model)
     if mode == "head" and encoder is None:
         raise InputError("--head needs a collapsekit checkpoint (this model has no projector)")
-    if encoder is not None and not hasattr(model, "backbone"):
-        encoder = model  # an Encoder passed directly
     label = name or getattr(model, "name", None) or type(model).__name__
     index = select_slices(volumes, samples)
     was_training = [(m, m.training) for m in (backbone, encoder) if m is not None]

@@ -78,3 +78,26 @@ def test_wrong_shapes_rejected(tmp_path: Path) -> None:
 def test_directory_without_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="without checkpoint.pt"):
         load_model(tmp_path)
+
+
+def test_extract_head_from_an_encoder_passed_directly() -> None:
+    import numpy as np
+
+    from collapsekit.data.volume import Volume
+    from collapsekit.diagnostics.extract import extract_embeddings
+    from collapsekit.models import ModelConfig, build_encoder
+
+    enc = build_encoder(ModelConfig(method="mocov2")).eval()
+    vol = Volume(
+        "v",
+        np.random.default_rng(0).random((32, 32, 3), dtype=np.float32),
+        None,
+        np.eye(4),
+        np.arange(3),
+    )
+    head = extract_embeddings(enc, [vol], image_size=32, mode="head")
+    pooled = extract_embeddings(enc, [vol], image_size=32, mode="backbone")
+    assert head.z.shape == (3, 128) and pooled.z.shape == (3, 512)
+    with torch.no_grad():
+        x = torch.from_numpy(np.moveaxis(vol.image, -1, 0)[:, None].copy())
+        np.testing.assert_allclose(head.z, enc(x).numpy(), rtol=1e-4, atol=1e-5)
