@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from collapsekit.data import PhantomConfig, load_split
-from collapsekit.diagnostics import extract_embeddings, load_model
-from collapsekit.diagnostics.extract import select_slices, slice_tensor
+from collapsekit.evaluation import extract_embeddings
+from collapsekit.runs import load_model
+from collapsekit.evaluation.extract import select_slices, slice_tensor
 
 
 def main() -> None:

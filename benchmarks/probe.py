@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from collapsekit.data import BTCV_LABELS, PhantomConfig, load_split
-from collapsekit.diagnostics.probe import ProbeConfig, linear_probe
+from collapsekit.evaluation.segmentation.probe import ProbeConfig, linear_probe
 from collapsekit.models.backbone import build_backbone
 
 

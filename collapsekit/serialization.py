@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 __all__ = ["to_jsonable", "write_json"]
 
@@ -34,13 +35,8 @@ def to_jsonable(obj: Any) -> Any:
         return obj if math.isfinite(obj) else None
     if isinstance(obj, Path):
         return str(obj)
-    try:
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            return to_jsonable(obj.detach().cpu().numpy())
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().numpy())
     return obj
 
 

@@ -56,7 +56,8 @@ print(RUN, "finished:", result.finished, "last loss:", round(result.losses[-1], 
     new_code_cell(
         """\
 from collapsekit.data import PhantomConfig, load_split
-from collapsekit.diagnostics import extract_embeddings, load_model
+from collapsekit.evaluation import extract_embeddings
+from collapsekit.runs import load_model
 
 volumes = load_split(
     "phantom", split="all", phantom=PhantomConfig(cases=4 if QUICK else 16, seed=123, validation=0)
@@ -109,7 +110,9 @@ NB2 = [
     new_code_cell(
         """\
 from collapsekit.data import PhantomConfig, load_split
-from collapsekit.diagnostics import extract_embeddings, load_model, pairwise_cosine_stats, pixel_vectors
+from collapsekit.diagnostics import pairwise_cosine_stats
+from collapsekit.evaluation import extract_embeddings, pixel_vectors
+from collapsekit.runs import load_model
 from collapsekit.plotting import plot_similarity
 
 volumes = load_split(
@@ -172,7 +175,7 @@ NB3 = [
     new_code_cell(
         """\
 import tempfile
-from collapsekit.ablation import AblationConfig, load_results, run_ablation
+from collapsekit.experiments.ablation import AblationConfig, load_results, run_ablation
 
 ABLATION_DIR = os.environ.get("ABLATION_DIR")
 if ABLATION_DIR is None:

@@ -45,7 +45,7 @@ def ablate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Pretrain every method, diagnose and probe each, and write report.md + results.json + figures."""
-    from collapsekit.ablation import AblationConfig, run_ablation
+    from collapsekit.experiments.ablation import AblationConfig, run_ablation
 
     overrides = {
         k: v for k, v in {"epochs": epochs, "probe_epochs": probe_epochs}.items() if v is not None

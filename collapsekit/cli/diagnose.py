@@ -63,8 +63,8 @@ def spectrum(
 ) -> None:
     """Singular spectrum, effective rank, α-ReQ and friends of embeddings (Jing et al. 2022)."""
     from collapsekit.devices import resolve_device
-    from collapsekit.diagnostics.report import DataSpec, spectrum_analysis
     from collapsekit.errors import ConfigError
+    from collapsekit.evaluation.report import DataSpec, spectrum_analysis
     from collapsekit.plotting import plot_spectrum, save_figure
     from collapsekit.serialization import write_json
 
@@ -153,7 +153,7 @@ def similarity(
 ) -> None:
     """Inter-image cosine similarity of embeddings (same vs different volume) and of pixels."""
     from collapsekit.devices import resolve_device
-    from collapsekit.diagnostics.report import DataSpec, similarity_analysis
+    from collapsekit.evaluation.report import DataSpec, similarity_analysis
     from collapsekit.plotting import plot_similarity, save_figure
     from collapsekit.serialization import write_json
 

@@ -13,9 +13,9 @@ from collapsekit.cli.common import console, handle_errors, print_json, rich_prog
 
 if TYPE_CHECKING:
     from collapsekit.data.volume import Volume
-    from collapsekit.diagnostics.loading import LoadedModel
-    from collapsekit.diagnostics.probe import SegmentationResult
+    from collapsekit.evaluation.segmentation.probe import SegmentationResult
     from collapsekit.progress import ProgressCallback
+    from collapsekit.runs.models import LoadedModel
 
 CheckpointsArg = Annotated[
     list[str] | None,
@@ -91,7 +91,7 @@ def probe(
 ) -> None:
     """Linear probe (1×1 conv on the frozen final feature map) scored by per-organ 3D Dice."""
     from collapsekit.devices import resolve_device
-    from collapsekit.diagnostics.probe import ProbeConfig, linear_probe
+    from collapsekit.evaluation.segmentation.probe import ProbeConfig, linear_probe
 
     specs = _specs(checkpoints)
     dev = resolve_device(device)
@@ -161,8 +161,8 @@ def finetune(
 ) -> None:
     """Fine-tune the pretrained encoder under a MONAI UNet decoder; per-organ 3D Dice."""
     from collapsekit.devices import resolve_device
-    from collapsekit.diagnostics.finetune import FinetuneConfig
-    from collapsekit.diagnostics.finetune import finetune as run_finetune
+    from collapsekit.evaluation.segmentation.finetune import FinetuneConfig
+    from collapsekit.evaluation.segmentation.finetune import finetune as run_finetune
 
     spec = _specs([checkpoint] if checkpoint else None)[0]
     dev = resolve_device(device)
@@ -201,15 +201,9 @@ def _specs(checkpoints: list[str] | None) -> list[str]:
     """The checkpoints to evaluate; ``runs/latest`` when none is given."""
     if checkpoints:
         return list(checkpoints)
-    latest = Path("runs/latest")
-    if not (latest / "checkpoint.pt").is_file():
-        from collapsekit.errors import CheckpointError
+    from collapsekit.runs.rundir import resolve_latest
 
-        raise CheckpointError(
-            "no checkpoint given and runs/latest/checkpoint.pt does not exist: run "
-            "`collapsekit train` first, or pass a checkpoint, a run directory or random:resnet18"
-        )
-    return [str(latest.resolve())]  # the run's own name labels the results, not "latest"
+    return [str(resolve_latest())]  # the run's own name labels the results, not "latest"
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -218,7 +212,7 @@ def _given(**options: Any) -> dict[str, Any]:
 
 
 def _load(spec: str, device: str) -> LoadedModel:
-    from collapsekit.diagnostics.loading import load_model
+    from collapsekit.runs.models import load_model
 
     return load_model(spec, device=device)
 

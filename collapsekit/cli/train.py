@@ -88,12 +88,9 @@ def train(
     )
     cfg = load_config(config, **overrides) if config else config_from_dict({}, **overrides)
     if resume and out is None:
-        latest = Path("runs/latest")
-        if not latest.exists():
-            from collapsekit.errors import ConfigError
+        from collapsekit.runs.rundir import resolve_latest
 
-            raise ConfigError("--resume needs --out DIR (no runs/latest to continue)")
-        out = latest.resolve()
+        out = resolve_latest()
     is_main = int(os.environ.get("RANK", "0")) == 0
     if not quiet and is_main and not resume:
         _print_config(cfg)

@@ -22,7 +22,14 @@ from collapsekit.data.phantom import (
     write_phantom_dataset,
 )
 from collapsekit.data.preprocess import PreprocessConfig, window
-from collapsekit.data.slices import SliceDataset, pretrain_dataset, resize_label, resize_slice
+from collapsekit.data.slices import (
+    SliceDataset,
+    pretrain_dataset,
+    resize_label,
+    resize_slice,
+    select_slices,
+    slice_tensor,
+)
 from collapsekit.data.volume import CaseRecord, Volume, radiological_view
 
 __all__ = [
@@ -33,6 +40,8 @@ __all__ = [
     "BTCV_TO_ABDOMENCT1K",
     "CaseRecord",
     "Volume",
+    "select_slices",
+    "slice_tensor",
     "DatasetIndex",
     "PhantomConfig",
     "PreprocessConfig",

@@ -19,6 +19,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    EnsureChannelFirst,
+    LoadImage,
+    Orientation,
+    Resize,
+    ScaleIntensityRange,
+    Spacing,
+)
 
 from collapsekit.data.phantom import PhantomConfig, generate_phantom
 from collapsekit.data.volume import CaseRecord, Volume
@@ -83,7 +92,6 @@ def window(hu: np.ndarray, a_min: float = -175.0, a_max: float = 250.0) -> np.nd
 
 
 def _read_nifti(path: Path, case_id: str, what: str):
-    from monai.transforms import LoadImage
 
     if not path.is_file():
         raise DataError(f"{what} file {path} of case {case_id} does not exist")
@@ -103,7 +111,6 @@ def _read_nifti(path: Path, case_id: str, what: str):
 
 
 def _as_meta(array: np.ndarray, affine: np.ndarray):
-    from monai.data import MetaTensor
 
     return MetaTensor(
         torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)),
@@ -113,7 +120,6 @@ def _as_meta(array: np.ndarray, affine: np.ndarray):
 
 def _spatial(x, cfg: PreprocessConfig, is_label: bool):
     """Channel-first, RAS, optional in-plane resampling/resizing. ``x``: MetaTensor ``(H, W, Z)``."""
-    from monai.transforms import EnsureChannelFirst, Orientation, Resize, Spacing
 
     x = EnsureChannelFirst(channel_dim="no_channel")(x)
     x = Orientation(axcodes="RAS", labels=_RAS_LABELS)(x)
@@ -177,7 +183,6 @@ def preprocess_record(
                     f"{lpath} is not an integer label map (e.g. value {float(lab[bad].flat[0]):g}); expected integer organ ids"
                 )
         source_path = path
-    from monai.transforms import ScaleIntensityRange
 
     source_affine = np.asarray(image.affine, dtype=np.float64).copy()
 

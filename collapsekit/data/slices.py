@@ -22,9 +22,16 @@ from torch.utils.data import Dataset
 
 from collapsekit.data.augment import TwoViewTransform
 from collapsekit.data.volume import Volume
-from collapsekit.errors import ConfigError, DataError
+from collapsekit.errors import ConfigError, DataError, InputError
 
-__all__ = ["SliceDataset", "pretrain_dataset", "resize_slice", "resize_label"]
+__all__ = [
+    "SliceDataset",
+    "pretrain_dataset",
+    "resize_slice",
+    "resize_label",
+    "select_slices",
+    "slice_tensor",
+]
 
 
 def resize_slice(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -43,6 +50,28 @@ def resize_label(label: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(label[None, None].float(), size=(size, size), mode="nearest-exact")[
         0, 0
     ].to(label.dtype)
+
+
+def select_slices(volumes: Sequence[Volume], samples: int | None) -> list[tuple[int, int]]:
+    """Deterministic, evenly spaced ``(volume, slice)`` pairs over all usable slices."""
+    index = [(v, int(s)) for v, vol in enumerate(volumes) for s in vol.slices]
+    if not index:
+        raise InputError("no usable slices in the selected volumes (all slices had almost no body)")
+    if samples is None or samples >= len(index):
+        return index
+    pick = np.linspace(0, len(index) - 1, num=samples).round().astype(int)
+    return [index[i] for i in pick]
+
+
+def slice_tensor(
+    volumes: Sequence[Volume], index: Sequence[tuple[int, int]], image_size: int
+) -> torch.Tensor:
+    """Stack slices into ``(B, 1, S, S)`` float32, resized with :func:`resize_slice`."""
+    out = []
+    for v, s in index:
+        img = torch.from_numpy(np.ascontiguousarray(volumes[v].image[..., s], dtype=np.float32))
+        out.append(resize_slice(img[None], image_size))
+    return torch.stack(out)
 
 
 class SliceDataset(Dataset):

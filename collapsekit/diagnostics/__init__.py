@@ -1,13 +1,11 @@
-"""Collapse diagnostics on plain ``(N, D)`` embeddings: spectrum, ranks, similarity, file IO."""
+"""Collapse diagnostics on plain ``(N, D)`` embeddings: spectrum, ranks, similarity, file IO.
+
+Arrays in, numbers out: nothing here takes a model or a volume (see :mod:`collapsekit.evaluation`).
+"""
 
 from __future__ import annotations
 
-from collapsekit.diagnostics.dice import dice_per_organ
 from collapsekit.diagnostics.embeddings_io import load_embeddings
-from collapsekit.diagnostics.extract import Embeddings, extract_embeddings, pixel_vectors
-from collapsekit.diagnostics.finetune import FinetuneConfig, finetune
-from collapsekit.diagnostics.loading import LoadedModel, load_model
-from collapsekit.diagnostics.probe import ProbeConfig, SegmentationResult, linear_probe
 from collapsekit.diagnostics.rank import effective_rank, numerical_rank
 from collapsekit.diagnostics.similarity import SimilarityResult, pairwise_cosine_stats
 from collapsekit.diagnostics.spectrum import (
@@ -35,15 +33,4 @@ __all__ = [
     "SimilarityResult",
     "pairwise_cosine_stats",
     "load_embeddings",
-    "Embeddings",
-    "extract_embeddings",
-    "pixel_vectors",
-    "LoadedModel",
-    "load_model",
-    "dice_per_organ",
-    "ProbeConfig",
-    "SegmentationResult",
-    "linear_probe",
-    "FinetuneConfig",
-    "finetune",
 ]

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from collapsekit.data.slices import select_slices, slice_tensor
 from collapsekit.data.volume import Volume
 from collapsekit.errors import InputError
 from collapsekit.options import look_up_option
@@ -28,8 +28,6 @@ from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, T
 __all__ = [
     "Embeddings",
     "MODES",
-    "select_slices",
-    "slice_tensor",
     "extract_embeddings",
     "pixel_vectors",
 ]
@@ -54,37 +52,6 @@ class Embeddings:
     z: np.ndarray
     volume: np.ndarray
     slice: np.ndarray
-
-
-def select_slices(volumes: Sequence[Volume], samples: int | None) -> list[tuple[int, int]]:
-    """Deterministic, evenly spaced ``(volume, slice)`` pairs over all usable slices."""
-    index = [(v, int(s)) for v, vol in enumerate(volumes) for s in vol.slices]
-    if not index:
-        raise InputError("no usable slices in the selected volumes (all slices had almost no body)")
-    if samples is None or samples >= len(index):
-        return index
-    pick = np.linspace(0, len(index) - 1, num=samples).round().astype(int)
-    return [index[i] for i in pick]
-
-
-def slice_tensor(
-    volumes: Sequence[Volume], index: Sequence[tuple[int, int]], image_size: int
-) -> torch.Tensor:
-    """Stack slices into ``(B, 1, S, S)`` float32, resized (bilinear, antialiased) to ``image_size``."""
-    out = []
-    for v, s in index:
-        img = torch.from_numpy(np.ascontiguousarray(volumes[v].image[..., s], dtype=np.float32))
-        img = img[None, None]
-        if img.shape[-2:] != (image_size, image_size):
-            img = F.interpolate(
-                img,
-                size=(image_size, image_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
-        out.append(img[0])
-    return torch.stack(out)
 
 
 def _model_parts(model: Any) -> tuple[Any, Any]:
@@ -112,7 +79,7 @@ def extract_embeddings(
     """Embed CT slices with ``model``.
 
     Args:
-        model: a :class:`~collapsekit.diagnostics.loading.LoadedModel`, a collapsekit ``Encoder``, or
+        model: a :class:`~collapsekit.runs.models.LoadedModel`, a collapsekit ``Encoder``, or
             any backbone with ``forward`` (pooled) and ``forward_features`` (map).
         volumes: preprocessed volumes.
         image_size: slices are resized to ``image_size``².

@@ -15,10 +15,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from collapsekit.data import PhantomConfig, load_split
 from collapsekit.data.volume import Volume
-from collapsekit.diagnostics.extract import Embeddings, extract_embeddings, pixel_vectors
-from collapsekit.diagnostics.loading import LoadedModel, load_model
+from collapsekit.diagnostics import (
+    SpectrumAccumulator,
+    as_embeddings,
+    pairwise_cosine_stats,
+    spectrum_report,
+)
+from collapsekit.diagnostics.embeddings_io import embeddings_from_object, load_embeddings
+from collapsekit.evaluation.extract import Embeddings, extract_embeddings, pixel_vectors
 from collapsekit.progress import ProgressCallback
+from collapsekit.runs.checkpoint import safe_torch_load
+from collapsekit.runs.models import LoadedModel, load_model, model_from_object
 from collapsekit.serialization import write_json
 
 __all__ = [
@@ -56,9 +65,6 @@ def is_embeddings_file(spec: str) -> bool:
 
 def load_input(spec: str, device: str | torch.device = "cpu") -> LoadedModel | np.ndarray:
     """A model, or an ``(N, D)`` array when ``spec`` is an embeddings file (``.pt``: a bare tensor)."""
-    from collapsekit.diagnostics.embeddings_io import embeddings_from_object, load_embeddings
-    from collapsekit.diagnostics.loading import model_from_object
-    from collapsekit.train.checkpoint import safe_torch_load
 
     if is_embeddings_file(spec):
         return load_embeddings(spec)
@@ -72,7 +78,6 @@ def load_input(spec: str, device: str | torch.device = "cpu") -> LoadedModel | n
 
 def load_eval_volumes(data: DataSpec, progress: ProgressCallback | None = None) -> list[Volume]:
     """Preprocessed volumes of ``data.dataset`` (every case with an image by default)."""
-    from collapsekit.data import PhantomConfig, load_split
 
     phantom = PhantomConfig(cases=data.phantom_cases, seed=data.seed + 1000, validation=0)
     return load_split(data.dataset, data.data_dir, data.split, phantom=phantom, progress=progress)
@@ -99,7 +104,6 @@ def embeddings_for(
     progress: ProgressCallback | None = None,
 ) -> list[Embeddings]:
     """Load each input; extract model embeddings over ``data`` (volumes loaded once)."""
-    from collapsekit.diagnostics import as_embeddings
 
     loaded = [(s, load_input(s, device)) for s in specs]
     volumes: list[Volume] | None = None
@@ -139,7 +143,6 @@ def spectrum_analysis(
     progress: ProgressCallback | None = None,
 ) -> list[Any]:
     """Spectrum reports (:class:`~collapsekit.diagnostics.SpectrumResult`) of every input."""
-    from collapsekit.diagnostics import SpectrumAccumulator, spectrum_report
 
     results = []
     for emb in embeddings_for(
@@ -167,7 +170,6 @@ def similarity_analysis(
     progress: ProgressCallback | None = None,
 ) -> list[Any]:
     """Inter-image cosine similarity of each input's embeddings (and of the pixels with ``pixels``)."""
-    from collapsekit.diagnostics import pairwise_cosine_stats
 
     results = []
     embs = embeddings_for(

@@ -20,9 +20,22 @@ from typing import Any
 
 import numpy as np
 
+from collapsekit.data import BTCV_LABELS, PhantomConfig, load_split
 from collapsekit.devices import resolve_device
+from collapsekit.diagnostics import pairwise_cosine_stats, spectrum_report
+from collapsekit.diagnostics.similarity import SimilarityResult
+from collapsekit.diagnostics.spectrum import SpectrumResult
 from collapsekit.errors import ConfigError
+from collapsekit.evaluation.extract import extract_embeddings, pixel_vectors
+from collapsekit.evaluation.segmentation.probe import ProbeConfig, linear_probe
 from collapsekit.options import look_up_option
+from collapsekit.plotting import (
+    plot_ablation_dice,
+    plot_rank_history,
+    plot_similarity,
+    plot_spectrum,
+    save_figure,
+)
 from collapsekit.progress import (
     Message,
     ProgressCallback,
@@ -31,7 +44,11 @@ from collapsekit.progress import (
     TaskStarted,
     emit,
 )
+from collapsekit.runs.models import load_model
+from collapsekit.runs.rundir import method_dirname
 from collapsekit.serialization import to_jsonable, write_json
+from collapsekit.train.config import config_from_dict
+from collapsekit.train.loop import train
 
 __all__ = [
     "BUDGETS",
@@ -133,7 +150,6 @@ class AblationConfig:
 
 
 def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
-    from collapsekit.train.config import config_from_dict
 
     s = cfg.settings
     return config_from_dict(
@@ -156,7 +172,6 @@ def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
 
 
 def _eval_volumes(cfg: AblationConfig, progress: ProgressCallback | None) -> dict[str, Any]:
-    from collapsekit.data import PhantomConfig, load_split
 
     # Evaluation phantoms use another seed: cases unseen during pretraining.
     phantom = PhantomConfig(cases=cfg.settings["phantom_cases"], seed=10_000)
@@ -175,10 +190,6 @@ def _evaluate(
     device: str,
     progress: ProgressCallback | None,
 ) -> dict[str, Any]:
-    from collapsekit.data import BTCV_LABELS
-    from collapsekit.diagnostics import pairwise_cosine_stats, spectrum_report
-    from collapsekit.diagnostics.extract import extract_embeddings
-    from collapsekit.diagnostics.probe import ProbeConfig, linear_probe
 
     s = cfg.settings
     all_vols = vols["train"] + vols["val"]
@@ -249,10 +260,6 @@ def run_ablation(
     cfg: AblationConfig, out: str | Path, *, progress: ProgressCallback | None = None
 ) -> dict[str, Any]:
     """Run (or resume) the ablation into ``out`` and return the ``results.json`` content."""
-    from collapsekit.diagnostics import pairwise_cosine_stats
-    from collapsekit.diagnostics.extract import pixel_vectors
-    from collapsekit.diagnostics.loading import load_model
-    from collapsekit.train.loop import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,7 +293,7 @@ def run_ablation(
     emit(progress, TaskAdvanced("ablate", info={"done": "random"}))
 
     for method, seed in runs:
-        run_dir = out / method.replace("+", "_") / f"seed{seed}"
+        run_dir = out / method_dirname(method) / f"seed{seed}"
         eval_file = run_dir / "eval.json"
         if eval_file.exists():
             emit(progress, Message(f"reusing {eval_file}"))
@@ -311,7 +318,7 @@ def run_ablation(
             files = [base_file]
         else:
             files = [
-                out / method.replace("+", "_") / f"seed{s}" / "eval.json" for s in range(cfg.seeds)
+                out / method_dirname(method) / f"seed{s}" / "eval.json" for s in range(cfg.seeds)
             ]
         evals = [json.loads(f.read_text()) for f in files]
         sums = [_summary(e) for e in evals]
@@ -319,7 +326,7 @@ def run_ablation(
         history = []
         if method != "random":
             for s in range(cfg.seeds):
-                mfile = out / method.replace("+", "_") / f"seed{s}" / "metrics.jsonl"
+                mfile = out / method_dirname(method) / f"seed{s}" / "metrics.jsonl"
                 history.append(
                     [json.loads(line) for line in mfile.read_text().splitlines() if line.strip()]
                 )
@@ -368,15 +375,6 @@ def _fmt(
 
 def render_report(results: dict[str, Any], out: str | Path) -> Path:
     """Write the figures and ``report.md`` (a table shaped like the paper's ablation) from results."""
-    from collapsekit.diagnostics.similarity import SimilarityResult
-    from collapsekit.diagnostics.spectrum import SpectrumResult
-    from collapsekit.plotting import (
-        plot_ablation_dice,
-        plot_rank_history,
-        plot_similarity,
-        plot_spectrum,
-        save_figure,
-    )
 
     out = Path(out)
     methods = results["methods"]

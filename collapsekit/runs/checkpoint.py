@@ -1,5 +1,9 @@
 """Checkpoints: plain dicts written atomically, read with ``torch.load(weights_only=True)``.
 
+The format: ``{"format": "collapsekit", "version", "config" (plain data), "epoch", "step",
+"total_steps", "model", "optimizer", "scheduler", "scaler", "rng", "losses", "history"}``, built by
+:func:`build_checkpoint` and restored by :func:`restore_checkpoint`.
+
 A checkpoint can never run code when loaded: only tensors and plain Python data are allowed. Writes go
 to a temporary file in the same directory, are fsync'ed, then ``os.replace``'d over the target, so a
 process killed at any moment leaves either the old or the new checkpoint, never a torn one.
@@ -17,12 +21,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from collapsekit.errors import CheckpointError
 
 __all__ = [
     "FORMAT",
     "VERSION",
+    "build_checkpoint",
+    "restore_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
     "safe_torch_load",
@@ -32,6 +39,70 @@ __all__ = [
 
 FORMAT = "collapsekit"
 VERSION = 1
+
+
+def build_checkpoint(
+    config: dict[str, Any],
+    *,
+    epoch: int,
+    step: int,
+    total_steps: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    losses: list[float],
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The checkpoint dict of a training session at ``step`` (RNG states captured now).
+
+    Args:
+        config: the training configuration as plain data (it rebuilds the model).
+        epoch: zero-based epoch the step belongs to.
+        step: optimiser steps done.
+        total_steps: length of the schedule.
+        model, optimizer, scheduler, scaler: objects whose ``state_dict()`` is stored.
+        losses: per-step loss history; history: per-epoch metric records.
+    """
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config,
+        "epoch": epoch,
+        "step": step,
+        "total_steps": total_steps,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng_state(),
+        "losses": losses,
+        "history": history,
+    }
+
+
+def restore_checkpoint(
+    ckpt: dict[str, Any],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+) -> tuple[int, list[float], list[dict[str, Any]]]:
+    """Load what :func:`build_checkpoint` stored into live objects and restore the RNG states.
+
+    The scaler state is restored only when the scaler is enabled (a CPU run has none to restore).
+
+    Returns:
+        ``(step, losses, history)``.
+    """
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if "scaler" in ckpt and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["step"]), list(ckpt.get("losses", [])), list(ckpt.get("history", []))
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:

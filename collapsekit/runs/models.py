@@ -15,7 +15,7 @@ are recognised by their keys:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,15 @@ import torch
 from torch import nn
 
 from collapsekit.errors import CheckpointError
+from collapsekit.models import ModelConfig, build_encoder
 from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone
-from collapsekit.train.checkpoint import FORMAT, safe_torch_load
+from collapsekit.runs.checkpoint import FORMAT, safe_torch_load
 
 __all__ = [
     "LoadedModel",
     "load_model",
     "model_from_object",
+    "model_config_from_checkpoint",
     "backbone_from_state_dict",
     "infer_arch",
 ]
@@ -119,17 +121,32 @@ def backbone_from_state_dict(state: dict[str, Any], source: str = "state dict") 
     return backbone
 
 
-def _load_collapsekit(ckpt: dict[str, Any], name: str, path: Path) -> LoadedModel:
-    from collapsekit.models import build_encoder
-    from collapsekit.train.config import config_from_dict
+# The training image size when a checkpoint's config does not record one (TrainConfig's default).
+DEFAULT_IMAGE_SIZE = 128
 
+
+def model_config_from_checkpoint(config: dict[str, Any], path: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` stored (as plain data) in a training checkpoint's config.
+
+    Raises:
+        CheckpointError: the stored model config does not build (another version's keys or values).
+    """
+    data = dict(config.get("model") or {})
+    names = {f.name for f in fields(ModelConfig)}
     try:
-        cfg = config_from_dict(ckpt["config"])
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown [model] keys {unknown}")
+        return ModelConfig(**data)
     except Exception as e:  # a config from another version
         raise CheckpointError(
             f"{path}: cannot rebuild the model from its stored config ({e})"
         ) from None
-    encoder = build_encoder(cfg.model)
+
+
+def _load_collapsekit(ckpt: dict[str, Any], name: str, path: Path) -> LoadedModel:
+    config = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
+    encoder = build_encoder(model_config_from_checkpoint(config, path))
     prefix = "encoder_q."
     state = {k[len(prefix) :]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
     try:
@@ -151,7 +168,7 @@ def _load_collapsekit(ckpt: dict[str, Any], name: str, path: Path) -> LoadedMode
         backbone=encoder.backbone,
         encoder=encoder,
         in_channels=1,
-        image_size=cfg.image_size,
+        image_size=int(config.get("image_size", DEFAULT_IMAGE_SIZE)),
         config=ckpt["config"],
         path=path,
     )

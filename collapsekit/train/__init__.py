@@ -1,10 +1,10 @@
-"""Pretraining: configuration, the training loop, checkpoints, torchrun set-up."""
+"""Pretraining: configuration, the training loop, live monitoring, sampling, torchrun set-up."""
 
 from __future__ import annotations
 
-from collapsekit.train.checkpoint import load_checkpoint, save_checkpoint
 from collapsekit.train.config import TrainConfig, config_from_dict, load_config, save_config
 from collapsekit.train.loop import TrainResult, train
+from collapsekit.train.monitor import monitor_report
 
 __all__ = [
     "TrainConfig",
@@ -13,6 +13,5 @@ __all__ = [
     "load_config",
     "save_config",
     "train",
-    "load_checkpoint",
-    "save_checkpoint",
+    "monitor_report",
 ]

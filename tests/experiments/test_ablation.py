@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from collapsekit.ablation import AblationConfig, load_results, render_report, run_ablation
 from collapsekit.errors import ConfigError
+from collapsekit.experiments.ablation import (
+    AblationConfig,
+    load_results,
+    render_report,
+    run_ablation,
+)
 
 TINY = dict(
     image_size=32,

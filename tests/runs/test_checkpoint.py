@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from collapsekit.errors import CheckpointError
-from collapsekit.train.checkpoint import (
+from collapsekit.runs.checkpoint import (
     load_checkpoint,
     rng_state,
     safe_torch_load,
@@ -58,7 +58,7 @@ def test_sigkill_during_write_leaves_loadable(tmp_path: Path) -> None:
     save_checkpoint(_ckpt(1.0), p)
     # A child rewrites a large checkpoint in a loop; kill it mid-write with SIGKILL.
     code = (
-        "import torch,sys; from collapsekit.train.checkpoint import save_checkpoint\n"
+        "import torch,sys; from collapsekit.runs.checkpoint import save_checkpoint\n"
         "big={'format':'collapsekit','version':1,'w':torch.randn(4_000_000)}\n"
         "print('ready', flush=True)\n"
         "while True: save_checkpoint(big, sys.argv[1])\n"

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from collapsekit.diagnostics.loading import infer_arch, load_model
 from collapsekit.errors import CheckpointError, ConfigError
 from collapsekit.models.backbone import build_backbone
+from collapsekit.runs.models import infer_arch, load_model
 
 
 def test_random_baseline_is_seeded_and_eval() -> None:
@@ -84,7 +84,7 @@ def test_extract_head_from_an_encoder_passed_directly() -> None:
     import numpy as np
 
     from collapsekit.data.volume import Volume
-    from collapsekit.diagnostics.extract import extract_embeddings
+    from collapsekit.evaluation.extract import extract_embeddings
     from collapsekit.models import ModelConfig, build_encoder
 
     enc = build_encoder(ModelConfig(method="mocov2")).eval()

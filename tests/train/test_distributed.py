@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collapsekit.train.checkpoint import load_checkpoint
+from collapsekit.runs.checkpoint import load_checkpoint
 
 ARGS = [
     "train",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from collapsekit.models import ZCAWhitening
-from collapsekit.train.checkpoint import load_checkpoint
+from collapsekit.runs.checkpoint import load_checkpoint
 from collapsekit.train.config import config_from_dict
 from collapsekit.train.loop import train
 
@@ -44,7 +44,7 @@ def test_train_two_steps_on_cuda_with_amp(tmp_path: Path) -> None:
     assert res.finished and all(torch.isfinite(torch.tensor(res.losses)))
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
     # a checkpoint written on the GPU is diagnosed on the CPU
-    from collapsekit.diagnostics import load_model
+    from collapsekit.runs import load_model
 
     model = load_model(tmp_path / "run", device="cpu")
     z = model.backbone(torch.rand(2, 1, 64, 64))

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from collapsekit.errors import ConfigError, TrainingError
-from collapsekit.train.checkpoint import load_checkpoint
+from collapsekit.runs.checkpoint import load_checkpoint
 from collapsekit.train.config import TrainConfig, config_from_dict, load_config
-from collapsekit.train.loop import _EpochSampler, train
+from collapsekit.train.loop import train
 
 TINY = dict(
     image_size=32,
@@ -28,21 +28,6 @@ def tiny(**kw) -> TrainConfig:
     return config_from_dict(
         {}, **{**TINY, **kw}, model={"queue_size": 16, "local_queue_size": 64, **model}
     )
-
-
-def test_sampler_partitions_global_batches_across_ranks() -> None:
-    full = list(_EpochSampler(10, 4, seed=3))
-    r0 = list(_EpochSampler(10, 4, seed=3, rank=0, world=2))
-    r1 = list(_EpochSampler(10, 4, seed=3, rank=1, world=2))
-    assert len(full) == 8 and len(set(full)) == 8  # drop_last: 2 batches of 4
-    for b in range(2):
-        batch = full[4 * b : 4 * b + 4]
-        assert r0[2 * b : 2 * b + 2] == batch[0::2] and r1[2 * b : 2 * b + 2] == batch[1::2]
-    s = _EpochSampler(10, 4, seed=3)
-    s.set_epoch(0, start_batch=1)
-    assert list(s) == full[4:]
-    s.set_epoch(1)
-    assert list(s) != full  # a new permutation each epoch
 
 
 def test_run_directory_contents(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ The encoder is a copy of a ResNet-style backbone (``conv1, bn1, act, maxpool, la
 are resized to ``image_size``, the network is trained end to end (AdamW, cosine schedule,
 cross-entropy + soft Dice), and evaluation is the probe's: every slice of each validation volume is
 predicted, logits bilinearly upsampled to the native in-plane size, stacked into ``(H, W, Z)`` and
-scored per organ in 3D (:func:`~collapsekit.diagnostics.dice.dice_per_organ`).
+scored per organ in 3D (:func:`~collapsekit.evaluation.segmentation.scoring.dice_per_organ`).
 
 Unlike the linear probe this measures what a pretrained initialisation is worth once everything is
 trained; the paper (Hassanpour et al., ISBI 2024) reports the probe as its main metric.
@@ -26,10 +26,12 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
 from torch import nn
 
 from collapsekit.data.volume import Volume
-from collapsekit.diagnostics.probe import (
+from collapsekit.errors import ConfigError
+from collapsekit.evaluation.segmentation.probe import (
     SegmentationResult,
     _augment,
     _batches,
@@ -42,7 +44,6 @@ from collapsekit.diagnostics.probe import (
     _training_slices,
     score_predictions,
 )
-from collapsekit.errors import ConfigError
 from collapsekit.options import look_up_option
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
 
@@ -117,7 +118,6 @@ class SegmentationNet(nn.Module):
         image_size: int = 128,
     ) -> None:
         super().__init__()
-        from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
 
         missing = [s for s in _STAGES if not hasattr(encoder, s)]
         if missing or not (hasattr(encoder, "act") or hasattr(encoder, "relu")):
@@ -203,10 +203,10 @@ def finetune(
         save_predictions: directory for ``<case_id>_pred.nii.gz`` label maps.
 
     Returns:
-        A :class:`~collapsekit.diagnostics.probe.SegmentationResult` with ``method="finetune"``.
+        A :class:`~collapsekit.evaluation.segmentation.probe.SegmentationResult` with ``method="finetune"``.
 
     Raises:
-        DataError: as :func:`~collapsekit.diagnostics.probe.linear_probe`.
+        DataError: as :func:`~collapsekit.evaluation.segmentation.probe.linear_probe`.
         ConfigError: a backbone without ResNet stages, or a dilated one.
     """
     cfg = cfg or FinetuneConfig()

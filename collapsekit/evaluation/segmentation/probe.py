@@ -38,14 +38,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
 from torch import nn
 
 from collapsekit.data.volume import Volume
-from collapsekit.diagnostics.dice import dice_per_organ
 from collapsekit.errors import ConfigError, DataError
+from collapsekit.evaluation.segmentation.scoring import dice_per_organ
 from collapsekit.options import look_up_option
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
 
@@ -420,7 +422,6 @@ def _save_prediction(
     directory: str | Path, case_id: str, pred: np.ndarray, affine: np.ndarray
 ) -> Path:
     """Write ``<case_id>_pred.nii.gz`` (uint8, or int16 for ids above 255) with ``affine``."""
-    import nibabel as nib
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -514,8 +515,6 @@ def _segmentation_losses(
     """Cross-entropy on ``(B, K, S, S)`` logits vs ``(B, S, S)`` indices, plus soft Dice if asked."""
     dice = None
     if dice_loss:
-        from monai.losses import DiceLoss
-
         dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True)
 
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from collapsekit.data.volume import Volume
-from collapsekit.diagnostics.finetune import FinetuneConfig, SegmentationNet, finetune
 from collapsekit.errors import ConfigError, DataError
+from collapsekit.evaluation.segmentation.finetune import FinetuneConfig, SegmentationNet, finetune
 from collapsekit.models.backbone import build_backbone
 from collapsekit.progress import ProgressEvent, TaskAdvanced
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from collapsekit.data.volume import Volume
-from collapsekit.diagnostics.probe import (
+from collapsekit.errors import ConfigError, DataError
+from collapsekit.evaluation.segmentation.probe import (
     ProbeConfig,
     SegmentationResult,
     bilinear_matrix,
@@ -20,7 +21,6 @@ from collapsekit.diagnostics.probe import (
     linear_probe,
     score_predictions,
 )
-from collapsekit.errors import ConfigError, DataError
 from collapsekit.models.backbone import build_backbone
 from collapsekit.progress import ProgressEvent, TaskAdvanced, TaskStarted
 

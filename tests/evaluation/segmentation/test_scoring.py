@@ -8,8 +8,8 @@ import torch
 from monai.metrics import DiceMetric, compute_dice
 from monai.networks.utils import one_hot
 
-from collapsekit.diagnostics.dice import dice_per_organ, encode_classes
 from collapsekit.errors import InputError
+from collapsekit.evaluation.segmentation.scoring import dice_per_organ, encode_classes
 
 LABELS = {1: "spleen", 2: "liver", 3: "gallbladder", 4: "aorta"}
 

@@ -1,0 +1,27 @@
+"""Runs: the checkpoint format, run directories (naming, ``runs/latest``) and loading any model."""
+
+from __future__ import annotations
+
+from collapsekit.runs.checkpoint import (
+    build_checkpoint,
+    load_checkpoint,
+    restore_checkpoint,
+    safe_torch_load,
+    save_checkpoint,
+)
+from collapsekit.runs.models import LoadedModel, load_model, model_from_object
+from collapsekit.runs.rundir import default_run_dir, resolve_latest, update_latest
+
+__all__ = [
+    "build_checkpoint",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "safe_torch_load",
+    "LoadedModel",
+    "load_model",
+    "model_from_object",
+    "default_run_dir",
+    "resolve_latest",
+    "update_latest",
+]
