@@ -35,21 +35,29 @@ __all__ = [
 
 
 def resize_slice(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize ``(C, H, W)`` to ``(C, size, size)``: bilinear, ``align_corners=False``, anti-aliased."""
+    """Resize the last two axes of ``(..., H, W)`` to ``(size, size)``.
+
+    The one image resize of collapsekit: pretraining, the monitor, embedding extraction, the
+    linear probe and fine-tuning all call it, so every path sees the same pixels of a slice.
+    Bilinear, ``align_corners=False``, anti-aliased (a 512-px slice shrunk to 128 px without
+    antialiasing aliases its noise and edges). Each leading index is resized independently.
+    """
     if image.shape[-2:] == (size, size):
         return image
-    return F.interpolate(
-        image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )[0]
+    lead = image.shape[:-2]
+    x = image.reshape(-1, 1, *image.shape[-2:])
+    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return y.reshape(*lead, size, size)
 
 
 def resize_label(label: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize an ``(H, W)`` label map to ``(size, size)`` with nearest neighbour (pixel centres, ``nearest-exact``)."""
+    """Resize label maps ``(..., H, W)`` to ``(size, size)``: nearest neighbour (``nearest-exact``)."""
     if label.shape[-2:] == (size, size):
         return label
-    return F.interpolate(label[None, None].float(), size=(size, size), mode="nearest-exact")[
-        0, 0
-    ].to(label.dtype)
+    lead = label.shape[:-2]
+    x = label.reshape(-1, 1, *label.shape[-2:]).float()
+    y = F.interpolate(x, size=(size, size), mode="nearest-exact")
+    return y.reshape(*lead, size, size).to(label.dtype)
 
 
 def select_slices(volumes: Sequence[Volume], samples: int | None) -> list[tuple[int, int]]:

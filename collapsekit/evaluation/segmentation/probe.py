@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
+from collapsekit.data.slices import resize_label, resize_slice
 from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError, DataError
 from collapsekit.evaluation.segmentation.scoring import dice_per_organ
@@ -287,15 +288,6 @@ def _class_lut(labels: Mapping[int, str], max_value: int) -> np.ndarray:
     return lut
 
 
-def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """Resize ``(B, 1, H, W)`` to ``(B, 1, size, size)``: bilinear for images, nearest for labels."""
-    if x.shape[-2:] == (size, size):
-        return x
-    if mode == "bilinear":
-        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return F.interpolate(x, size=(size, size), mode="nearest-exact")
-
-
 def _training_slices(
     volumes: Sequence[Volume], labels: Mapping[int, str], size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,8 +301,8 @@ def _training_slices(
         img = torch.from_numpy(np.ascontiguousarray(np.moveaxis(v.image[..., idx], -1, 0)))
         lab = np.moveaxis(np.asarray(v.label)[..., idx], -1, 0).astype(np.int64)
         cls = torch.from_numpy(_class_lut(labels, int(lab.max()))[lab])
-        images.append(_resize(img.float()[:, None], size, "bilinear"))
-        targets.append(_resize(cls[:, None].float(), size, "nearest")[:, 0].to(torch.uint8))
+        images.append(resize_slice(img.float()[:, None], size))
+        targets.append(resize_label(cls, size))
     if not images:
         raise DataError(
             "no usable training slices: every training volume has an empty `slices` list"
@@ -406,7 +398,7 @@ def _predict_volumes(
         for z0 in range(0, z, batch_size):
             z1 = min(z, z0 + batch_size)
             x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(v.image[..., z0:z1], -1, 0)))
-            x = _resize(x.float()[:, None].to(device), size, "bilinear")
+            x = resize_slice(x.float()[:, None].to(device), size)
             with torch.no_grad():
                 logits = predict_logits(x)
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)

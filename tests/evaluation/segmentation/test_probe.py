@@ -329,3 +329,23 @@ def test_bilinear_matrix_equals_interpolate(h: int, w: int, size: int) -> None:
     ref = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     got = bilinear_matrix(h, size) @ x @ bilinear_matrix(w, size).T
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_probe_input_equals_spectrum_input_for_the_same_slice() -> None:
+    """One resize: a 512-px slice shrunk to 64 px is the same tensor for the probe (training and
+    prediction) and for embedding extraction / the spectrum (antialiased, not aliased)."""
+    from collapsekit.data.slices import slice_tensor
+    from collapsekit.evaluation.segmentation.probe import _training_slices
+
+    vol = make_volume("big", seed=5, size=512, z=3)
+    probe_images, _ = _training_slices([vol], LABELS, 64)
+    spectrum_images = slice_tensor([vol], [(0, s) for s in range(3)], 64)
+    assert probe_images.shape == spectrum_images.shape == (3, 1, 64, 64)
+    torch.testing.assert_close(probe_images, spectrum_images, rtol=0, atol=0)
+    aliased = F.interpolate(
+        torch.from_numpy(np.moveaxis(vol.image, -1, 0)[:, None].copy()),
+        size=(64, 64),
+        mode="bilinear",
+        align_corners=False,
+    )
+    assert not torch.allclose(probe_images, aliased)  # the old probe resize differs
