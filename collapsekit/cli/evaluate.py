@@ -13,7 +13,7 @@ from collapsekit.cli.common import console, handle_errors, print_json, rich_prog
 
 if TYPE_CHECKING:
     from collapsekit.data.volume import Volume
-    from collapsekit.evaluation.segmentation.probe import SegmentationResult
+    from collapsekit.evaluation.segmentation.scoring import SegmentationResult
     from collapsekit.progress import ProgressCallback
     from collapsekit.runs.models import LoadedModel
 

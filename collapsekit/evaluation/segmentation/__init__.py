@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collapsekit.evaluation.segmentation.finetune import FinetuneConfig, finetune
-from collapsekit.evaluation.segmentation.probe import ProbeConfig, SegmentationResult, linear_probe
-from collapsekit.evaluation.segmentation.scoring import dice_per_organ
+from collapsekit.evaluation.segmentation.probe import ProbeConfig, linear_probe
+from collapsekit.evaluation.segmentation.scoring import (
+    SegmentationResult,
+    dice_per_organ,
+    score_predictions,
+)
 
 __all__ = [
     "ProbeConfig",
@@ -13,4 +17,5 @@ __all__ = [
     "FinetuneConfig",
     "finetune",
     "dice_per_organ",
+    "score_predictions",
 ]

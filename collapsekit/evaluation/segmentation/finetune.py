@@ -31,21 +31,18 @@ from torch import nn
 
 from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError
-from collapsekit.evaluation.segmentation.probe import (
-    SegmentationResult,
-    _augment,
-    _batches,
-    _check_common,
-    _check_encodes,
-    _check_volumes,
-    _predict_volumes,
-    _segmentation_losses,
-    _select_fraction,
-    _training_slices,
-    score_predictions,
+from collapsekit.evaluation.segmentation.data import (
+    augment_slices,
+    check_options,
+    check_volumes,
+    select_fraction,
+    training_slices,
 )
+from collapsekit.evaluation.segmentation.fit import fit, schedule_steps, segmentation_loss
+from collapsekit.evaluation.segmentation.predict import check_encodes, predict_volumes
+from collapsekit.evaluation.segmentation.scoring import SegmentationResult, score_predictions
 from collapsekit.options import look_up_option
-from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
+from collapsekit.progress import ProgressCallback
 
 __all__ = ["DECODERS", "FinetuneConfig", "SegmentationNet", "finetune"]
 
@@ -87,7 +84,7 @@ class FinetuneConfig:
     augment: bool = False
 
     def __post_init__(self) -> None:
-        _check_common(self)
+        check_options(self)
         object.__setattr__(self, "decoder", look_up_option(self.decoder, DECODERS, "decoder"))
         object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
@@ -203,7 +200,7 @@ def finetune(
         save_predictions: directory for ``<case_id>_pred.nii.gz`` label maps.
 
     Returns:
-        A :class:`~collapsekit.evaluation.segmentation.probe.SegmentationResult` with ``method="finetune"``.
+        A :class:`~collapsekit.evaluation.segmentation.scoring.SegmentationResult` with ``method="finetune"``.
 
     Raises:
         DataError: as :func:`~collapsekit.evaluation.segmentation.probe.linear_probe`.
@@ -211,8 +208,8 @@ def finetune(
     """
     cfg = cfg or FinetuneConfig()
     dev = torch.device(device)
-    _check_volumes(train, val, labels, what="fine-tuning")
-    train_used = _select_fraction(train, cfg.label_fraction, cfg.seed)
+    check_volumes(train, val, labels, what="fine-tuning")
+    train_used = select_fraction(train, cfg.label_fraction, cfg.seed)
     encoder = copy.deepcopy(backbone).to(dev)
     encoder.requires_grad_(True)
     num_classes = len(labels) + 1
@@ -220,50 +217,41 @@ def finetune(
         torch.manual_seed(cfg.seed)
         model = SegmentationNet(encoder, num_classes, cfg.decoder_channels, cfg.image_size).to(dev)
     model.eval()
-    _check_encodes(model, cfg.image_size, dev, getattr(backbone, "in_channels", None))
+    check_encodes(model, cfg.image_size, dev, getattr(backbone, "in_channels", None))
 
-    images, targets = _training_slices(train_used, labels, cfg.image_size)
+    images, targets = training_slices(train_used, labels, cfg.image_size)
     n = images.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed)
-    loss_fn = _segmentation_losses(num_classes, cfg.dice_loss)
-    steps = cfg.epochs * len(_batches(n, cfg.batch_size, None))
+    loss_fn = segmentation_loss(num_classes, cfg.dice_loss)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = schedule_steps(n, cfg.batch_size, cfg.epochs)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
 
-    history: list[dict[str, Any]] = []
-    emit(
-        progress, TaskStarted("finetune/train", total=cfg.epochs, description=f"fine-tuning {name}")
-    )
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        x, y = images[idx].to(dev), targets[idx].long().to(dev)
+        if cfg.augment:
+            x, y = augment_slices(x, y, gen)
+        return loss_fn(model(x), y)
+
     t_train = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        t_epoch = time.perf_counter()
-        model.train()
-        total, count = 0.0, 0
-        for idx in _batches(n, cfg.batch_size, gen):
-            x, y = images[idx].to(dev), targets[idx].long().to(dev)
-            if cfg.augment:
-                x, y = _augment(x, y, gen)
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        rec = {
-            "epoch": epoch + 1,
-            "loss": total / count,
-            "lr": float(opt.param_groups[0]["lr"]),
-            "seconds": time.perf_counter() - t_epoch,
-        }
-        history.append(rec)
-        emit(progress, TaskAdvanced("finetune/train", 1, {"loss": rec["loss"]}))
-    emit(progress, TaskFinished("finetune/train", {"loss": history[-1]["loss"]}))
+    history = fit(
+        model,
+        batch_loss,
+        n,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        optimizer=opt,
+        scheduler=sched,
+        generator=gen,
+        task="finetune/train",
+        description=f"fine-tuning {name}",
+        progress=progress,
+    )
     train_s = time.perf_counter() - t_train
 
     model.eval()
     t_pred = time.perf_counter()
-    predictions = _predict_volumes(
+    predictions = predict_volumes(
         model,
         val,
         labels,

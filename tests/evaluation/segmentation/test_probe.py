@@ -11,16 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from collapsekit.data.slices import slice_tensor
 from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError, DataError
+from collapsekit.evaluation.segmentation.data import training_slices
 from collapsekit.evaluation.segmentation.probe import (
     ProbeConfig,
-    SegmentationResult,
     bilinear_matrix,
     frozen_backbone,
     linear_probe,
-    score_predictions,
 )
+from collapsekit.evaluation.segmentation.scoring import SegmentationResult, score_predictions
 from collapsekit.models.backbone import build_backbone
 from collapsekit.progress import ProgressEvent, TaskAdvanced, TaskStarted
 
@@ -334,11 +335,8 @@ def test_bilinear_matrix_equals_interpolate(h: int, w: int, size: int) -> None:
 def test_probe_input_equals_spectrum_input_for_the_same_slice() -> None:
     """One resize: a 512-px slice shrunk to 64 px is the same tensor for the probe (training and
     prediction) and for embedding extraction / the spectrum (antialiased, not aliased)."""
-    from collapsekit.data.slices import slice_tensor
-    from collapsekit.evaluation.segmentation.probe import _training_slices
-
     vol = make_volume("big", seed=5, size=512, z=3)
-    probe_images, _ = _training_slices([vol], LABELS, 64)
+    probe_images, _ = training_slices([vol], LABELS, 64)
     spectrum_images = slice_tensor([vol], [(0, s) for s in range(3)], 64)
     assert probe_images.shape == spectrum_images.shape == (3, 1, 64, 64)
     torch.testing.assert_close(probe_images, spectrum_images, rtol=0, atol=0)
