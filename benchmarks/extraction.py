@@ -23,8 +23,8 @@ import torch
 
 from collapsekit.data import PhantomConfig, load_split
 from collapsekit.evaluation import extract_embeddings
-from collapsekit.runs import load_model
 from collapsekit.evaluation.extract import select_slices, slice_tensor
+from collapsekit.runs import load_model
 
 
 def main() -> None:
