@@ -99,6 +99,7 @@ def test_train_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
     assert message in _one_error_line(res.output)
 
 
+@pytest.mark.slow  # ~10 s: embeds the eval phantom twice
 def test_spectrum_of_checkpoint_and_random_json(run_dir: Path, tmp_path: Path) -> None:
     res = runner.invoke(
         app,
@@ -210,6 +211,7 @@ def test_drop_nonfinite(tmp_path: Path) -> None:
     assert json.loads(res.output)["results"][0]["n"] == 11
 
 
+@pytest.mark.slow  # ~10 s: builds the 48-case evaluation phantom
 def test_similarity_pixels_and_identical_rows(tmp_path: Path) -> None:
     np.save(tmp_path / "same.npy", np.tile(np.array([[1.0, 2.0, 3.0]]), (6, 1)))
     res = runner.invoke(

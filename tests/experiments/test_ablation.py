@@ -43,6 +43,7 @@ def ablation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, run_ablation(cfg, out)
 
 
+@pytest.mark.slow  # the ablation fixture trains 2 methods (~30 s)
 def test_results_complete_and_consistent(ablation: tuple[Path, dict]) -> None:
     out, res = ablation
     assert list(res["methods"]) == ["random", "mocov2", "local+zca"]
@@ -84,6 +85,7 @@ def test_results_complete_and_consistent(ablation: tuple[Path, dict]) -> None:
         assert (out / fig).stat().st_size > 5000
 
 
+@pytest.mark.slow  # the ablation fixture trains 2 methods (~30 s)
 def test_resume_skips_finished(ablation: tuple[Path, dict]) -> None:
     out, res = ablation
     ckpt = out / "mocov2" / "seed0" / "checkpoint.pt"
@@ -97,6 +99,7 @@ def test_resume_skips_finished(ablation: tuple[Path, dict]) -> None:
         run_ablation(AblationConfig(methods=("mocov2",), overrides={**TINY, "epochs": 2}), out)
 
 
+@pytest.mark.slow  # the ablation fixture trains 2 methods (~30 s)
 def test_report_renders_table_from_json(ablation: tuple[Path, dict], tmp_path: Path) -> None:
     out, res = ablation
     res = load_results(out)
@@ -118,6 +121,7 @@ def test_cli_ablate_bad_input(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--eval-data-dir" in res.output
 
 
+@pytest.mark.slow  # uses the ablation fixture (~30 s)
 def test_short_training_beats_random_probe(ablation: tuple[Path, dict]) -> None:
     """A real signal: after one tiny epoch, pretrained backbones probe better than random init."""
     _, res = ablation

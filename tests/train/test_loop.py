@@ -68,6 +68,7 @@ def test_run_directory_contents(tmp_path: Path) -> None:
     assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.slow  # ~7 s: three short trainings
 def test_resume_replays_the_same_losses(tmp_path: Path) -> None:
     cfg = tiny(steps=6, model={"method": "local+zca"})
     full = train(cfg, tmp_path / "a")

@@ -1,0 +1,60 @@
+"""Embedding extraction: modes, provenance, eval mode restored, pixel vectors through the one resize."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from collapsekit.data.slices import slice_tensor
+from collapsekit.data.volume import Volume
+from collapsekit.errors import ConfigError, InputError
+from collapsekit.evaluation.extract import extract_embeddings, pixel_vectors
+from collapsekit.models.backbone import build_backbone
+
+
+def _volumes() -> list[Volume]:
+    rng = np.random.default_rng(0)
+    return [
+        Volume(f"c{i}", rng.random((48, 48, 4), dtype=np.float32), None, np.eye(4), np.arange(4))
+        for i in range(2)
+    ]
+
+
+@pytest.fixture(scope="module")
+def backbone() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_backbone("resnet18")
+
+
+def test_backbone_mode_is_pooled_features_with_provenance(backbone) -> None:
+    backbone.train()
+    emb = extract_embeddings(backbone, _volumes(), image_size=32, samples=None, batch_size=3)
+    assert emb.z.shape == (8, backbone.out_channels) and emb.z.dtype == np.float32
+    assert emb.volume.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert emb.slice.tolist() == [0, 1, 2, 3] * 2
+    assert backbone.training  # the caller's mode is restored
+    backbone.eval()
+    with torch.no_grad():
+        ref = backbone(slice_tensor(_volumes(), [(0, 0)], 32))
+    np.testing.assert_allclose(emb.z[0], ref[0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_dense_mode_rows_are_locations(backbone) -> None:
+    emb = extract_embeddings(backbone, _volumes(), image_size=64, samples=2, mode="dense")
+    # 64 px / stride 32 -> a 2x2 map: 4 locations per slice
+    assert emb.z.shape == (8, backbone.out_channels)
+    assert emb.volume.tolist() == [0] * 4 + [1] * 4
+
+
+def test_head_mode_needs_a_projector_and_modes_are_checked(backbone) -> None:
+    with pytest.raises(InputError, match="--head"):
+        extract_embeddings(backbone, _volumes(), image_size=32, mode="head")
+    with pytest.raises(ConfigError, match="did you mean"):
+        extract_embeddings(backbone, _volumes(), image_size=32, mode="dence")
+
+
+def test_pixel_vectors_are_resized_slices() -> None:
+    x, vol = pixel_vectors(_volumes(), samples=3, size=16)
+    assert x.shape == (3, 256) and vol.tolist() == [0, 1, 1]  # rows 0, 4, 7 of 8
+    np.testing.assert_array_equal(x[0], slice_tensor(_volumes(), [(0, 0)], 16).reshape(-1).numpy())
