@@ -9,13 +9,13 @@ unpickles, never decompresses more than a zip directory), so it is safe on hosti
 from __future__ import annotations
 
 import zipfile
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 __all__ = ["FileKind", "sniff"]
 
 
-class FileKind(str, Enum):
+class FileKind(StrEnum):
     """Kinds of file collapsekit can tell apart by their first bytes."""
 
     EMPTY = "an empty file"
