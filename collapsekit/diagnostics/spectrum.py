@@ -233,6 +233,10 @@ class SpectrumResult:
             singular values are ``sqrt((N-1) * spectrum)``.
         effective_rank_uncentered: effective rank of the raw (normalised) matrix ``Z``, the RankMe
             form of Garrido et al. (2023).
+        effective_rank_eigenvalues: effective rank of the covariance eigenvalues ``λ = σ²/(N−1)``
+            (the variance spectrum, the quantity plotted by Jing et al. 2022). It shows collapse far
+            more clearly than the σ-based ranks: for ``λ_i ∝ i^{-1.5}`` over 64 dimensions it is
+            10.8 on λ against 42.9 on σ = √λ.
         alpha: power-law exponent (alpha-ReQ) fitted on ``spectrum[:numerical_rank]``; NaN when
             fewer than 2 values are available.
         alpha_r2: R² of that fit (NaN likewise).
@@ -254,6 +258,7 @@ class SpectrumResult:
     spectrum: np.ndarray
     effective_rank_centered: float
     effective_rank_uncentered: float
+    effective_rank_eigenvalues: float
     alpha: float
     alpha_r2: float
     std_l2: float
@@ -283,6 +288,7 @@ class SpectrumResult:
             "covariance_singular_values": [float(v) for v in self.spectrum],
             "effective_rank_centered": self.effective_rank_centered,
             "effective_rank_uncentered": self.effective_rank_uncentered,
+            "effective_rank_eigenvalues": self.effective_rank_eigenvalues,
             "alpha_req": _finite_or_none(self.alpha),
             "alpha_req_r2": _finite_or_none(self.alpha_r2),
             "std_of_l2_normalized": self.std_l2,
@@ -297,6 +303,7 @@ class SpectrumResult:
                 "covariance_singular_values": "eigenvalues of C = 1/(N-1) sum (z - mean)(z - mean)^T, descending",
                 "effective_rank_centered": "exp entropy of the singular values of the centred matrix Z - mean",
                 "effective_rank_uncentered": "exp entropy of the singular values of the raw matrix Z (RankMe)",
+                "effective_rank_eigenvalues": "exp entropy of the covariance eigenvalues (variance spectrum, lambda = sigma^2 / (N - 1))",
                 "numerical_rank": "singular values of the centred matrix above rtol * largest",
                 "rank_bound": "min(D, N - 1)",
             },
@@ -317,6 +324,10 @@ def spectrum_result_from_dict(d: dict[str, Any]) -> SpectrumResult:
         spectrum=np.asarray(d["covariance_singular_values"], dtype=np.float64),
         effective_rank_centered=_nan(d["effective_rank_centered"]),
         effective_rank_uncentered=_nan(d["effective_rank_uncentered"]),
+        # results saved before the λ-based rank existed: recompute it from the stored spectrum
+        effective_rank_eigenvalues=_nan(d["effective_rank_eigenvalues"])
+        if "effective_rank_eigenvalues" in d
+        else effective_rank(np.clip(np.asarray(d["covariance_singular_values"], float), 0, None)),
         alpha=_nan(d["alpha_req"]),
         alpha_r2=_nan(d["alpha_req_r2"]),
         std_l2=_nan(d["std_of_l2_normalized"]),
@@ -382,6 +393,7 @@ def summarize_spectrum(
         spectrum=cov,
         effective_rank_centered=effective_rank(sigma_eff),
         effective_rank_uncentered=effective_rank(np.sqrt(raw)),
+        effective_rank_eigenvalues=effective_rank(cov_eff),
         alpha=alpha,
         alpha_r2=r2,
         std_l2=float(std_l2),

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone
-from collapsekit.models.builder import METHODS, ZCA_PLACEMENTS, Encoder, ModelConfig, build_encoder
+from collapsekit.models.builder import (
+    LOCAL_LAYERS,
+    METHODS,
+    ZCA_PLACEMENTS,
+    Encoder,
+    ModelConfig,
+    build_encoder,
+)
 from collapsekit.models.heads import LocalHead, ProjectionHead
 from collapsekit.models.local import local_info_nce, overlap_grid, sample_local_features
 from collapsekit.models.moco import (
     MoCo,
     MoCoOutput,
     Queue,
-    SplitBatchNorm2d,
-    convert_split_bn,
     info_nce_logits,
     update_momentum,
 )
+from collapsekit.models.split_bn import SplitBatchNorm2d, convert_split_bn
 from collapsekit.models.zca import (
     ZCA_METHODS,
     ZCAWhitening,
@@ -25,6 +31,7 @@ from collapsekit.models.zca import (
 
 __all__ = [
     "BACKBONES",
+    "LOCAL_LAYERS",
     "METHODS",
     "ZCA_METHODS",
     "ZCA_PLACEMENTS",

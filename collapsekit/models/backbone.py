@@ -69,13 +69,23 @@ class Backbone(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final feature map. ``x``: ``(B, in_channels, H, W)`` -> ``(B, C, H/stride, W/stride)``."""
+        return self.forward_stages(x)[1]
+
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layer3`` and ``layer4`` outputs: ``(B, C/2, H/16, W/16)`` and ``(B, C, H/32, W/32)``
+        (strides as undilated)."""
         if x.shape[1] != self.in_channels and self.in_channels == 3 and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grayscale slice fed to an RGB-pretrained model
         x = self.maxpool(self.act(self.bn1(self.conv1(x))))
         x = self.layer1(x)
         x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
+        x3 = self.layer3(x)
+        return x3, self.layer4(x3)
+
+    @property
+    def layer3_channels(self) -> int:
+        """Width of the ``layer3`` output (half the final width in every ResNet)."""
+        return self.out_channels // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled embedding: ``(B, in_channels, H, W)`` -> ``(B, C)``."""

@@ -18,10 +18,11 @@ from collapsekit.models.heads import LocalHead, ProjectionHead
 from collapsekit.models.zca import ZCA_METHODS, ZCAWhitening
 from collapsekit.options import look_up_option
 
-__all__ = ["METHODS", "ZCA_PLACEMENTS", "ModelConfig", "Encoder", "build_encoder"]
+__all__ = ["LOCAL_LAYERS", "METHODS", "ZCA_PLACEMENTS", "ModelConfig", "Encoder", "build_encoder"]
 
 METHODS = ("mocov2", "local", "zca", "local+zca")
-ZCA_PLACEMENTS = ("block", "pre_projector")
+ZCA_PLACEMENTS = ("pre_projector", "block")
+LOCAL_LAYERS = ("layer3", "layer4")
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,9 @@ class ModelConfig:
             sub-batches in both encoders and the key batch is shuffled first (the official MoCo
             single-GPU emulation of shuffle-BN); ignored under ``torch.distributed``, where the
             keys are shuffled across ranks. 1 disables it.
-        zca_placement: ``block``: ZCA replaces the final norm of the last residual block of the
-            last stage (before the residual add and ReLU); ``pre_projector``: ZCA on the pooled
-            vector right before the projector.
+        zca_placement: ``pre_projector`` (the paper's, default): ZCA on the pooled backbone vector
+            right before the projector; ``block``: ZCA replaces the final norm of the last residual
+            block of the last stage (before the residual add and ReLU).
         zca_method: ``eigh`` | ``newton_schulz`` (see :mod:`collapsekit.models.zca`).
         zca_group_size: channels per whitened group ``d``; must divide the backbone width.
         zca_eps, zca_momentum, zca_ns_iters: see :class:`~collapsekit.models.zca.ZCAWhitening`.
@@ -52,6 +53,11 @@ class ModelConfig:
         local_queue_size: length of the queue of past local keys.
         local_min_overlap: pairs whose overlap is below this fraction of the smaller crop are
             masked out of the local loss.
+        local_layer: feature map the local points are sampled from: ``layer3`` (stride 16,
+            default: at 128 px layer4 is 4×4 and a 4×4 grid of points is less than a cell apart)
+            or ``layer4`` (stride 32).
+        local_same_image_negatives: also use the other points of the same image as negatives
+            (off by default, as in DenseCL/PixPro: nearby points of one image are not negatives).
 
     Raises:
         ConfigError: an unknown option (with a "did you mean") or an out-of-range number.
@@ -65,7 +71,7 @@ class ModelConfig:
     temperature: float = 0.2
     momentum: float = 0.999
     shuffle_bn_splits: int = 2
-    zca_placement: str = "block"
+    zca_placement: str = "pre_projector"
     zca_method: str = "eigh"
     zca_group_size: int = 64
     zca_eps: float = 1e-4
@@ -76,6 +82,8 @@ class ModelConfig:
     local_dim: int = 128
     local_queue_size: int = 16384
     local_min_overlap: float = 0.1
+    local_layer: str = "layer3"
+    local_same_image_negatives: bool = False
 
     def __post_init__(self) -> None:
         canon = {
@@ -83,6 +91,7 @@ class ModelConfig:
             "method": look_up_option(self.method, METHODS, "method"),
             "zca_placement": look_up_option(self.zca_placement, ZCA_PLACEMENTS, "zca placement"),
             "zca_method": look_up_option(self.zca_method, ZCA_METHODS, "zca method"),
+            "local_layer": look_up_option(self.local_layer, LOCAL_LAYERS, "local layer"),
         }
         for key, value in canon.items():
             object.__setattr__(self, key, value)
@@ -151,6 +160,7 @@ class Encoder(nn.Module):
         projector: :class:`~collapsekit.models.heads.ProjectionHead`.
         pre_projector: ``nn.Identity`` or the ZCA layer applied to the pooled vector.
         local_head: :class:`~collapsekit.models.heads.LocalHead` or ``None``.
+        local_layer: ``layer3`` or ``layer4``, the map :meth:`feature_maps` returns first.
     """
 
     def __init__(
@@ -159,8 +169,10 @@ class Encoder(nn.Module):
         projector: nn.Module,
         pre_projector: nn.Module | None = None,
         local_head: nn.Module | None = None,
+        local_layer: str = "layer4",
     ) -> None:
         super().__init__()
+        self.local_layer = look_up_option(local_layer, LOCAL_LAYERS, "local layer")
         self.backbone = backbone
         self.projector = projector
         self.pre_projector = pre_projector if pre_projector is not None else nn.Identity()
@@ -169,6 +181,11 @@ class Encoder(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Final feature map ``(B, 1, H, W) -> (B, C, H/32, W/32)``."""
         return self.backbone.forward_features(x)
+
+    def feature_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The local-branch map (``local_layer``) and the final map, in one pass."""
+        x3, x4 = self.backbone.forward_stages(x)
+        return (x3 if self.local_layer == "layer3" else x4), x4
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled backbone output ``(B, C)``: what diagnostics and probes use.
@@ -209,5 +226,6 @@ def build_encoder(cfg: ModelConfig) -> Encoder:
     elif cfg.uses_zca:
         pre = zca()
     projector = ProjectionHead(width, cfg.proj_hidden or width, cfg.proj_dim)
-    local_head = LocalHead(width, width, cfg.local_dim) if cfg.uses_local else None
-    return Encoder(backbone, projector, pre, local_head)
+    local_width = backbone.layer3_channels if cfg.local_layer == "layer3" else width
+    local_head = LocalHead(local_width, local_width, cfg.local_dim) if cfg.uses_local else None
+    return Encoder(backbone, projector, pre, local_head, cfg.local_layer)

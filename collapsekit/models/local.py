@@ -11,7 +11,10 @@ al. 2021):
    (mirrored for a flipped view), plus a mask of pairs whose overlap is large enough;
 2. :func:`sample_local_features`: bilinear sampling of each view's final feature map at its points;
 3. :func:`local_info_nce`: per point, positive = the same point in the other view's key features,
-   negatives = every other point of the batch and a queue of past local keys.
+   negatives = the points of the *other* images of the batch and a queue of past local keys.
+   Other points of the same image are not negatives by default (DenseCL/PixPro practice): at a
+   coarse feature map they sit less than a cell apart, so pushing them apart asks the network to
+   separate bilinear blends of the same cells, a task solved by position cues rather than content.
 
 Coordinate convention: a box ``(y0, x0, y1, x1)`` is the continuous source region
 ``[y0, y1) × [x0, x1)`` (source pixel ``i`` covers ``[i, i + 1)``) resampled to the square view,
@@ -128,28 +131,41 @@ def local_info_nce(
     queue: torch.Tensor | None,
     temperature: float,
     offset: int = 0,
+    points_per_image: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-point InfoNCE with in-batch and queued negatives.
 
-    For point ``n``: ``logits_n = [q_n·k_1, …, q_n·k_N | q_n·queue] / T`` with label ``n``: the
-    positive is the same point in the other view, the negatives are every other point of the batch
-    plus the queue. ``loss = −(1/N) Σ_n log softmax(logits_n)_n``.
+    For point ``n``: ``logits_n = [q_n·k_1, …, q_n·k_M | q_n·queue] / T`` with label ``n``: the
+    positive is the same point in the other view, the negatives are the other points of the batch
+    plus the queue. ``loss = −(1/N) Σ_n log softmax(logits_n)_n``. With ``points_per_image = P``,
+    points are grouped by image in blocks of ``P`` (rows ``k[jP:(j+1)P]`` are one image) and the
+    other points of a query's own image are removed from its negatives (logit ``−∞``).
 
     Args:
         q: ``(N, D)`` L2-normalised query points (valid pairs only).
-        k: ``(N, D)`` L2-normalised key points (no gradient needed).
+        k: ``(M, D)`` L2-normalised key points (no gradient needed).
         queue: ``(D, K)`` past keys, or ``None``.
         temperature: ``T``.
         offset: index in ``k`` of the positive of ``q[0]``. Under DDP ``k`` holds the key points of
             every rank (so each rank sees the negatives one process would see) and ``offset`` is the
             number of key points on the ranks before this one; 0 on one process.
+        points_per_image: ``P`` to exclude same-image negatives, ``None`` to keep them.
 
     Returns:
-        ``loss`` (scalar), ``logits`` ``(N, M + K)`` and ``labels`` ``(N,)``.
+        ``loss`` (scalar), ``logits`` ``(N, M + K)`` and ``labels`` ``(N,)``. With one image of
+        ``P`` points, no queue and same-image negatives excluded, every row has only its positive:
+        the loss is 0.
     """
     logits = q @ k.t()  # q: N×D, k: M×D -> N×M
+    labels = torch.arange(q.shape[0], device=q.device) + offset
+    if points_per_image is not None:
+        img_q = labels // points_per_image  # (N,)
+        img_k = torch.arange(k.shape[0], device=q.device) // points_per_image  # (M,)
+        same = (img_q[:, None] == img_k[None, :]) & (
+            labels[:, None] != torch.arange(k.shape[0], device=q.device)[None, :]
+        )
+        logits = logits.masked_fill(same, float("-inf"))
     if queue is not None:
         logits = torch.cat([logits, q @ queue], dim=1)  # q: N×D, queue: D×K
     logits = logits / temperature
-    labels = torch.arange(q.shape[0], device=q.device) + offset
     return F.cross_entropy(logits, labels), logits, labels

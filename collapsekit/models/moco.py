@@ -11,17 +11,19 @@ the total is ``L = L_global + λ L_local``.
 Shuffle-BN: under ``torch.distributed`` the key batch is shuffled across ranks exactly like
 MoCo's ``_batch_shuffle_ddp``. On one process a shuffle alone changes nothing (BatchNorm sees the
 same set of samples), so, like the official MoCo single-GPU demo, every ``BatchNorm2d`` of both
-encoders becomes a :class:`SplitBatchNorm2d` that normalises ``shuffle_bn_splits`` interleaved
-sub-batches (sample ``n`` in sub-batch ``n mod S``) separately, and the key batch is randomly
-permuted before the key forward and restored after it. ZCA layers always see the whole batch.
+encoders becomes a :class:`~collapsekit.models.split_bn.SplitBatchNorm2d` that normalises
+``shuffle_bn_splits`` interleaved sub-batches (sample ``n`` in sub-batch ``n mod S``) separately,
+and the key batch is randomly permuted before the key forward and restored after it. ZCA layers
+follow the same rule (per sub-batch on one process, per rank under DDP).
+
+The queues start as random unit vectors (as in MoCo); :meth:`MoCo.prefill_queues` replaces them
+by real keys before the first update, so no step trains against noise.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +32,12 @@ from torch import nn
 from collapsekit.models.builder import Encoder, ModelConfig, build_encoder
 from collapsekit.models.distributed import broadcast, concat_all_gather, is_dist, rank, world_size
 from collapsekit.models.local import local_info_nce, overlap_grid, sample_local_features
+from collapsekit.models.split_bn import convert_split_bn
 
 __all__ = [
     "MoCo",
     "MoCoOutput",
     "Queue",
-    "SplitBatchNorm2d",
-    "convert_split_bn",
     "info_nce_logits",
     "update_momentum",
 ]
@@ -121,77 +122,6 @@ def info_nce_logits(
     return logits, labels
 
 
-class SplitBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics come from ``num_splits`` sub-batches separately.
-
-    Sample ``n`` is normalised with the statistics of the samples ``n' ≡ n (mod num_splits)``; the
-    running statistics are the average over sub-batches. Eval mode, ``num_splits = 1`` and
-    ``torch.distributed`` runs (where each rank's batch is the sub-batch) behave like plain
-    ``BatchNorm2d``. Same parameters, buffers and state-dict keys as ``BatchNorm2d``.
-    """
-
-    def __init__(self, num_features: int, num_splits: int = 2, **kwargs: Any) -> None:
-        super().__init__(num_features, **kwargs)
-        self.num_splits = num_splits
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", num_splits={self.num_splits}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = 1 if is_dist() else math.gcd(self.num_splits, x.shape[0])
-        if s == 1 or not self.training or not self.track_running_stats:
-            return super().forward(x)
-        assert self.running_mean is not None and self.running_var is not None
-        assert self.num_batches_tracked is not None
-        n, c, h, w = x.shape
-        self.num_batches_tracked.add_(1)
-        momentum = (
-            self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        )
-        mean_s = self.running_mean.repeat(s)
-        var_s = self.running_var.repeat(s)
-        weight = self.weight.repeat(s) if self.weight is not None else None
-        bias = self.bias.repeat(s) if self.bias is not None else None
-        out = F.batch_norm(
-            x.reshape(n // s, c * s, h, w), mean_s, var_s, weight, bias, True, momentum, self.eps
-        )
-        with torch.no_grad():
-            self.running_mean.copy_(mean_s.view(s, c).mean(0))
-            self.running_var.copy_(var_s.view(s, c).mean(0))
-        return out.reshape(n, c, h, w)
-
-
-def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
-    """Turn every ``BatchNorm2d`` of ``module`` into a :class:`SplitBatchNorm2d`, in place.
-
-    Parameters and running statistics are kept; existing split layers get the new ``num_splits``
-    (``convert_split_bn(m, 1)`` makes them plain BatchNorm in behaviour, e.g. for fine-tuning).
-    Returns ``module`` (or the replacement when ``module`` itself is a BatchNorm2d).
-    """
-    if isinstance(module, SplitBatchNorm2d):
-        module.num_splits = num_splits
-        return module
-    if type(module) is nn.BatchNorm2d:
-        new = SplitBatchNorm2d(
-            module.num_features,
-            num_splits,
-            eps=module.eps,
-            momentum=module.momentum,
-            affine=module.affine,
-            track_running_stats=module.track_running_stats,
-        )
-        ref = next((t for t in module.state_dict().values() if t.is_floating_point()), None)
-        if ref is not None:
-            new = new.to(device=ref.device, dtype=ref.dtype)
-        new.load_state_dict(module.state_dict())
-        return new
-    for name, child in module.named_children():
-        new_child = convert_split_bn(child, num_splits)
-        if new_child is not child:
-            setattr(module, name, new_child)
-    return module
-
-
 @dataclass
 class MoCoOutput:
     """What one MoCo step returns.
@@ -211,6 +141,14 @@ class MoCoOutput:
     logits: torch.Tensor
     labels: torch.Tensor
     local_valid_fraction: float | None
+
+
+@dataclass
+class _LocalKeys:
+    """Key points of the local branch: this rank's valid-pair mask, every rank's valid points."""
+
+    valid: torch.Tensor  # (B,) bool, this rank's valid pairs
+    all_valid_points: torch.Tensor  # (M, D) valid key points of every rank, rank order
 
 
 @torch.no_grad()
@@ -257,24 +195,6 @@ class MoCo(nn.Module):
         self.queue = Queue(cfg.proj_dim, cfg.queue_size)
         self.local_queue = Queue(cfg.local_dim, cfg.local_queue_size) if cfg.uses_local else None
 
-    def _key_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Key feature map and projection with shuffle-BN (inputs and outputs in batch order)."""
-        enc = self.encoder_k
-        if is_dist() and world_size() > 1:
-            x_sh, idx_unshuffle = _batch_shuffle_ddp(x)
-            fmap = enc.features(x_sh)
-            proj = _batch_unshuffle_ddp(enc.project(fmap), idx_unshuffle)
-            if self.cfg.uses_local:
-                fmap = _batch_unshuffle_ddp(fmap, idx_unshuffle)
-            return fmap, proj
-        if self.cfg.shuffle_bn_splits > 1:
-            perm = torch.randperm(x.shape[0], device=x.device)
-            inv = torch.argsort(perm)
-            fmap = enc.features(x[perm])
-            return fmap[inv], enc.project(fmap)[inv]
-        fmap = enc.features(x)
-        return fmap, enc.project(fmap)
-
     def forward(self, batch: dict[str, torch.Tensor]) -> MoCoOutput:
         """One MoCo step on a two-view batch.
 
@@ -287,65 +207,114 @@ class MoCo(nn.Module):
             :class:`MoCoOutput`.
         """
         cfg = self.cfg
-        v1, v2 = batch["view1"], batch["view2"]
-        fq = self.encoder_q.features(v1)
-        q = F.normalize(self.encoder_q.project(fq), dim=1)
+        local_q, final_q = self.encoder_q.feature_maps(batch["view1"])
+        q = F.normalize(self.encoder_q.project(final_q), dim=1)
         with torch.no_grad():
             if self.training:
                 update_momentum(self.encoder_k, self.encoder_q, cfg.momentum)
-            fk, k_proj = self._key_forward(v2)
-            k = F.normalize(k_proj, dim=1)
+            local_map_k, k = self._key_forward(batch["view2"])
         # clone: the queue is updated in place after the loss, before backward
         logits, labels = info_nce_logits(q, k, self.queue.queue.clone().detach(), cfg.temperature)
         loss_global = F.cross_entropy(logits, labels)
-        loss = loss_global
-
-        loss_local: torch.Tensor | None = None
-        valid_fraction: float | None = None
-        zk: torch.Tensor | None = None
-        valid: torch.Tensor | None = None
+        loss_local, local_keys = None, None
         if cfg.uses_local:
-            assert self.encoder_q.local_head is not None and self.encoder_k.local_head is not None
-            assert self.local_queue is not None
-            c1, c2, valid = overlap_grid(
-                batch["box1"],
-                batch["box2"],
-                batch["flip1"],
-                batch["flip2"],
-                cfg.local_grid,
-                v1.shape[-1],
-                cfg.local_min_overlap,
-            )
-            zq = F.normalize(self.encoder_q.local_head(sample_local_features(fq, c1)), dim=-1)
-            with torch.no_grad():
-                zk = F.normalize(self.encoder_k.local_head(sample_local_features(fk, c2)), dim=-1)
-            valid_fraction = float(valid.float().mean())
-            # Key points of every rank (one process's negatives); this rank's positives start at offset.
-            zk_all = concat_all_gather(zk)
-            valid_all = concat_all_gather(valid.to(torch.uint8)).bool()  # gloo has no bool
-            n_points = zk.shape[1]
-            offset = int(valid_all[: rank() * zk.shape[0]].sum()) * n_points if is_dist() else 0
-            if bool(valid.any()):
-                loss_local, _, _ = local_info_nce(
-                    zq[valid].reshape(-1, cfg.local_dim),
-                    zk_all[valid_all].reshape(-1, cfg.local_dim),
-                    self.local_queue.queue.clone().detach(),
-                    cfg.temperature,
-                    offset=offset,
-                )
-            else:  # keep the graph (and DDP's used-parameter set) intact
-                loss_local = zq.sum() * 0.0
-            loss = loss_global + cfg.local_weight * loss_local
-
+            local_keys = self._local_keys(batch, local_map_k)
+            loss_local = self._local_loss(batch, local_q, local_keys)
+        loss = loss_global if loss_local is None else loss_global + cfg.local_weight * loss_local
         if self.training:
-            self.queue.enqueue(concat_all_gather(k))
-            if self.local_queue is not None and zk is not None and valid is not None:
-                self.local_queue.enqueue(zk_all[valid_all].reshape(-1, cfg.local_dim))
+            self._enqueue(k, local_keys)
         return MoCoOutput(
             loss=loss,
             loss_global=loss_global,
             loss_local=loss_local,
             logits=logits,
             labels=labels,
-            local_valid_fraction=valid_fraction,
+            local_valid_fraction=None
+            if local_keys is None
+            else float(local_keys.valid.float().mean()),
         )
+
+    @torch.no_grad()
+    def prefill_queues(self, batch: dict[str, torch.Tensor]) -> None:
+        """Enqueue the keys of ``batch`` without a training step (no gradient, no momentum update).
+
+        Called on the first ``ceil(K / B)`` batches of a fresh run, so the first update contrasts
+        against real keys instead of MoCo's random initial queue.
+        """
+        local_map_k, k = self._key_forward(batch["view2"])
+        keys = self._local_keys(batch, local_map_k) if self.cfg.uses_local else None
+        self._enqueue(k, keys)
+
+    @torch.no_grad()
+    def _enqueue(self, k: torch.Tensor, local_keys: _LocalKeys | None) -> None:
+        self.queue.enqueue(concat_all_gather(k))
+        if self.local_queue is not None and local_keys is not None:
+            self.local_queue.enqueue(local_keys.all_valid_points)
+
+    @torch.no_grad()
+    def _key_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key local feature map and normalised key ``(B, proj_dim)``, with shuffle-BN.
+
+        Inputs and outputs are in batch order; the encoder sees a shuffled batch (across ranks
+        under DDP, a random permutation with split normalisation on one process).
+        """
+        enc = self.encoder_k
+        if is_dist() and world_size() > 1:
+            x_sh, idx_unshuffle = _batch_shuffle_ddp(x)
+            local_map, final = enc.feature_maps(x_sh)
+            k = _batch_unshuffle_ddp(enc.project(final), idx_unshuffle)
+            if self.cfg.uses_local:
+                local_map = _batch_unshuffle_ddp(local_map, idx_unshuffle)
+        elif self.cfg.shuffle_bn_splits > 1:
+            perm = torch.randperm(x.shape[0], device=x.device)
+            inv = torch.argsort(perm)
+            local_map, final = enc.feature_maps(x[perm])
+            local_map, k = local_map[inv], enc.project(final)[inv]
+        else:
+            local_map, final = enc.feature_maps(x)
+            k = enc.project(final)
+        return local_map, F.normalize(k, dim=1)
+
+    def _grid(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return overlap_grid(
+            batch["box1"],
+            batch["box2"],
+            batch["flip1"],
+            batch["flip2"],
+            self.cfg.local_grid,
+            batch["view1"].shape[-1],
+            self.cfg.local_min_overlap,
+        )
+
+    @torch.no_grad()
+    def _local_keys(self, batch: dict[str, torch.Tensor], local_map_k: torch.Tensor) -> _LocalKeys:
+        assert self.encoder_k.local_head is not None
+        _, c2, valid = self._grid(batch)
+        zk = F.normalize(self.encoder_k.local_head(sample_local_features(local_map_k, c2)), dim=-1)
+        # every rank's key points, so each rank sees the negatives one process would see
+        zk_all = concat_all_gather(zk)
+        valid_all = concat_all_gather(valid.to(torch.uint8)).bool()  # gloo has no bool
+        return _LocalKeys(valid, zk_all[valid_all].reshape(-1, self.cfg.local_dim))
+
+    def _local_loss(
+        self, batch: dict[str, torch.Tensor], local_map_q: torch.Tensor, keys: _LocalKeys
+    ) -> torch.Tensor:
+        """Per-point InfoNCE between corresponding points of the two views (see ``local.py``)."""
+        cfg = self.cfg
+        assert self.encoder_q.local_head is not None and self.local_queue is not None
+        c1, _, valid = self._grid(batch)
+        zq = F.normalize(self.encoder_q.local_head(sample_local_features(local_map_q, c1)), dim=-1)
+        if not bool(valid.any()):  # keep the graph (and DDP's used-parameter set) intact
+            return zq.sum() * 0.0
+        n_points = zq.shape[1]
+        # this rank's positives start after the valid points of the ranks before it
+        offset = int(concat_all_gather(valid.to(torch.uint8))[: rank() * valid.shape[0]].sum())
+        loss, _, _ = local_info_nce(
+            zq[valid].reshape(-1, cfg.local_dim),
+            keys.all_valid_points,
+            self.local_queue.queue.clone().detach(),
+            cfg.temperature,
+            offset=offset * n_points,
+            points_per_image=None if cfg.local_same_image_negatives else n_points,
+        )
+        return loss

@@ -24,22 +24,26 @@ Two ways to form ``Σ^{-1/2}``:
   (fast on GPUs), but it converges slowly for small ``λ/tr Σ``: with ``T = 5`` it is far from white
   on ill-conditioned or high-dimensional groups (see ``benchmarks/train_step.py``).
 
-Math runs in float32 (float64 for float64 input) with autocast disabled. Under ``torch.distributed``
-the sums (first the mean, then the centred second moment) are all-reduced across ranks before
-``Σ`` is formed, so every rank whitens with the global batch statistics (like ``SyncBatchNorm``).
-In eval mode the running mean and running whitening matrix (updated with ``momentum`` in train
-mode, ``r ← (1 − momentum) r + momentum · batch``) are used; both are saved in the state dict.
+Math runs in float32 (float64 for float64 input) with autocast disabled. Statistics are never
+shared by a query and its positive key: with ``num_splits = S`` the layer whitens ``S`` interleaved
+sub-batches separately on one process, and under ``torch.distributed`` each rank whitens its own
+batch (MoCo shuffles keys across ranks), the same rule as shuffle-BN. Whole-batch statistics would
+let the positive key share the query batch's whitening while queued negatives do not — the
+shortcut shuffle-BN exists to remove. In eval mode the layer whitens with ``(Σ_run + εI)^{-1/2}``
+from the running mean and covariance (``r ← (1 − momentum) r + momentum · batch``, saved in the
+state dict), so eval-mode output on the training distribution is white.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from collapsekit.errors import ConfigError
-from collapsekit.models.distributed import all_reduce_sum, is_dist
+from collapsekit.models.distributed import is_dist
 from collapsekit.options import look_up_option
 
 __all__ = [
@@ -139,19 +143,27 @@ class ZCAWhitening(nn.Module):
         momentum: running-statistics momentum (as in BatchNorm: weight of the new batch).
         affine: learn a per-channel scale (init 1) and shift (init 0) applied after whitening.
         ns_iters: Newton–Schulz iterations ``T``.
+        num_splits: in train mode on one process, whiten ``num_splits`` interleaved sub-batches
+            (sample ``n`` in sub-batch ``n mod S``) with their own statistics, exactly like
+            :class:`~collapsekit.models.split_bn.SplitBatchNorm2d` (MoCo's shuffle-BN emulation:
+            a positive key must not share the query batch's statistics). Under
+            ``torch.distributed`` every rank whitens its own batch (keys are shuffled across ranks).
 
     Shapes:
         input ``(B, C)`` or ``(B, C, H, W)``; output the same shape and dtype.
 
     Buffers:
-        ``running_mean`` ``(C,)`` and ``running_whitening`` ``(G, d, d)`` (init: 0 and identity).
+        ``running_mean`` ``(C,)`` and ``running_cov`` ``(G, d, d)`` (init 0 and identity): moving
+        averages of the whole local batch's mean and unbiased covariance. Eval mode whitens with
+        ``W = (running_cov + εI)^{-1/2}`` (by eigh, cached until the buffers change), so its output
+        on the training distribution is white; an average of per-batch ``W`` would not be.
 
     Raises:
         ConfigError: ``group_size`` does not divide ``num_features``, unknown method, bad numbers.
     """
 
     running_mean: torch.Tensor
-    running_whitening: torch.Tensor
+    running_cov: torch.Tensor
 
     def __init__(
         self,
@@ -162,6 +174,7 @@ class ZCAWhitening(nn.Module):
         momentum: float = 0.1,
         affine: bool = True,
         ns_iters: int = 5,
+        num_splits: int = 1,
     ) -> None:
         super().__init__()
         if num_features < 1 or group_size < 1 or num_features % group_size:
@@ -174,6 +187,8 @@ class ZCAWhitening(nn.Module):
             raise ConfigError(f"ZCA momentum must be in (0, 1], got {momentum}")
         if ns_iters < 1:
             raise ConfigError(f"ZCA Newton-Schulz iterations must be >= 1, got {ns_iters}")
+        if num_splits < 1:
+            raise ConfigError(f"ZCA num_splits must be >= 1, got {num_splits}")
         self.num_features = num_features
         self.group_size = group_size
         self.num_groups = num_features // group_size
@@ -182,6 +197,7 @@ class ZCAWhitening(nn.Module):
         self.momentum = float(momentum)
         self.affine = affine
         self.ns_iters = int(ns_iters)
+        self.num_splits = int(num_splits)
         self.weight: nn.Parameter | None
         self.bias: nn.Parameter | None
         if affine:
@@ -192,14 +208,47 @@ class ZCAWhitening(nn.Module):
             self.register_parameter("bias", None)
         self.register_buffer("running_mean", torch.zeros(num_features))
         eye = torch.eye(group_size).expand(self.num_groups, group_size, group_size).clone()
-        self.register_buffer("running_whitening", eye)
+        self.register_buffer("running_cov", eye)
+        self._eval_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, group_size={self.group_size}, method={self.method}, "
             f"eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
             + (f", ns_iters={self.ns_iters}" if self.method == "newton_schulz" else "")
+            + (f", num_splits={self.num_splits}" if self.num_splits > 1 else "")
         )
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # checkpoints of collapsekit <= 0.1 kept an average of batch W: turn it into a covariance
+        old, new = prefix + "running_whitening", prefix + "running_cov"
+        if old in state_dict and new not in state_dict:
+            w = state_dict.pop(old).double()
+            eye = torch.eye(w.shape[-1], dtype=w.dtype)
+            w_inv = torch.linalg.solve(w, eye.expand_as(w))
+            state_dict[new] = (w_inv @ w_inv - self.eps * eye).to(self.running_cov.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def eval_whitening(self) -> torch.Tensor:
+        """``(G, d, d)`` eval-mode matrices ``(running_cov + εI)^{-1/2}`` (float32/64, cached)."""
+        cov = self.running_cov
+        key = (cov.data_ptr(), cov._version, cov.device, cov.dtype)
+        if self._eval_cache is None or self._eval_cache[0] != key:
+            dtype = torch.float64 if cov.dtype == torch.float64 else torch.float32
+            with torch.no_grad(), torch.autocast(device_type=cov.device.type, enabled=False):
+                self._eval_cache = (key, inv_sqrt_eigh(cov.to(dtype), self.eps))
+        return self._eval_cache[1]
+
+    @torch.no_grad()
+    def _update_running(self, flat: torch.Tensor) -> None:
+        """EMA of the whole local batch's mean and unbiased covariance (``flat``: ``C × m``)."""
+        g, d, m = self.num_groups, self.group_size, flat.shape[1]
+        mean = flat.mean(dim=1)
+        xc = (flat - mean[:, None]).reshape(g, d, m)
+        cov = xc @ xc.transpose(1, 2) / max(m - 1, 1)
+        r = self.momentum
+        self.running_mean.mul_(1 - r).add_(mean.to(self.running_mean.dtype), alpha=r)
+        self.running_cov.mul_(1 - r).add_(cov.to(self.running_cov.dtype), alpha=r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (2, 4) or x.shape[1] != self.num_features:
@@ -208,38 +257,30 @@ class ZCAWhitening(nn.Module):
                 f"got shape {tuple(x.shape)}"
             )
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        c, g, d = self.num_features, self.num_groups, self.group_size
+        c, g, d, b = self.num_features, self.num_groups, self.group_size, x.shape[0]
+        s = 1 if is_dist() or not self.training else math.gcd(self.num_splits, b)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf = x.to(dtype)
-            flat = xf.transpose(0, 1).reshape(c, -1)  # C × m, m = B·H·W
-            m = flat.shape[1]
+            # sample n -> sub-batch n mod s; rows of one sub-batch: (C, m) with m = (B/s)·H·W
+            xs = xf.reshape(b // s, s, c, -1).permute(1, 2, 0, 3).reshape(s, c, -1)
+            m = xs.shape[-1]
             if self.training:
-                # two passes (global mean, then centred second moment): exact under DDP
-                stats = torch.cat([flat.sum(dim=1), flat.new_tensor([float(m)])])
-                stats = all_reduce_sum(stats) if is_dist() else stats
-                total = stats[-1]
-                mean = stats[:-1] / total
-                xc = (flat - mean[:, None]).reshape(g, d, m)
-                second = xc @ xc.transpose(1, 2)  # G × d × d
-                second = all_reduce_sum(second) if is_dist() else second
-                w = whitening_matrix(second / total, self.method, self.eps, self.ns_iters)
-                with torch.no_grad():
-                    r = self.momentum
-                    self.running_mean.mul_(1 - r).add_(
-                        mean.detach().to(self.running_mean.dtype), alpha=r
-                    )
-                    self.running_whitening.mul_(1 - r).add_(
-                        w.detach().to(self.running_whitening.dtype), alpha=r
-                    )
+                mean = xs.mean(dim=2)  # s × C
+                xc = (xs - mean[:, :, None]).reshape(s * g, d, m)
+                cov = xc @ xc.transpose(1, 2) / m  # (s·G) × d × d, biased like BatchNorm
+                w = whitening_matrix(cov, self.method, self.eps, self.ns_iters)
+                self._update_running(xs.detach().permute(1, 0, 2).reshape(c, -1))
             else:
-                mean = self.running_mean.to(dtype)
-                w = self.running_whitening.to(dtype)
-                xc = (flat - mean[:, None]).reshape(g, d, m)
+                xc = (xs - self.running_mean.to(dtype)[None, :, None]).reshape(g, d, m)
+                w = self.eval_whitening().to(dtype)
+            w = w.reshape(s, g, d, d)
             if self.weight is not None and self.bias is not None:
                 # affine folded into one batched GEMM: y = diag(γ) W xc + β
-                w = w * self.weight.to(dtype).reshape(g, d, 1)
-                y = torch.baddbmm(self.bias.to(dtype).reshape(g, d, 1), w, xc)
+                w = w * self.weight.to(dtype).reshape(1, g, d, 1)
+                bias = self.bias.to(dtype).reshape(1, g, d, 1).expand(s, g, d, 1)
+                y = torch.baddbmm(bias.reshape(s * g, d, 1), w.reshape(s * g, d, d), xc)
             else:
-                y = w @ xc
-            y = y.reshape(c, x.shape[0], *x.shape[2:]).transpose(0, 1).contiguous()
-        return y.to(x.dtype)
+                y = w.reshape(s * g, d, d) @ xc
+            # back to (B, C, H, W): undo the sub-batch interleave
+            y = y.reshape(s, c, b // s, -1).permute(2, 0, 1, 3).reshape(b, c, *x.shape[2:])
+        return y.contiguous().to(x.dtype)

@@ -178,3 +178,22 @@ def test_to_dict_is_json_ready_and_spells_out_semantics() -> None:
         assert key in d
     assert d["numerical_rank_rtol"] == pytest.approx(10 * np.finfo(np.float32).eps)
     assert "centred" in d["definitions"]["effective_rank_centered"]
+
+
+def test_eigenvalue_effective_rank_is_the_variance_spectrum() -> None:
+    z = _decaying(400, 24, seed=3, offset=1.0)
+    res = spectrum_report(z)
+    zn = _normalize(z)
+    lam = np.linalg.eigvalsh(np.cov(zn.T))
+    assert res.effective_rank_eigenvalues == pytest.approx(effective_rank(lam.clip(0)), rel=1e-8)
+    # λ = σ²: the λ-based rank is always the lower one (squaring sharpens the distribution)
+    assert res.effective_rank_eigenvalues < res.effective_rank_centered
+    # the known value of the docstring: λ_i ∝ i^-1.5 over 64 dimensions
+    lam = np.arange(1, 65.0) ** -1.5
+    assert effective_rank(lam) == pytest.approx(10.82, abs=0.01)
+    assert effective_rank(np.sqrt(lam)) == pytest.approx(42.89, abs=0.01)
+    # saved results without the field get it back from their spectrum
+    d = res.to_dict()
+    del d["effective_rank_eigenvalues"]
+    old = type(res).from_dict(d)
+    assert old.effective_rank_eigenvalues == pytest.approx(res.effective_rank_eigenvalues, rel=1e-6)

@@ -117,8 +117,10 @@ def test_local_info_nce_closed_form() -> None:
 
 
 @pytest.mark.parametrize("method", ["local", "local+zca"])
-def test_local_loss_alone_reaches_the_backbone(method: str) -> None:
-    model = MoCo(ModelConfig(method=method, queue_size=16, local_queue_size=64))
+@pytest.mark.parametrize("layer", ["layer3", "layer4"])
+def test_local_loss_alone_reaches_the_backbone(method: str, layer: str) -> None:
+    cfg = ModelConfig(method=method, queue_size=16, local_queue_size=64, local_layer=layer)
+    model = MoCo(cfg)
     b = 4
     box1 = _t([[0, 0, 48, 48]]).repeat(b, 1)
     batch = {
@@ -133,7 +135,8 @@ def test_local_loss_alone_reaches_the_backbone(method: str) -> None:
     assert out.loss_local is not None
     out.loss_local.backward()
     bb = model.encoder_q.backbone
-    for p in (bb.conv1.weight, bb.layer1[0].conv1.weight, bb.layer4[-1].conv2.weight):
+    last = bb.layer3[-1] if layer == "layer3" else bb.layer4[-1]
+    for p in (bb.conv1.weight, bb.layer1[0].conv1.weight, last.conv2.weight):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
     assert model.encoder_q.projector.fc1.weight.grad is None  # only the local path was used
     head = model.encoder_q.local_head
@@ -188,3 +191,31 @@ def test_correspondence_matches_the_data_layer_resized_crop() -> None:
         f2 = sample_local_features(enc(views(boxes2, flip2)), c2)
     torch.testing.assert_close(f1, f2, atol=1e-4, rtol=1e-4)
     assert (f1[:, 0] - f1[:, -1]).abs().max() > 0.1  # points really differ
+
+
+def test_local_info_nce_excludes_same_image_negatives() -> None:
+    # two images of P=2 points; with exclusion each row keeps its positive + the other image's
+    # points + the queue, and the loss equals a hand-written log-softmax over those columns
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=1)
+    k = F.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=1)
+    queue = F.normalize(torch.randn(8, 3, generator=g, dtype=torch.float64), dim=0)
+    t = 0.2
+    loss, logits, labels = local_info_nce(q, k, queue, t, points_per_image=2)
+    expected = 0.0
+    for n in range(4):
+        same_img = {2 * (n // 2), 2 * (n // 2) + 1} - {n}
+        cols = [j for j in range(4) if j not in same_img]
+        row = torch.cat([q[n] @ k[cols].T, q[n] @ queue]) / t
+        expected += -(row[cols.index(n)] - torch.logsumexp(row, 0)).item()
+    assert loss.item() == pytest.approx(expected / 4, rel=1e-12)
+    assert torch.isinf(logits[0, 1]) and torch.isfinite(logits[0, 2:]).all()
+    # one image, no queue: only the positive is left, the loss is exactly 0
+    zero, _, _ = local_info_nce(q[:2], k[:2], None, t, points_per_image=2)
+    assert zero.item() == 0.0
+    # DDP offset: a rank whose points start at 2 excludes its own image (columns 2, 3)
+    l_off, logits_off, _ = local_info_nce(q[2:], k, None, t, offset=2, points_per_image=2)
+    assert torch.isinf(logits_off[0, 3]) and torch.isfinite(logits_off[0, :3]).all()
+    assert l_off.item() == pytest.approx(
+        F.cross_entropy(logits[2:, :4], labels[2:]).item(), rel=1e-12
+    )

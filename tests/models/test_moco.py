@@ -16,9 +16,8 @@ from collapsekit.models import (
     MoCo,
     ModelConfig,
     Queue,
-    SplitBatchNorm2d,
+    ZCAWhitening,
     build_encoder,
-    convert_split_bn,
     info_nce_logits,
     update_momentum,
 )
@@ -97,40 +96,6 @@ def test_update_momentum_arithmetic() -> None:
     assert torch.equal(k[1].running_mean, q[1].running_mean)
 
 
-def test_split_batchnorm_uses_interleaved_sub_batches() -> None:
-    x = torch.randn(6, 3, 4, 4) * 2 + 1
-    split = SplitBatchNorm2d(3, num_splits=2)
-    with torch.no_grad():
-        split.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
-        split.bias.copy_(torch.tensor([0.0, -1.0, 1.0]))
-    y = split(x)
-    for s in range(2):
-        sub = x[s::2]
-        mean = sub.mean(dim=(0, 2, 3), keepdim=True)
-        var = sub.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
-        ref = (sub - mean) / torch.sqrt(var + split.eps) * split.weight.view(
-            1, 3, 1, 1
-        ) + split.bias.view(1, 3, 1, 1)
-        torch.testing.assert_close(y[s::2], ref, atol=1e-5, rtol=1e-5)
-    unbiased = torch.stack([x[s::2].var(dim=(0, 2, 3)) for s in range(2)]).mean(0)
-    torch.testing.assert_close(split.running_var, 0.9 + 0.1 * unbiased)
-    split.eval()
-    plain = nn.BatchNorm2d(3)
-    plain.load_state_dict(split.state_dict())
-    plain.eval()
-    torch.testing.assert_close(split(x), plain(x))
-
-
-def test_convert_split_bn_keeps_state_and_keys() -> None:
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
-    keys = list(net.state_dict())
-    net[1].running_mean.fill_(0.3)
-    convert_split_bn(net, 4)
-    assert isinstance(net[1], SplitBatchNorm2d) and isinstance(net[2][0], SplitBatchNorm2d)
-    assert net[1].num_splits == 4 and list(net.state_dict()) == keys
-    assert torch.all(net[1].running_mean == 0.3)
-
-
 def test_logits_and_queue_match_a_hand_written_moco_step() -> None:
     cfg = ModelConfig(method="mocov2", shuffle_bn_splits=1, momentum=0.5, **TINY)
     model = MoCo(cfg)
@@ -166,15 +131,15 @@ def test_single_process_shuffle_bn_restores_order() -> None:
     x = _batch()["view2"]
     torch.manual_seed(7)
     with torch.no_grad():
-        fmap, proj = model._key_forward(x)
+        fmap, k = model._key_forward(x)
         torch.manual_seed(7)
         perm = torch.randperm(8)
-        ref_map = model.encoder_k.features(x[perm])
-        ref = model.encoder_k.project(ref_map)[torch.argsort(perm)]
-    torch.testing.assert_close(proj, ref)
-    torch.testing.assert_close(fmap, ref_map[torch.argsort(perm)])
+        ref_local, ref_map = model.encoder_k.feature_maps(x[perm])
+        ref = F.normalize(model.encoder_k.project(ref_map), dim=1)[torch.argsort(perm)]
+    torch.testing.assert_close(k, ref)
+    torch.testing.assert_close(fmap, ref_local[torch.argsort(perm)])
     # the split is real: sample 0's key depends on which sub-batch it lands in
-    assert not torch.allclose(proj, model.encoder_k(x), atol=1e-4)
+    assert not torch.allclose(k, F.normalize(model.encoder_k(x), dim=1), atol=1e-4)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -224,3 +189,28 @@ def test_query_encoder_state_loads_into_a_plain_encoder() -> None:
     assert {"queue.queue", "queue.ptr", "local_queue.queue", "local_queue.ptr"} <= set(
         model.state_dict()
     )
+
+
+def test_prefill_puts_real_keys_in_the_queues_without_training() -> None:
+    cfg = ModelConfig(method="local", shuffle_bn_splits=1, queue_size=16, local_queue_size=64)
+    model = MoCo(cfg)
+    before = copy.deepcopy(model.encoder_k.state_dict())
+    batch = _batch()
+    model.prefill_queues(batch)
+    with torch.no_grad():
+        _, final = model.encoder_k.feature_maps(batch["view2"])
+        k = F.normalize(model.encoder_k.project(final), dim=1)
+    torch.testing.assert_close(model.queue.queue[:, :8], k.T)
+    assert model.queue.ptr.item() == 8
+    assert (
+        model.local_queue is not None and model.local_queue.ptr.item() == (7 * 16) % 64
+    )  # 7 valid pairs, wrapped
+    for name, t in model.encoder_k.state_dict().items():
+        if t.is_floating_point() and "running" not in name:
+            assert torch.equal(t, before[name]), name
+
+
+def test_zca_layers_follow_the_shuffle_bn_split() -> None:
+    model = MoCo(ModelConfig(method="zca", shuffle_bn_splits=2, zca_group_size=16))
+    for enc in (model.encoder_q, model.encoder_k):
+        assert isinstance(enc.pre_projector, ZCAWhitening) and enc.pre_projector.num_splits == 2

@@ -53,7 +53,9 @@ def _count_zca(module: nn.Module) -> int:
 
 
 def test_zca_placements() -> None:
-    block = build_encoder(ModelConfig(method="zca", zca_group_size=128))
+    # the paper's placement (before the projector) is the default
+    assert ModelConfig().zca_placement == "pre_projector"
+    block = build_encoder(ModelConfig(method="zca", zca_group_size=128, zca_placement="block"))
     norm = block.backbone.last_norm()
     assert isinstance(norm, ZCAWhitening) and (norm.num_features, norm.num_groups) == (512, 4)
     assert isinstance(block.pre_projector, nn.Identity) and _count_zca(block) == 1

@@ -57,29 +57,26 @@ def test_4d_input_uses_all_positions() -> None:
 def test_whitening_matrix_equals_numpy_eigendecomposition() -> None:
     x = _correlated(256, 12, seed=1, dtype=torch.float64)
     eps = 1e-3
-    layer = ZCAWhitening(12, group_size=6, eps=eps, momentum=1.0).double()  # running = batch W
-    layer(x)
+    layer = ZCAWhitening(12, group_size=6, eps=eps, affine=False).double()
+    y = layer(x).detach().numpy()
     xn = x.numpy()
     for gi in range(2):
         block = xn[:, gi * 6 : (gi + 1) * 6]
         cov = np.cov(block.T, bias=True)
         lam, u = np.linalg.eigh(cov)
-        expected = u @ np.diag((lam + eps) ** -0.5) @ u.T
-        w = layer.running_whitening[gi].numpy()
-        np.testing.assert_allclose(w, expected, rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(w, w.T, atol=1e-12)
-    np.testing.assert_allclose(layer.running_mean.numpy(), xn.mean(0), rtol=1e-12)
+        w = u @ np.diag((lam + eps) ** -0.5) @ u.T
+        expected = (block - block.mean(0)) @ w.T
+        np.testing.assert_allclose(y[:, gi * 6 : (gi + 1) * 6], expected, rtol=1e-9, atol=1e-9)
 
 
 def test_running_statistics_momentum() -> None:
     x = _correlated(512, 8, dtype=torch.float64)
     layer = ZCAWhitening(8, group_size=4, momentum=0.1).double()
     layer(x)
-    cov = torch.stack([torch.cov(x[:, 4 * i : 4 * i + 4].T, correction=0) for i in range(2)])
-    w = whitening_matrix(cov, "eigh", layer.eps)
+    cov = torch.stack([torch.cov(x[:, 4 * i : 4 * i + 4].T) for i in range(2)])  # unbiased
     torch.testing.assert_close(layer.running_mean, 0.1 * x.mean(0))
     torch.testing.assert_close(
-        layer.running_whitening, 0.9 * torch.eye(4, dtype=torch.float64) + 0.1 * w
+        layer.running_cov, 0.9 * torch.eye(4, dtype=torch.float64) + 0.1 * cov
     )
 
 
@@ -88,7 +85,7 @@ def test_eval_uses_only_running_statistics() -> None:
     g = torch.Generator().manual_seed(3)
     a = torch.randn(2, 2, 2, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        layer.running_whitening.copy_(a + a.transpose(1, 2))
+        layer.running_cov.copy_(a @ a.transpose(1, 2) + 0.5 * torch.eye(2, dtype=torch.float64))
         layer.running_mean.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0]))
         layer.weight.copy_(torch.tensor([2.0, 1.0, -1.0, 0.5]))
         layer.bias.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
@@ -96,12 +93,59 @@ def test_eval_uses_only_running_statistics() -> None:
     before = [b.clone() for b in layer.buffers()]
     x = torch.randn(5, 4, generator=g, dtype=torch.float64)
     y = layer(x)
-    w = torch.block_diag(*layer.running_whitening)
+    w = torch.block_diag(*inv_sqrt_eigh(layer.running_cov, layer.eps))
     expected = (x - layer.running_mean) @ w.T * layer.weight + layer.bias
     torch.testing.assert_close(y, expected)
     torch.testing.assert_close(layer(x[2:3]), y[2:3])  # a row's output does not depend on the batch
     for b0, b1 in zip(before, layer.buffers(), strict=True):
         assert torch.equal(b0, b1)
+    # the cached eval matrix follows a change of the buffers (e.g. load_state_dict)
+    with torch.no_grad():
+        layer.running_cov.copy_(torch.eye(2, dtype=torch.float64).expand(2, 2, 2) * 4.0)
+    torch.testing.assert_close(
+        layer(x), (x - layer.running_mean) / (4.0 + layer.eps) ** 0.5 * layer.weight + layer.bias
+    )
+
+
+def test_eval_mode_output_is_white_on_the_training_distribution() -> None:
+    # issue 10: an EMA of batch W is not Σ^{-1/2}; running covariance is. Tolerance: 0.05 on
+    # every entry of each group's covariance (batches of 256 from a fixed distribution, 60 steps).
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(16, 16, generator=g) * torch.linspace(0.1, 3.0, 16)
+    layer = ZCAWhitening(16, group_size=8, momentum=0.1, affine=False)
+    for _ in range(60):
+        layer(torch.randn(256, 16, generator=g) @ mix + 1.0)
+    layer.eval()
+    y = layer(torch.randn(20000, 16, generator=g) @ mix + 1.0).double()
+    cov = _group_cov(y, 8)
+    assert (cov - torch.eye(8, dtype=torch.float64)).abs().max() < 0.05
+    assert y.mean(0).abs().max() < 0.05
+
+
+def test_split_whitening_uses_interleaved_sub_batches() -> None:
+    # num_splits=2: sample n is whitened with the statistics of the samples n' = n (mod 2),
+    # exactly like SplitBatchNorm2d (shuffle-BN emulation on one process)
+    x = _correlated(64, 8, seed=2, dtype=torch.float64).reshape(16, 8, 2, 2)
+    layer = ZCAWhitening(8, group_size=4, num_splits=2, affine=False).double()
+    y = layer(x)
+    ref = ZCAWhitening(8, group_size=4, affine=False).double()
+    torch.testing.assert_close(y[0::2], ref(x[0::2]))
+    torch.testing.assert_close(y[1::2], ref(x[1::2]))
+    # running statistics come from the whole batch
+    rows = x.permute(0, 2, 3, 1).reshape(-1, 8)
+    torch.testing.assert_close(layer.running_mean, 0.1 * rows.mean(0))
+    # eval mode and a batch that the splits do not divide fall back to one set of statistics
+    torch.testing.assert_close(layer(x[:5]), ref.train()(x[:5]))
+
+
+def test_old_checkpoints_with_running_whitening_load() -> None:
+    layer = ZCAWhitening(8, group_size=4).double()
+    cov = torch.cov(_correlated(512, 8, dtype=torch.float64).T)
+    covs = torch.stack([cov[:4, :4], cov[4:, 4:]])
+    state = {k: v for k, v in layer.state_dict().items() if k != "running_cov"}
+    state["running_whitening"] = inv_sqrt_eigh(covs, layer.eps)
+    layer.load_state_dict(state)
+    torch.testing.assert_close(layer.running_cov, covs)
 
 
 @pytest.mark.parametrize("method", ["eigh", "newton_schulz"])

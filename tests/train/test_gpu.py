@@ -22,7 +22,7 @@ def test_zca_under_autocast_whitens_in_float32() -> None:
     y = y.float()
     cov = torch.cov(y[:, :32].T)
     assert torch.allclose(cov, torch.eye(32, device="cuda"), atol=5e-2)
-    assert zca.running_whitening.dtype == torch.float32
+    assert zca.running_cov.dtype == torch.float32
 
 
 @pytest.mark.gpu
