@@ -24,6 +24,13 @@ def train(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Dataset root on disk.")
     ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Named settings under the config file and flags: default | demo (the CPU regime "
+            "where MoCo v2 is healthy on the phantom and dimensional collapse shows, ~10 min)."
+        ),
+    ] = None,
     method: Annotated[str | None, typer.Option(help="mocov2 | local | zca | local+zca")] = None,
     backbone: Annotated[str | None, typer.Option(help="resnet18 | resnet34 | resnet50")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs over the training slices.")] = None,
@@ -86,7 +93,11 @@ def train(
         checkpoint_every=checkpoint_every,
         model={"method": method, "arch": backbone},
     )
-    cfg = load_config(config, **overrides) if config else config_from_dict({}, **overrides)
+    cfg = (
+        load_config(config, budget, **overrides)
+        if config
+        else config_from_dict({}, budget, **overrides)
+    )
     if resume and out is None:
         from collapsekit.runs.rundir import resolve_latest
 
@@ -103,8 +114,12 @@ def train(
     console.print(f"[green]{state}[/] — run directory [bold]{result.run_dir}[/]")
     if last:
         console.print(
-            f"final loss {last['loss']:.4f}, effective rank {last['effective_rank']:.1f} "
-            f"(α={last['alpha']:.2f}), {last['images_per_s']:.1f} img/s"
+            f"final loss {last['loss']:.4f} (chance ln(K+1) = {last.get('loss_chance', float('nan')):.3f}), "
+            f"contrastive top-1 {last.get('top1', float('nan')):.3f}; backbone effective rank "
+            f"{last['effective_rank']:.1f} on σ, {last.get('effective_rank_eigenvalues', float('nan')):.1f} "
+            f"on λ (α={last['alpha']:.2f}); projector λ-rank "
+            f"{last.get('proj_effective_rank_eigenvalues', float('nan')):.1f}, mean cosine "
+            f"{last.get('proj_mean_cosine', float('nan')):.3f}; {last['images_per_s']:.1f} img/s"
         )
     if result.finished:
         console.print(f"spectrum: {result.run_dir / 'spectrum.png'}")

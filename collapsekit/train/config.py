@@ -15,7 +15,15 @@ from collapsekit.errors import ConfigError
 from collapsekit.models import ModelConfig
 from collapsekit.options import look_up_option
 
-__all__ = ["TrainConfig", "config_from_dict", "config_to_dict", "load_config", "save_config"]
+__all__ = [
+    "TRAIN_BUDGETS",
+    "TrainConfig",
+    "budget_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
 
 DATASETS = ("phantom", "btcv", "abdomenct1k", "folder")
 
@@ -40,7 +48,16 @@ class TrainConfig:
         lr: base learning rate; ``None`` means MoCo's ``0.03 * batch_size / 256``.
         seed: seeds model init, data order and augmentations (runs are reproducible on CPU).
         device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
-        monitor_samples: held-out slices embedded every epoch for the live effective rank.
+        warmup_steps: linear learning-rate warm-up before the cosine schedule (0: none).
+        crop_min_scale: smallest crop area of the two-view augmentation (MoCo v2: 0.2).
+        jitter_p, blur_p: probabilities of intensity jitter and Gaussian blur of each view.
+        prefill_queue: fill the MoCo queues with real keys (no update) before the first step of a
+            fresh run, instead of training the first ``K / B`` steps against random vectors.
+        monitor_samples: held-out slices embedded for the live collapse monitor. Keep it at least
+            twice the backbone width: ``N`` samples cap any rank at ``N − 1`` (reported as
+            ``rank_bound``).
+        monitor_every: also monitor (and log a metrics.jsonl record) every this many steps
+            (0: once per epoch).
         collapse_warn_fraction: warn when the effective rank falls below this fraction of the
             backbone width.
         checkpoint_every: also write ``checkpoint.pt`` every this many steps (0: only per epoch).
@@ -69,7 +86,13 @@ class TrainConfig:
     a_max: float = 250.0
     in_plane_size: int | None = None
     cache_dir: str | None = None
-    monitor_samples: int = 256
+    warmup_steps: int = 0
+    crop_min_scale: float = 0.2
+    jitter_p: float = 0.8
+    blur_p: float = 0.5
+    prefill_queue: bool = True
+    monitor_samples: int = 1024
+    monitor_every: int = 0
     collapse_warn_fraction: float = 0.02
     checkpoint_every: int = 0
     keep_every_epochs: int = 0
@@ -97,6 +120,13 @@ class TrainConfig:
             raise ConfigError(f"--data-dir is required for dataset '{self.dataset}'")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or self.monitor_every < 0:
+            raise ConfigError("warmup_steps and monitor_every must be >= 0")
+        if not 0.0 < self.crop_min_scale <= 1.0:
+            raise ConfigError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
+        for name in ("jitter_p", "blur_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.collapse_warn_fraction <= 1.0:
             raise ConfigError("collapse_warn_fraction must be in [0, 1]")
 
@@ -104,6 +134,42 @@ class TrainConfig:
     def base_lr(self) -> float:
         """MoCo's linear scaling rule: ``0.03 * batch_size / 256`` unless ``lr`` is set."""
         return self.lr if self.lr is not None else 0.03 * self.batch_size / 256
+
+
+#: Named training budgets: settings that override the defaults (``collapsekit train --budget``).
+#: ``demo`` is the CPU regime in which MoCo v2 is *healthy* on the phantom (the contrastive task is
+#: solved: loss well below ln(K + 1), positive ranked first far above chance, projector outputs
+#: not a point) so that dimensional collapse can be seen — measured in docs/collapse/. With MoCo
+#: v2's default augmentation (crop 0.2–1, intensity jitter, blur) two views of one phantom slice
+#: are no closer than two different slices (partner-view retrieval at chance, even in pixels), the
+#: task is unsolvable and the run collapses completely to a point: a failed run, not the
+#: phenomenon. 64 px views, crops of 0.8–1 of the slice without intensity jitter or blur, a
+#: 48-case phantom (≈2,300 slices) with K = 256 ≤ N/4, m = 0.99, lr 0.03 with a 50-step warm-up.
+TRAIN_BUDGETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "demo": {
+        "image_size": 64,
+        "steps": 1200,
+        "batch_size": 32,
+        "lr": 0.03,
+        "warmup_steps": 50,
+        "crop_min_scale": 0.8,
+        "jitter_p": 0.0,
+        "blur_p": 0.0,
+        "phantom_cases": 48,
+        "monitor_every": 200,
+        "model": {"queue_size": 256, "momentum": 0.99, "zca_group_size": 8},
+    },
+}
+
+
+def budget_overrides(name: str) -> dict[str, Any]:
+    """The settings of the named budget (a copy), for :func:`config_from_dict` overrides."""
+    name = look_up_option(name, TRAIN_BUDGETS, "budget")
+    b = dict(TRAIN_BUDGETS[name])
+    if "model" in b:
+        b["model"] = dict(b["model"])
+    return b
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -120,13 +186,19 @@ def _check_keys(data: dict[str, Any], cls: type, where: str) -> None:
             raise ConfigError(f"unknown {where} key '{key}'{hint}")
 
 
-def config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfig:
+def config_from_dict(
+    data: dict[str, Any], budget: str | None = None, **overrides: Any
+) -> TrainConfig:
     """Build a :class:`TrainConfig` from plain data; ``overrides`` (not ``None``) win.
 
-    ``overrides`` may contain ``model`` as a dict of model fields to override.
+    Precedence, lowest first: the defaults, the named ``budget`` (:data:`TRAIN_BUDGETS`), ``data``
+    (e.g. a TOML file), ``overrides`` (e.g. command-line flags). ``overrides`` may contain
+    ``model`` as a dict of model fields to override.
     """
-    data = dict(data)
-    model_data = dict(data.pop("model", {}) or {})
+    base = budget_overrides(budget) if budget else {}
+    base_model = base.pop("model", {})
+    data = {**base, **data}
+    model_data = {**base_model, **dict(data.pop("model", {}) or {})}
     _check_keys(data, TrainConfig, "config")
     _check_keys(model_data, ModelConfig, "[model]")
     model_over = overrides.pop("model", None) or {}
@@ -143,8 +215,9 @@ def config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfig:
         raise ConfigError(str(e)) from None
 
 
-def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
-    """Read a TOML config file (top-level training keys, a ``[model]`` table); flags override it."""
+def load_config(path: str | Path, budget: str | None = None, **overrides: Any) -> TrainConfig:
+    """Read a TOML config file (top-level training keys, a ``[model]`` table); flags override it,
+    and it overrides the named ``budget``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -152,7 +225,7 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot parse config {path}: {e}") from None
-    return config_from_dict(data, **overrides)
+    return config_from_dict(data, budget, **overrides)
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -30,10 +30,10 @@ from collapsekit.data import (
     Volume,
     load_split,
 )
-from collapsekit.diagnostics import SpectrumResult
 from collapsekit.errors import ConfigError, TrainingError
 from collapsekit.models import MoCo
 from collapsekit.progress import (
+    Message,
     ProgressCallback,
     TaskAdvanced,
     TaskFinished,
@@ -56,15 +56,19 @@ from collapsekit.train.distributed import (
     setup_distributed,
 )
 from collapsekit.train.monitor import (
+    MonitorReport,
     collapse_warning,
     monitor_images,
-    monitor_record,
-    monitor_report,
+    monitor_spaces,
     write_final_spectrum,
 )
 from collapsekit.train.sampling import EpochSampler, SeededViews
 
 __all__ = ["TrainResult", "train"]
+
+# Data "epoch" of the batches that prefill the queues: an order and augmentations no training
+# epoch uses.
+PREFILL_EPOCH = 1_000_000
 
 # Fields of the given config that win over the stored one when resuming.
 RUNTIME_FIELDS = ("stop_after", "num_workers", "device", "checkpoint_every")
@@ -117,9 +121,13 @@ def _global_mean(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return y / ctx.world_size
 
 
-def cosine_schedule(step: int, total: int) -> float:
-    """Cosine learning-rate factor: 1 at step 0, 0 at ``total``."""
-    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+def cosine_schedule(step: int, total: int, warmup: int = 0) -> float:
+    """Learning-rate factor: linear warm-up ``(step + 1) / warmup`` for ``step < warmup``, then a
+    cosine from 1 (at ``warmup``) to 0 (at ``total``)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (min(step, total) - warmup) / max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def train(
@@ -208,7 +216,13 @@ class _Session:
                 f"batch size {cfg.batch_size} is larger than the {len(slices)} usable training "
                 "slices; lower --batch-size or add data"
             )
-        self.views = SeededViews(slices, TwoViewTransform(size=cfg.image_size), cfg.seed)
+        transform = TwoViewTransform(
+            size=cfg.image_size,
+            scale=(cfg.crop_min_scale, 1.0),
+            jitter_p=cfg.jitter_p,
+            blur_p=cfg.blur_p,
+        )
+        self.views = SeededViews(slices, transform, cfg.seed)
         self.sampler = EpochSampler(
             len(self.views), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size
         )
@@ -227,6 +241,7 @@ class _Session:
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.steps_per_epoch
         self.stop_at = min(self.total_steps, cfg.stop_after) if cfg.stop_after else self.total_steps
         self.monitor_images = monitor_images(monitor_vols, cfg.monitor_samples, cfg.image_size)
+        self.n_slices = len(slices)
 
         # ---- model, optimiser, schedule
         torch.manual_seed(cfg.seed)
@@ -240,9 +255,9 @@ class _Session:
         self.optimizer = torch.optim.SGD(
             params, lr=cfg.base_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay
         )
-        total = self.total_steps
+        total, warmup = self.total_steps, cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: cosine_schedule(s, total)
+            self.optimizer, lambda s: cosine_schedule(s, total, warmup)
         )
         self.use_amp = cfg.amp and device.type == "cuda"
         self.amp_dtype = (
@@ -252,11 +267,62 @@ class _Session:
             "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
         )
         self.width = self.moco.encoder_q.backbone.out_channels
+        self.loss_chance = math.log(cfg.model.queue_size + 1)
 
         self.step = 0
         self.losses: list[float] = []
         self.history: list[dict[str, Any]] = []
-        self.last_report: SpectrumResult | None = None
+        self.last_report: MonitorReport | None = None
+        self._window: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    def warnings(self) -> list[Message]:
+        """Settings that undermine the run or its diagnostics (printed, not fatal)."""
+        cfg, out = self.cfg, []
+        k, n = cfg.model.queue_size, self.n_slices
+        if 4 * k > n:
+            out.append(
+                Message(
+                    f"queue size K = {k} exceeds a quarter of the {n} training slices: each slice "
+                    f"sits in the queue as its own negative about {k / n:.1f} times per pass; "
+                    f"use K <= {max(n // 4, 1)} (config [model] queue_size)",
+                    level="warning",
+                )
+            )
+        m = len(self.monitor_images)
+        if m < 2 * self.width:
+            out.append(
+                Message(
+                    f"{m} monitor slices cap the measured rank at {m - 1} of {self.width} "
+                    f"dimensions; use monitor_samples >= {2 * self.width} (reported as rank_bound)",
+                    level="warning",
+                )
+            )
+        return out
+
+    @torch.no_grad()
+    def prefill(self) -> None:
+        """Fill the queues with real keys of the first ``ceil(K / B)`` batches (fresh runs)."""
+        k = self.cfg.model.queue_size
+        n_batches = -(-k // self.cfg.batch_size)
+        done, epoch = 0, PREFILL_EPOCH  # orders and augmentations no training epoch uses
+        while done < n_batches:
+            self.views.epoch = epoch
+            self.sampler.set_epoch(epoch)
+            for batch in self.loader:
+                batch = {
+                    key: v.to(self.device)
+                    for key, v in batch.items()
+                    if isinstance(v, torch.Tensor)
+                }
+                with torch.autocast(
+                    device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp
+                ):
+                    self.moco.prefill_queues(batch)
+                done += 1
+                if done >= n_batches:
+                    break
+            epoch += 1
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.step, self.losses, self.history = restore_checkpoint(
@@ -292,8 +358,11 @@ class _Session:
         ):
             save_checkpoint(state, self.run_dir / f"checkpoint_epoch{epoch + 1:03d}.pt")
 
-    def train_step(self, batch: dict[str, Any], epoch: int) -> tuple[float, float, float | None]:
-        """One optimiser step; returns the global-mean ``(loss, loss_global, loss_local)``."""
+    def train_step(
+        self, batch: dict[str, Any], epoch: int
+    ) -> tuple[float, float, float | None, float]:
+        """One optimiser step; returns the global means ``(loss, loss_global, loss_local, top1)``
+        (top-1: the fraction of queries whose positive key outranks every queued negative)."""
         batch = {
             k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
             for k, v in batch.items()
@@ -322,68 +391,75 @@ class _Session:
         ll = None
         if output.loss_local is not None:
             ll = float(_global_mean(output.loss_local.detach(), self.ctx))
-        return lv, lg, ll
+        top1 = (output.logits.detach().argmax(dim=1) == 0).float().mean()
+        return lv, lg, ll, float(_global_mean(top1, self.ctx))
 
-    def run_epoch(self, last_metrics: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
-        """Train from the current step to the end of its epoch (or ``stop_at``).
-
-        Returns:
-            ``(epoch, record)``: the epoch's metrics record when the epoch (or the schedule) ended.
-        """
+    def run_epoch(self, last_metrics: dict[str, Any]) -> int:
+        """Train from the current step to the end of its epoch (or ``stop_at``), logging a record
+        every ``monitor_every`` steps and at the end of the epoch. Returns the epoch index."""
         cfg, spe = self.cfg, self.steps_per_epoch
         epoch = self.step // spe
         self.sampler.set_epoch(epoch, self.step - epoch * spe)
         self.views.epoch = epoch
-        t0, n_img, n_steps = time.perf_counter(), 0, 0
-        sums: dict[str, float] = {"loss": 0.0, "loss_global": 0.0, "loss_local": 0.0}
         for batch in self.loader:
-            lv, lg, ll = self.train_step(batch, epoch)
-            n_steps += 1
-            n_img += cfg.batch_size
-            sums["loss"] += lv
-            sums["loss_global"] += lg
-            if ll is not None:
-                sums["loss_local"] += ll
-            ips = n_img / max(time.perf_counter() - t0, 1e-9)
-            info = {
-                "epoch": epoch + 1,
-                "loss": lv,
-                "lr": self.scheduler.get_last_lr()[0],
-                "img/s": ips,
-            }
+            lv, lg, ll, top1 = self.train_step(batch, epoch)
+            w = self._window
+            for key, v in (("loss", lv), ("loss_global", lg), ("loss_local", ll), ("top1", top1)):
+                w[key] = w.get(key, 0.0) + (v or 0.0)
+            w["steps"] = w.get("steps", 0) + 1
+            ips = w["steps"] * cfg.batch_size / max(time.perf_counter() - self._t0, 1e-9)
+            info = {"epoch": epoch + 1, "loss": lv, "lr": self.scheduler.get_last_lr()[0]}
+            info["img/s"] = ips
             if "effective_rank" in last_metrics:
                 info["erank"] = last_metrics["effective_rank"]
             emit(self.progress, TaskAdvanced("train", info=info))
+            # a record (and a monitor pass) every monitor_every steps, else once per epoch; always
+            # at the end of the schedule
+            every = cfg.monitor_every or spe
+            if self.step % every == 0 or self.step >= self.total_steps:
+                if self.ctx.is_main:
+                    last_metrics.clear()
+                    last_metrics.update(self.log_record(epoch))
+                else:
+                    self._reset_window()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step % spe:
                 self.checkpoint(epoch)
             if self.step >= self.stop_at:
                 break
-        elapsed = time.perf_counter() - t0
-        if not (self.step % spe == 0 or self.step >= self.total_steps):
-            return epoch, None
-        n = max(n_steps, 1)
-        return epoch, {
+        return epoch
+
+    def _reset_window(self) -> None:
+        self._window, self._t0 = {}, time.perf_counter()
+
+    def log_record(self, epoch: int) -> dict[str, Any]:
+        """Close the current window: monitor both spaces, warn on collapse, append the record to
+        ``metrics.jsonl`` (rank 0 only)."""
+        w, cfg = self._window, self.cfg
+        n = max(int(w.get("steps", 0)), 1)
+        elapsed = time.perf_counter() - self._t0
+        self.last_report = monitor_spaces(self.moco.encoder_q, self.monitor_images)
+        record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": self.step,
-            "loss": sums["loss"] / n,
-            "loss_global": sums["loss_global"] / n,
-            "loss_local": sums["loss_local"] / n if cfg.model.uses_local else None,
+            "loss": w.get("loss", 0.0) / n,
+            "loss_global": w.get("loss_global", 0.0) / n,
+            "loss_local": w.get("loss_local", 0.0) / n if cfg.model.uses_local else None,
+            "loss_chance": self.loss_chance,
+            "top1": w.get("top1", 0.0) / n,
             "lr": self.scheduler.get_last_lr()[0],
-            "images_per_s": n_img / max(elapsed, 1e-9),
+            "images_per_s": n * cfg.batch_size / max(elapsed, 1e-9),
+            **self.last_report.record(),
         }
-
-    def end_epoch(self, record: dict[str, Any]) -> None:
-        """Monitor the spectrum, warn on collapse, log ``metrics.jsonl`` (rank 0 only)."""
-        self.last_report = monitor_report(self.moco.encoder_q, self.monitor_images)
-        record.update(monitor_record(self.last_report))
         warning = collapse_warning(
-            record["effective_rank"], self.width, self.cfg.collapse_warn_fraction, record["epoch"]
+            record["effective_rank"], self.width, cfg.collapse_warn_fraction, self.step
         )
         if warning is not None:
             emit(self.progress, warning)
         self.history.append(record)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        self._reset_window()
+        return record
 
 
 def _train(
@@ -401,6 +477,10 @@ def _train(
     session = _Session(cfg, run_dir, progress, ctx)
     if ckpt is not None:
         session.restore(ckpt)
+    elif cfg.prefill_queue:
+        session.prefill()
+    for message in session.warnings():
+        emit(progress, message)
 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -414,12 +494,10 @@ def _train(
         emit(progress, TaskAdvanced("train", advance=session.step))
     session.model.train()
     epoch = session.step // session.steps_per_epoch
-    last_metrics: dict[str, Any] = session.history[-1] if session.history else {}
+    last_metrics: dict[str, Any] = dict(session.history[-1]) if session.history else {}
+    session._reset_window()
     while session.step < session.stop_at:
-        epoch, record = session.run_epoch(last_metrics)
-        if record is not None and ctx.is_main:
-            session.end_epoch(record)
-            last_metrics = record
+        epoch = session.run_epoch(last_metrics)
         session.checkpoint(epoch)
     emit(progress, TaskFinished("train", info=last_metrics))
 
@@ -427,7 +505,7 @@ def _train(
     if finished and ctx.is_main:
         report = session.last_report
         if report is None:  # resumed exactly at the end: nothing was trained this session
-            report = monitor_report(session.moco.encoder_q, session.monitor_images)
+            report = monitor_spaces(session.moco.encoder_q, session.monitor_images)
         write_final_spectrum(report, run_dir, cfg.model.method, cfg.model.arch)
     barrier(ctx)
     return TrainResult(
