@@ -91,6 +91,7 @@ def probe(
 ) -> None:
     """Linear probe (1×1 conv on the frozen final feature map) scored by per-organ 3D Dice."""
     from collapsekit.devices import resolve_device
+    from collapsekit.evaluation.extract import calibrate_baseline
     from collapsekit.evaluation.segmentation.probe import ProbeConfig, linear_probe
 
     specs = _specs(checkpoints)
@@ -112,6 +113,7 @@ def probe(
                 cache=cache,
                 **_given(batch_size=batch_size, lr=lr),
             )
+            calibrate_baseline(model, train, cfg.image_size, progress)
             results.append(
                 linear_probe(
                     model.backbone,
@@ -161,6 +163,7 @@ def finetune(
 ) -> None:
     """Fine-tune the pretrained encoder under a MONAI UNet decoder; per-organ 3D Dice."""
     from collapsekit.devices import resolve_device
+    from collapsekit.evaluation.extract import calibrate_baseline
     from collapsekit.evaluation.segmentation.finetune import FinetuneConfig
     from collapsekit.evaluation.segmentation.finetune import finetune as run_finetune
 
@@ -180,6 +183,7 @@ def finetune(
             seed=seed,
             **_given(batch_size=batch_size, lr=lr),
         )
+        calibrate_baseline(model, train, cfg.image_size, progress)
         result = run_finetune(
             model.backbone,
             train,

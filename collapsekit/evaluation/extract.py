@@ -22,17 +22,56 @@ import torch
 from collapsekit.data.slices import select_slices, slice_tensor
 from collapsekit.data.volume import Volume
 from collapsekit.errors import InputError
+from collapsekit.models import recalibrate_batch_norm
 from collapsekit.options import look_up_option
-from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
+from collapsekit.progress import (
+    Message,
+    ProgressCallback,
+    TaskAdvanced,
+    TaskFinished,
+    TaskStarted,
+    emit,
+)
 
 __all__ = [
+    "CALIBRATION_SLICES",
     "Embeddings",
     "MODES",
+    "calibrate_baseline",
     "extract_embeddings",
     "pixel_vectors",
 ]
 
 MODES = ("backbone", "head", "dense")
+
+#: Slices (evenly spaced over the given volumes) that re-estimate a random baseline's BatchNorm.
+CALIBRATION_SLICES = 1024
+
+
+def calibrate_baseline(
+    model: Any,
+    volumes: Sequence[Volume],
+    image_size: int,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Recalibrate the BatchNorm statistics of a model flagged ``calibrate_bn`` (``random:ARCH``)
+    on ``volumes``, once; a no-op for any other model.
+
+    Raw init statistics (mean 0, variance 1) mean no normalisation in eval mode, which inflates
+    pairwise cosines and distorts spectra and probes; the honest random baseline re-estimates them
+    on the data (no weight changes). The model's name gets " (BN recalibrated)".
+    """
+    if not getattr(model, "calibrate_bn", False):
+        return
+    index = select_slices(volumes, CALIBRATION_SLICES)
+    images = slice_tensor(volumes, index, image_size)
+    recalibrate_batch_norm(model.backbone, images)
+    model.calibrate_bn = False
+    model.name = f"{model.name} (BN recalibrated)"
+    emit(
+        progress,
+        Message(f"{model.name}: BatchNorm statistics re-estimated on {len(index)} slices"),
+    )
 
 
 @dataclass
@@ -96,6 +135,7 @@ def extract_embeddings(
         :class:`Embeddings`.
     """
     mode = look_up_option(mode, MODES, "embedding mode")
+    calibrate_baseline(model, volumes, image_size, progress)
     backbone, encoder = _model_parts(model)
     if mode == "head" and encoder is None:
         raise InputError("--head needs a collapsekit checkpoint (this model has no projector)")

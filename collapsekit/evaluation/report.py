@@ -24,7 +24,12 @@ from collapsekit.diagnostics import (
     spectrum_report,
 )
 from collapsekit.diagnostics.embeddings_io import embeddings_from_object, load_embeddings
-from collapsekit.evaluation.extract import Embeddings, extract_embeddings, pixel_vectors
+from collapsekit.evaluation.extract import (
+    Embeddings,
+    calibrate_baseline,
+    extract_embeddings,
+    pixel_vectors,
+)
 from collapsekit.progress import ProgressCallback
 from collapsekit.runs.checkpoint import safe_torch_load
 from collapsekit.runs.models import LoadedModel, load_model, model_from_object
@@ -85,7 +90,7 @@ def load_eval_volumes(data: DataSpec, progress: ProgressCallback | None = None) 
 
 def _name(spec: str) -> str:
     p = Path(spec)
-    if spec.startswith("random:"):
+    if spec.startswith(("random:", "random-raw:")):
         return spec
     if p.is_symlink():  # runs/latest -> the run's own name
         p = p.resolve()
@@ -117,6 +122,7 @@ def embeddings_for(
         if volumes is None:
             volumes = load_eval_volumes(data, progress)
         size = data.image_size or obj.image_size or 128
+        calibrate_baseline(obj, volumes, size, progress)  # random:ARCH only; renames it
         emb = extract_embeddings(
             obj,
             volumes,
@@ -124,7 +130,7 @@ def embeddings_for(
             samples=data.samples,
             mode=mode,
             device=device,
-            name=_name(spec),
+            name=obj.name if obj.kind == "random" else _name(spec),
             progress=progress,
         )
         emb.z = as_embeddings(emb.z, name=spec, drop_nonfinite=drop_nonfinite).cpu().numpy()

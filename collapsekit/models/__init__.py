@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone
+from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone, recalibrate_batch_norm
 from collapsekit.models.builder import (
     LOCAL_LAYERS,
     METHODS,
@@ -51,6 +51,7 @@ __all__ = [
     "info_nce_logits",
     "inv_sqrt_eigh",
     "inv_sqrt_newton_schulz",
+    "recalibrate_batch_norm",
     "local_info_nce",
     "overlap_grid",
     "sample_local_features",

@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 from monai.networks.nets import resnet as monai_resnet
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from collapsekit.options import look_up_option
 
-__all__ = ["BACKBONES", "Backbone", "build_backbone"]
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "recalibrate_batch_norm"]
 
 #: name -> (block, layers, final width)
 BACKBONES: dict[str, tuple[str, list[int], int]] = {
@@ -132,3 +133,25 @@ class Backbone(nn.Module):
 def build_backbone(arch: str = "resnet18", in_channels: int = 1) -> Backbone:
     """Build a randomly initialised :class:`Backbone` (see its docstring)."""
     return Backbone(arch, in_channels)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(module: nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``images``; no weight changes.
+
+    A randomly initialised ResNet in eval mode normalises with running statistics (0, 1), i.e.
+    not at all, so its embeddings say more about BatchNorm than about the weights. Recalibrating
+    the statistics on the data (PyTorch's ``swa_utils.update_bn``: ``momentum=None``, the
+    cumulative average of the per-chunk statistics) gives the honest random baseline. The module
+    is left in eval mode.
+
+    Args:
+        module: the network; ``module(x)`` runs it on a batch.
+        images: ``(N, C, H, W)`` inputs on the module's device (or movable to it).
+        batch_size: chunk size of the forward passes (every chunk weighs the same in the average).
+    """
+    device = next(module.parameters()).device
+    update_bn(
+        [images[i : i + batch_size].to(device) for i in range(0, len(images), batch_size)], module
+    )
+    module.eval()

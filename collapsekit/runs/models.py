@@ -9,7 +9,9 @@ are recognised by their keys:
   RGB input: the grayscale slice is replicated to 3 channels);
 - torchvision-style ResNet state dicts (``conv1.weight``, ``layer1.0.conv1.weight``, ...), optionally
   wrapped in ``state_dict``/``model`` and prefixed with ``module.``/``backbone.``/``encoder.``;
-- ``random:ARCH`` (e.g. ``random:resnet18``): a randomly initialised baseline, seeded.
+- ``random:ARCH`` (e.g. ``random:resnet18``): a randomly initialised baseline, seeded, whose
+  BatchNorm statistics are recalibrated on the evaluation data before use (the honest baseline:
+  raw init statistics (0, 1) mean no normalisation); ``random-raw:ARCH`` keeps the raw init.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class LoadedModel:
         in_channels: what the backbone's first conv expects (3 for RGB-pretrained weights).
         image_size: the training image size recorded in the checkpoint, if any.
         config: the training config recorded in the checkpoint, if any.
+        calibrate_bn: the BatchNorm running statistics must be re-estimated on the evaluation
+            data before use (``random:ARCH``); evaluation functions do it, then clear the flag and
+            append "(BN recalibrated)" to the name.
     """
 
     name: str
@@ -59,6 +64,7 @@ class LoadedModel:
     image_size: int | None = None
     config: dict[str, Any] | None = field(default=None, repr=False)
     path: Path | None = None
+    calibrate_bn: bool = False
 
     def to(self, device: str | torch.device) -> LoadedModel:
         self.backbone.to(device)
@@ -182,15 +188,21 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             (the message lists what was recognised).
     """
     spec_str = str(spec)
-    if spec_str.startswith("random:"):
-        arch = spec_str.split(":", 1)[1] or "resnet18"
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            backbone = build_backbone(arch)
-        backbone.eval()
-        return LoadedModel(name=f"random:{backbone.arch}", kind="random", backbone=backbone).to(
-            device
-        )
+    for prefix, calibrate in (("random:", True), ("random-raw:", False)):
+        if spec_str.startswith(prefix):
+            arch = spec_str.split(":", 1)[1]
+            if not arch:
+                raise CheckpointError(
+                    f"'{spec_str}' names no architecture: use {prefix}resnet18, "
+                    f"{prefix}resnet34 or {prefix}resnet50"
+                )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                backbone = build_backbone(arch)
+            backbone.eval()
+            name = f"{prefix}{backbone.arch}"
+            model = LoadedModel(name=name, kind="random", backbone=backbone, calibrate_bn=calibrate)
+            return model.to(device)
 
     path = Path(spec_str)
     if path.is_dir():

@@ -71,7 +71,8 @@ def test_probe_json_and_saved_predictions(tmp_path) -> None:
     args = ["probe", "random:resnet18", *TINY, "--epochs", "2", "--output-stride", "8"]
     data = _json(runner.invoke(app, [*args, "--json", "--save-predictions", str(out)]))
     (res,) = data["results"]
-    assert res["checkpoint"] == "random:resnet18" and res["method"] == "linear_probe"
+    assert res["checkpoint"] == "random:resnet18 (BN recalibrated)"
+    assert res["method"] == "linear_probe"
     assert list(res["dice"]) == list(BTCV_LABELS.values())
     assert res["config"]["output_stride"] == 8 and res["info"]["feature_shape"] == [512, 4, 4]
     known = [d for d in res["dice"].values() if d is not None]

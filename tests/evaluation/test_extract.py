@@ -58,3 +58,23 @@ def test_pixel_vectors_are_resized_slices() -> None:
     x, vol = pixel_vectors(_volumes(), samples=3, size=16)
     assert x.shape == (3, 256) and vol.tolist() == [0, 1, 1]  # rows 0, 4, 7 of 8
     np.testing.assert_array_equal(x[0], slice_tensor(_volumes(), [(0, 0)], 16).reshape(-1).numpy())
+
+
+def test_random_baseline_is_recalibrated_on_the_data_and_raw_is_not() -> None:
+    from collapsekit.data import PhantomConfig, load_split
+    from collapsekit.runs.models import load_model
+
+    vols = load_split("phantom", split="all", phantom=PhantomConfig(cases=2, size=32, slices=8))
+    raw = load_model("random-raw:resnet18")
+    cal = load_model("random:resnet18")
+    assert cal.calibrate_bn and not raw.calibrate_bn
+    e_raw = extract_embeddings(raw, vols, image_size=32, samples=None)
+    e_cal = extract_embeddings(cal, vols, image_size=32, samples=None)
+    assert e_raw.name == "random-raw:resnet18"
+    assert e_cal.name == "random:resnet18 (BN recalibrated)" and not cal.calibrate_bn
+    # same weights, different BatchNorm statistics: the stem BN now holds the data's statistics
+    for k in ("conv1.weight", "layer4.1.conv2.weight"):
+        assert torch.equal(raw.backbone.state_dict()[k], cal.backbone.state_dict()[k])
+    bn = cal.backbone.bn1
+    assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+    assert not np.allclose(e_raw.z, e_cal.z)
