@@ -174,7 +174,8 @@ def plot_rank_history(
     key: str = "effective_rank",
     title: str | None = None,
 ) -> tuple[Figure, Axes]:
-    """A per-epoch metric (default: effective rank of the monitor set) of each training run.
+    """A metric of each training run's metrics.jsonl records (default: effective rank of the
+    monitor set) against the step (or the epoch for records without one).
 
     Args:
         histories: ``{name: [metrics.jsonl records]}``, or an ablation ``results.json`` dict
@@ -191,7 +192,7 @@ def plot_rank_history(
     colors = sns.color_palette(_PALETTE, max(len(runs), 1))
     for color, (name, seeds) in zip(colors, runs.items(), strict=False):
         for i, records in enumerate(seeds):
-            xs = [r["epoch"] for r in records if r.get(key) is not None]
+            xs = [r.get("step", r["epoch"]) for r in records if r.get(key) is not None]
             ys = [r[key] for r in records if r.get(key) is not None]
             ax.plot(
                 xs,
@@ -201,7 +202,8 @@ def plot_rank_history(
                 lw=2 if i == 0 else 0.8,
                 label=name if i == 0 else None,
             )
-    ax.set_xlabel("epoch")
+    with_steps = any("step" in r for seeds in runs.values() for rs in seeds for r in rs)
+    ax.set_xlabel("step" if with_steps else "epoch")
     ax.set_ylabel(key.replace("_", " "))
     ax.set_title(title or f"{key.replace('_', ' ')} during pretraining")
     if runs:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,20 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as indented JSON (converted by :func:`to_jsonable`), creating parent dirs."""
+    """Write ``obj`` as indented JSON (converted by :func:`to_jsonable`), creating parent dirs.
+
+    Atomic: the text goes to a temporary file in the same directory that then replaces ``path``,
+    so a reader (or a crash) never sees a half-written file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
+    text = json.dumps(to_jsonable(obj), indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

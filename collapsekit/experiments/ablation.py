@@ -26,7 +26,7 @@ from collapsekit.diagnostics import pairwise_cosine_stats, spectrum_report
 from collapsekit.diagnostics.similarity import SimilarityResult
 from collapsekit.diagnostics.spectrum import SpectrumResult
 from collapsekit.errors import ConfigError
-from collapsekit.evaluation.extract import extract_embeddings, pixel_vectors
+from collapsekit.evaluation.extract import calibrate_baseline, extract_embeddings, pixel_vectors
 from collapsekit.evaluation.segmentation.probe import ProbeConfig, linear_probe
 from collapsekit.options import look_up_option
 from collapsekit.plotting import (
@@ -59,6 +59,9 @@ __all__ = [
     "METHOD_FLAGS",
 ]
 
+#: Model settings an ablation may override for every method (e.g. to compare ZCA placements).
+MODEL_KEYS = ("zca_placement", "zca_group_size", "local_layer", "local_same_image_negatives")
+
 METHOD_FLAGS = {
     "random": (None, None),
     "mocov2": (False, False),
@@ -67,9 +70,21 @@ METHOD_FLAGS = {
     "local+zca": (True, True),
 }
 
-#: Settings per budget. ``small`` fits ≤ 25 min on 2 CPU cores on the phantom; ``paper`` is the
-#: paper-scale setting (ResNet-50, long schedule) meant for a GPU.
+#: Settings per budget. ``demo`` pretrains with ``collapsekit train --budget demo`` (the regime
+#: where MoCo v2 is healthy on the phantom and dimensional collapse shows; ~7–12 min per run on 2
+#: CPU cores) and evaluates at the same 64 px; ``small`` fits ≤ 25 min on 2 CPU cores on the
+#: phantom; ``paper`` is the paper-scale setting (ResNet-50, long schedule) meant for a GPU.
 BUDGETS: dict[str, dict[str, Any]] = {
+    "demo": {
+        "train_budget": "demo",
+        "arch": "resnet18",
+        "image_size": 64,
+        "phantom_cases": 48,
+        "samples": 1024,
+        "probe_epochs": 20,
+        "probe_image_size": 64,
+        "probe_output_stride": 8,
+    },
     "small": {
         "arch": "resnet18",
         "image_size": 128,
@@ -108,7 +123,7 @@ class AblationConfig:
     eval_dataset: str = "phantom"
     eval_data_dir: str | None = None
     methods: tuple[str, ...] = ("mocov2", "local", "zca", "local+zca")
-    budget: str = "small"
+    budget: str = "demo"
     seeds: int = 1
     device: str = "auto"
     overrides: dict[str, Any] = field(
@@ -136,7 +151,8 @@ class AblationConfig:
         object.__setattr__(self, "methods", methods)
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {self.seeds}")
-        unknown = set(self.overrides) - set(BUDGETS["small"])
+        known = {k for b in BUDGETS.values() for k in b} | {"steps"} | set(MODEL_KEYS)
+        unknown = set(self.overrides) - known
         if unknown:
             raise ConfigError(f"unknown budget keys {sorted(unknown)}")
         if self.dataset != "phantom" and not self.data_dir:
@@ -150,24 +166,22 @@ class AblationConfig:
 
 
 def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
-
+    """The pretraining config of one run: a named train budget (``demo``) or the budget's keys."""
     s = cfg.settings
+    train_keys = ("image_size", "epochs", "steps", "batch_size", "phantom_cases")
+    model = {"method": method, "arch": s["arch"]}
+    model.update({k: s[k] for k in ("queue_size", "momentum", *MODEL_KEYS) if k in s})
+    # an epochs override replaces the train budget's step count
+    data = {"steps": None} if "epochs" in cfg.overrides and "steps" not in cfg.overrides else {}
     return config_from_dict(
-        {},
+        data,
+        s.get("train_budget"),
         dataset=cfg.dataset,
         data_dir=cfg.data_dir,
-        image_size=s["image_size"],
-        epochs=s["epochs"],
-        batch_size=s["batch_size"],
         seed=seed,
         device=cfg.device,
-        phantom_cases=s["phantom_cases"],
-        model={
-            "method": method,
-            "arch": s["arch"],
-            "queue_size": s["queue_size"],
-            "momentum": s["momentum"],
-        },
+        **{k: s[k] for k in train_keys if k in s},
+        model=model,
     )
 
 
@@ -229,12 +243,22 @@ def _evaluate(
     }
 
 
-def _summary(ev: dict[str, Any]) -> dict[str, float | None]:
-    """The scalar metrics the report tabulates."""
+def _summary(ev: dict[str, Any], last: dict[str, Any] | None = None) -> dict[str, float | None]:
+    """The scalar metrics the report tabulates; ``last``: the run's final metrics.jsonl record
+    (contrastive loss, top-1 and the projector space at the end of pretraining)."""
+    glob, dense = SpectrumResult.from_dict(ev["global"]), SpectrumResult.from_dict(ev["dense"])
+    last = last or {}
     out: dict[str, float | None] = {
         "effective_rank": ev["global"]["effective_rank_centered"],
         "effective_rank_uncentered": ev["global"]["effective_rank_uncentered"],
+        "effective_rank_eigenvalues": glob.effective_rank_eigenvalues,
         "dense_effective_rank": ev["dense"]["effective_rank_centered"],
+        "dense_effective_rank_eigenvalues": dense.effective_rank_eigenvalues,
+        "final_loss": last.get("loss_global"),
+        "loss_chance": last.get("loss_chance"),
+        "top1": last.get("top1"),
+        "proj_effective_rank_eigenvalues": last.get("proj_effective_rank_eigenvalues"),
+        "proj_mean_cosine": last.get("proj_mean_cosine"),
         "alpha": ev["global"]["alpha_req"],
         "cosine_mean": ev["similarity"]["mean"],
         "mean_dice": ev["probe"]["mean_dice"],
@@ -284,9 +308,10 @@ def run_ablation(
     base_file = out / "random" / "eval.json"
     arch = cfg.settings["arch"]
     if not base_file.exists():
-        ev = _evaluate(
-            load_model(f"random:{arch}", device), f"random:{arch}", cfg, vols, device, progress
-        )
+        baseline = load_model(f"random:{arch}", device)
+        # BN statistics re-estimated on the probe's training volumes (the honest baseline)
+        calibrate_baseline(baseline, vols["train"], cfg.settings["image_size"], progress)
+        ev = _evaluate(baseline, baseline.name, cfg, vols, device, progress)
         write_json(ev, base_file)
     else:
         emit(progress, Message(f"reusing {base_file}"))
@@ -321,8 +346,6 @@ def run_ablation(
                 out / method_dirname(method) / f"seed{s}" / "eval.json" for s in range(cfg.seeds)
             ]
         evals = [json.loads(f.read_text()) for f in files]
-        sums = [_summary(e) for e in evals]
-        mean, std = _aggregate(sums)
         history = []
         if method != "random":
             for s in range(cfg.seeds):
@@ -330,9 +353,14 @@ def run_ablation(
                 history.append(
                     [json.loads(line) for line in mfile.read_text().splitlines() if line.strip()]
                 )
+        sums = [
+            _summary(e, h[-1] if h else None)
+            for e, h in zip(evals, history or [[]] * len(evals), strict=True)
+        ]
+        mean, std = _aggregate(sums)
         local, zca = METHOD_FLAGS[method]
         per_method[method] = {
-            "method": method if method != "random" else f"random:{arch}",
+            "method": method if method != "random" else f"random:{arch} (BN recalibrated)",
             "local": local,
             "zca": zca,
             "seeds": len(evals),
@@ -373,6 +401,15 @@ def _fmt(
     return txt
 
 
+def _schedule(settings: dict[str, Any]) -> str:
+    if "steps" in settings:
+        return f"{settings['steps']} steps"
+    if "epochs" in settings:
+        return f"{settings['epochs']} epochs"
+    budget = settings.get("train_budget")
+    return f"train budget `{budget}`" if budget else "default schedule"
+
+
 def render_report(results: dict[str, Any], out: str | Path) -> Path:
     """Write the figures and ``report.md`` (a table shaped like the paper's ablation) from results."""
 
@@ -403,7 +440,22 @@ def render_report(results: dict[str, Any], out: str | Path) -> Path:
         object.__setattr__(sim, "name", name)
     save_figure(plot_similarity(sims)[0], out / "similarity.png")
     save_figure(plot_ablation_dice(results)[0], out / "dice_per_organ.png")
-    save_figure(plot_rank_history(results)[0], out / "effective_rank_per_epoch.png")
+    save_figure(
+        plot_rank_history(
+            results,
+            key="effective_rank_eigenvalues",
+            title="Backbone λ-effective rank of the monitor slices during pretraining",
+        )[0],
+        out / "effective_rank_backbone.png",
+    )
+    save_figure(
+        plot_rank_history(
+            results,
+            key="proj_effective_rank_eigenvalues",
+            title="Projector λ-effective rank of the monitor slices during pretraining",
+        )[0],
+        out / "effective_rank_projector.png",
+    )
 
     seeds = max(m["seeds"] for m in methods.values())
     lines = [
@@ -411,25 +463,37 @@ def render_report(results: dict[str, Any], out: str | Path) -> Path:
         "",
         f"Pretraining data: `{results['config']['dataset']}`; evaluation: `{results['config']['eval_dataset']}`; "
         f"budget `{results['config']['budget']}` ({results['settings']['arch']}, "
-        f"{results['settings']['epochs']} epochs, {results['settings']['image_size']} px); "
+        f"{_schedule(results['settings'])}, {results['settings']['image_size']} px); "
         f"seeds: {seeds}{' (mean ± std)' if seeds > 1 else ''}.",
         "",
-        "Effective rank: exp-entropy of the singular values of the centred, L2-normalised embeddings "
-        "(RankMe uses the uncentred matrix; both are in results.json). Dice: linear probe, 3D, per organ, "
-        "mean over the organs (%).",
+        "Ranks are effective ranks (exp-entropy) of the L2-normalised embeddings of held-out slices: "
+        "**λ** on the covariance eigenvalues (the variance spectrum Jing et al. plot; it shows collapse "
+        "clearly), **σ** on the singular values of the centred matrix (compresses differences). "
+        "Backbone: pooled output (what probes use; the input of a pre-projector ZCA). Projector: the "
+        "contrastive space, from the run's last monitor record. Loss / top-1: the global InfoNCE and "
+        "how often the positive outranks every queued negative, over the last monitor window "
+        "(chance: ln(K+1) and ≈ 0). Dice: linear probe, 3D, per organ, mean over the organs (%). The "
+        "random baseline has its BatchNorm statistics re-estimated on the evaluation data.",
         "",
-        "| Method | Local | ZCA | Eff. rank (global) | Eff. rank (dense) | α | Cos. sim. | Mean Dice |",
-        "|---|:-:|:-:|--:|--:|--:|--:|--:|",
+        "| Method | Local | ZCA | Loss (chance) | Top-1 | Proj. λ-rank | Proj. cos | "
+        "Backbone λ-rank | Backbone σ-rank | Dense λ-rank | α | Cos. sim. | Mean Dice |",
+        "|---|:-:|:-:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for m in methods.values():
         mean, std, n = m["mean"], m["std"], m["seeds"]
         flag = {True: "✓", False: "", None: "–"}
+
+        def cell(key: str, digits: int = 1, pct: bool = False) -> str:
+            return _fmt(mean.get(key), std.get(key), n, pct=pct, digits=digits)  # noqa: B023
+
+        chance = mean.get("loss_chance")
+        loss = cell("final_loss", 2) + (f" ({chance:.2f})" if chance else "")
         lines.append(
-            f"| {m['method']} | {flag[m['local']]} | {flag[m['zca']]} | "
-            f"{_fmt(mean['effective_rank'], std['effective_rank'], n)} | "
-            f"{_fmt(mean['dense_effective_rank'], std['dense_effective_rank'], n)} | "
-            f"{_fmt(mean['alpha'], std['alpha'], n, digits=2)} | {_fmt(mean['cosine_mean'], std['cosine_mean'], n, digits=3)} | "
-            f"{_fmt(mean['mean_dice'], std['mean_dice'], n, pct=True)} |"
+            f"| {m['method']} | {flag[m['local']]} | {flag[m['zca']]} | {loss} | "
+            f"{cell('top1', 2)} | {cell('proj_effective_rank_eigenvalues')} | "
+            f"{cell('proj_mean_cosine', 3)} | {cell('effective_rank_eigenvalues')} | "
+            f"{cell('effective_rank')} | {cell('dense_effective_rank_eigenvalues')} | "
+            f"{cell('alpha', 2)} | {cell('cosine_mean', 3)} | {cell('mean_dice', 1, True)} |"
         )
     lines += [
         "",
@@ -454,7 +518,8 @@ def render_report(results: dict[str, Any], out: str | Path) -> Path:
         "![dense spectra](spectra_dense.png)",
         "![Dice per organ](dice_per_organ.png)",
         "![similarity](similarity.png)",
-        "![effective rank per epoch](effective_rank_per_epoch.png)",
+        "![backbone effective rank during pretraining](effective_rank_backbone.png)",
+        "![projector effective rank during pretraining](effective_rank_projector.png)",
         "",
     ]
     path = out / "report.md"

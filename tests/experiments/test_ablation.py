@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,9 @@ TINY = dict(
 )
 METRICS = {
     "effective_rank",
+    "effective_rank_eigenvalues",
+    "proj_effective_rank_eigenvalues",
+    "top1",
     "effective_rank_uncentered",
     "dense_effective_rank",
     "alpha",
@@ -80,7 +84,8 @@ def test_results_complete_and_consistent(ablation: tuple[Path, dict]) -> None:
         "spectra_dense.png",
         "dice_per_organ.png",
         "similarity.png",
-        "effective_rank_per_epoch.png",
+        "effective_rank_backbone.png",
+        "effective_rank_projector.png",
     ):
         assert (out / fig).stat().st_size > 5000
 
@@ -122,11 +127,20 @@ def test_cli_ablate_bad_input(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # uses the ablation fixture (~30 s)
-def test_short_training_beats_random_probe(ablation: tuple[Path, dict]) -> None:
-    """A real signal: after one tiny epoch, pretrained backbones probe better than random init."""
-    _, res = ablation
-    random_dice = res["methods"]["random"]["mean"]["mean_dice"]
+def test_random_row_is_the_bn_recalibrated_baseline(ablation: tuple[Path, dict]) -> None:
+    """The random row re-estimates BatchNorm statistics on the evaluation data (issue 10).
+
+    (The former test "one tiny epoch probes better than random" held only against the raw init,
+    whose eval-mode BatchNorm does not normalise; against the honest baseline it does not hold at
+    this size, and the demo budget's measured comparison lives in docs/collapse/.)
+    """
+    out, res = ablation
+    assert res["methods"]["random"]["method"] == "random:resnet18 (BN recalibrated)"
+    ev = json.loads((out / "random" / "eval.json").read_text())
+    assert ev["global"]["name"] == "random:resnet18 (BN recalibrated)"
+    # the trained rows carry the pretraining's final contrastive metrics, the random row none
+    assert res["methods"]["random"]["mean"]["top1"] is None
     for method in ("mocov2", "local+zca"):
-        per_seed = [s["mean_dice"] for s in res["methods"][method]["per_seed"]]
-        print(method, per_seed, "random", random_dice)
-        assert min(per_seed) > random_dice
+        m = res["methods"][method]
+        assert m["per_seed"][0]["loss_chance"] == pytest.approx(math.log(32 + 1))
+        assert m["per_seed"][0]["top1"] == m["history"][0][-1]["top1"]
