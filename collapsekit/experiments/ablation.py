@@ -180,7 +180,9 @@ def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
         data_dir=cfg.data_dir,
         seed=seed,
         device=cfg.device,
-        **{k: s[k] for k in train_keys if k in s},
+        # with a named train budget only explicit overrides change its training settings (the
+        # budget's own phantom_cases sizes the evaluation phantom)
+        **{k: s[k] for k in train_keys if k in (cfg.overrides if "train_budget" in s else s)},
         model=model,
     )
 

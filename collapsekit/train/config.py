@@ -48,6 +48,7 @@ class TrainConfig:
         lr: base learning rate; ``None`` means MoCo's ``0.03 * batch_size / 256``.
         seed: seeds model init, data order and augmentations (runs are reproducible on CPU).
         device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
+        phantom_validation: phantom cases held out for the monitor (default: a third, 1 to 4).
         warmup_steps: linear learning-rate warm-up before the cosine schedule (0: none).
         crop_min_scale: smallest crop area of the two-view augmentation (MoCo v2: 0.2).
         jitter_p, blur_p: probabilities of intensity jitter and Gaussian blur of each view.
@@ -82,6 +83,7 @@ class TrainConfig:
     phantom_cases: int = 12
     phantom_size: int = 128
     phantom_slices: int = 48
+    phantom_validation: int | None = None
     a_min: float = -175.0
     a_max: float = 250.0
     in_plane_size: int | None = None
@@ -144,7 +146,8 @@ class TrainConfig:
 #: are no closer than two different slices (partner-view retrieval at chance, even in pixels), the
 #: task is unsolvable and the run collapses completely to a point: a failed run, not the
 #: phenomenon. 64 px views, crops of 0.8–1 of the slice without intensity jitter or blur, a
-#: 48-case phantom (≈2,300 slices) with K = 256 ≤ N/4, m = 0.99, lr 0.03 with a 50-step warm-up.
+#: phantom of 48 training cases (≈2,300 slices; 22 more held out so that 1,024 monitor slices do
+#: not cap the rank of 512-d embeddings) with K = 256 ≤ N/4, m = 0.99, lr 0.03 with a 50-step warm-up.
 TRAIN_BUDGETS: dict[str, dict[str, Any]] = {
     "default": {},
     "demo": {
@@ -156,7 +159,8 @@ TRAIN_BUDGETS: dict[str, dict[str, Any]] = {
         "crop_min_scale": 0.8,
         "jitter_p": 0.0,
         "blur_p": 0.0,
-        "phantom_cases": 48,
+        "phantom_cases": 70,
+        "phantom_validation": 22,  # 48 training cases (~2,300 slices), ~1,050 monitor slices
         "monitor_every": 200,
         "model": {"queue_size": 256, "momentum": 0.99, "zca_group_size": 8},
     },

@@ -97,6 +97,7 @@ def load_volumes(
         size=cfg.phantom_size,
         slices=cfg.phantom_slices,
         seed=cfg.seed,
+        validation=cfg.phantom_validation,
     )
     kw: dict[str, Any] = dict(phantom=phantom, cache_dir=cfg.cache_dir, progress=progress)
     train_vols = load_split(cfg.dataset, cfg.data_dir, "training", pre, **kw)
