@@ -172,7 +172,11 @@ def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
     model = {"method": method, "arch": s["arch"]}
     model.update({k: s[k] for k in ("queue_size", "momentum", *MODEL_KEYS) if k in s})
     # an epochs override replaces the train budget's step count
-    data = {"steps": None} if "epochs" in cfg.overrides and "steps" not in cfg.overrides else {}
+    data: dict[str, Any] = {}
+    if "epochs" in cfg.overrides and "steps" not in cfg.overrides:
+        data["steps"] = None
+    if "phantom_cases" in cfg.overrides:  # the budget's held-out count may not fit: default it
+        data["phantom_validation"] = None
     return config_from_dict(
         data,
         s.get("train_budget"),
