@@ -21,7 +21,7 @@ from collapsekit.options import look_up_option
 __all__ = ["LOCAL_LAYERS", "METHODS", "ZCA_PLACEMENTS", "ModelConfig", "Encoder", "build_encoder"]
 
 METHODS = ("mocov2", "local", "zca", "local+zca")
-ZCA_PLACEMENTS = ("pre_projector", "block")
+ZCA_PLACEMENTS = ("block", "pre_projector")
 LOCAL_LAYERS = ("layer3", "layer4")
 
 
@@ -41,9 +41,12 @@ class ModelConfig:
             sub-batches in both encoders and the key batch is shuffled first (the official MoCo
             single-GPU emulation of shuffle-BN); ignored under ``torch.distributed``, where the
             keys are shuffled across ranks. 1 disables it.
-        zca_placement: ``pre_projector`` (the paper's, default): ZCA on the pooled backbone vector
-            right before the projector; ``block``: ZCA replaces the final norm of the last residual
-            block of the last stage (before the residual add and ReLU).
+        zca_placement: ``block`` (default): ZCA replaces the final norm of the last residual block
+            of the last stage (before the residual add and ReLU); ``pre_projector`` (the paper's):
+            ZCA on the pooled backbone vector right before the projector. The default follows the
+            demo-regime measurement (docs/collapse/): with ``block`` the backbone and dense
+            effective ranks and the probe Dice are higher than with ``pre_projector``, whose
+            whitening statistics come from only ``B / shuffle_bn_splits`` pooled vectors.
         zca_method: ``eigh`` | ``newton_schulz`` (see :mod:`collapsekit.models.zca`).
         zca_group_size: channels per whitened group ``d``; must divide the backbone width.
         zca_eps, zca_momentum, zca_ns_iters: see :class:`~collapsekit.models.zca.ZCAWhitening`.
@@ -71,7 +74,7 @@ class ModelConfig:
     temperature: float = 0.2
     momentum: float = 0.999
     shuffle_bn_splits: int = 2
-    zca_placement: str = "pre_projector"
+    zca_placement: str = "block"
     zca_method: str = "eigh"
     zca_group_size: int = 64
     zca_eps: float = 1e-4

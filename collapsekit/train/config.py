@@ -162,7 +162,7 @@ TRAIN_BUDGETS: dict[str, dict[str, Any]] = {
         "phantom_cases": 70,
         "phantom_validation": 22,  # 48 training cases (~2,300 slices), ~1,050 monitor slices
         "monitor_every": 200,
-        "model": {"queue_size": 256, "momentum": 0.99, "zca_group_size": 8},
+        "model": {"queue_size": 256, "momentum": 0.99, "zca_group_size": 16},
     },
 }
 
