@@ -211,6 +211,11 @@ def test_prefill_puts_real_keys_in_the_queues_without_training() -> None:
 
 
 def test_zca_layers_follow_the_shuffle_bn_split() -> None:
-    model = MoCo(ModelConfig(method="zca", shuffle_bn_splits=2, zca_group_size=16))
-    for enc in (model.encoder_q, model.encoder_k):
-        assert isinstance(enc.pre_projector, ZCAWhitening) and enc.pre_projector.num_splits == 2
+    for placement in ("block", "pre_projector"):
+        cfg = ModelConfig(
+            method="zca", shuffle_bn_splits=2, zca_group_size=16, zca_placement=placement
+        )
+        model = MoCo(cfg)
+        for enc in (model.encoder_q, model.encoder_k):
+            zcas = [m for m in enc.modules() if isinstance(m, ZCAWhitening)]
+            assert len(zcas) == 1 and zcas[0].num_splits == 2
