@@ -133,6 +133,8 @@ class MoCoOutput:
         logits: ``(N, 1 + K)`` global logits (already divided by ``T``).
         labels: ``(N,)`` zeros.
         local_valid_fraction: fraction of pairs whose overlap passed ``local_min_overlap``.
+        batch_top1: fraction of queries whose own key is the nearest among the batch's keys (same
+            key encoder and statistics, so no "fresh key" shortcut: a health signal; chance 1/B).
     """
 
     loss: torch.Tensor
@@ -141,6 +143,7 @@ class MoCoOutput:
     logits: torch.Tensor
     labels: torch.Tensor
     local_valid_fraction: float | None
+    batch_top1: float | None = None
 
 
 @dataclass
@@ -149,6 +152,13 @@ class _LocalKeys:
 
     valid: torch.Tensor  # (B,) bool, this rank's valid pairs
     all_valid_points: torch.Tensor  # (M, D) valid key points of every rank, rank order
+
+
+@torch.no_grad()
+def _batch_top1(q: torch.Tensor, k: torch.Tensor) -> float:
+    """Fraction of rows whose positive key is the most similar key of the batch."""
+    sim = q @ k.t()  # q: N×C, k: N×C -> N×N
+    return float((sim.argmax(dim=1) == torch.arange(q.shape[0], device=q.device)).float().mean())
 
 
 @torch.no_grad()

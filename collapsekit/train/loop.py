@@ -361,9 +361,10 @@ class _Session:
 
     def train_step(
         self, batch: dict[str, Any], epoch: int
-    ) -> tuple[float, float, float | None, float]:
-        """One optimiser step; returns the global means ``(loss, loss_global, loss_local, top1)``
-        (top-1: the fraction of queries whose positive key outranks every queued negative)."""
+    ) -> tuple[float, float, float | None, float, float]:
+        """One optimiser step; returns the global means ``(loss, loss_global, loss_local, top1,
+        batch_top1)`` (top-1: the fraction of queries whose positive key outranks every queued
+        negative; batch top-1: whose key is the nearest of the batch's keys)."""
         batch = {
             k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
             for k, v in batch.items()
@@ -393,7 +394,14 @@ class _Session:
         if output.loss_local is not None:
             ll = float(_global_mean(output.loss_local.detach(), self.ctx))
         top1 = (output.logits.detach().argmax(dim=1) == 0).float().mean()
-        return lv, lg, ll, float(_global_mean(top1, self.ctx))
+        btop1 = torch.tensor(output.batch_top1 or 0.0, device=top1.device)
+        return (
+            lv,
+            lg,
+            ll,
+            float(_global_mean(top1, self.ctx)),
+            float(_global_mean(btop1, self.ctx)),
+        )
 
     def run_epoch(self, last_metrics: dict[str, Any]) -> int:
         """Train from the current step to the end of its epoch (or ``stop_at``), logging a record
@@ -403,9 +411,11 @@ class _Session:
         self.sampler.set_epoch(epoch, self.step - epoch * spe)
         self.views.epoch = epoch
         for batch in self.loader:
-            lv, lg, ll, top1 = self.train_step(batch, epoch)
+            lv, lg, ll, top1, btop1 = self.train_step(batch, epoch)
             w = self._window
-            for key, v in (("loss", lv), ("loss_global", lg), ("loss_local", ll), ("top1", top1)):
+            parts = {"loss": lv, "loss_global": lg, "loss_local": ll, "top1": top1}
+            parts["batch_top1"] = btop1
+            for key, v in parts.items():
                 w[key] = w.get(key, 0.0) + (v or 0.0)
             w["steps"] = w.get("steps", 0) + 1
             ips = w["steps"] * cfg.batch_size / max(time.perf_counter() - self._t0, 1e-9)
@@ -447,6 +457,8 @@ class _Session:
             "loss_local": w.get("loss_local", 0.0) / n if cfg.model.uses_local else None,
             "loss_chance": self.loss_chance,
             "top1": w.get("top1", 0.0) / n,
+            "batch_top1": w.get("batch_top1", 0.0) / n,
+            "batch_top1_chance": 1.0 / (cfg.batch_size // self.ctx.world_size),
             "lr": self.scheduler.get_last_lr()[0],
             "images_per_s": n * cfg.batch_size / max(elapsed, 1e-9),
             **self.last_report.record(),

@@ -219,3 +219,13 @@ def test_zca_layers_follow_the_shuffle_bn_split() -> None:
         for enc in (model.encoder_q, model.encoder_k):
             zcas = [m for m in enc.modules() if isinstance(m, ZCAWhitening)]
             assert len(zcas) == 1 and zcas[0].num_splits == 2
+
+
+def test_batch_top1_counts_rows_whose_own_key_is_nearest() -> None:
+    from collapsekit.models.moco import _batch_top1
+
+    q = torch.eye(4)
+    assert _batch_top1(q, q) == 1.0
+    assert _batch_top1(q, q[[1, 0, 2, 3]]) == 0.5  # rows 0 and 1 find each other's key
+    out = MoCo(ModelConfig(method="mocov2", **TINY))(_batch())
+    assert out.batch_top1 is not None and 0.0 <= out.batch_top1 <= 1.0
