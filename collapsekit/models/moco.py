@@ -242,6 +242,7 @@ class MoCo(nn.Module):
             local_valid_fraction=None
             if local_keys is None
             else float(local_keys.valid.float().mean()),
+            batch_top1=_batch_top1(q.detach(), k),
         )
 
     @torch.no_grad()
