@@ -95,6 +95,7 @@ def probe(
     from collapsekit.evaluation.segmentation.probe import ProbeConfig, linear_probe
 
     specs = _specs(checkpoints)
+    _check_specs(specs, "probe")
     dev = resolve_device(device)
     results: list[SegmentationResult] = []
     with rich_progress(quiet or json_out) as progress:
@@ -168,6 +169,7 @@ def finetune(
     from collapsekit.evaluation.segmentation.finetune import finetune as run_finetune
 
     spec = _specs([checkpoint] if checkpoint else None)[0]
+    _check_specs([spec], "finetune")
     dev = resolve_device(device)
     with rich_progress(quiet or json_out) as progress:
         train, val, labels = _load_data(
@@ -213,6 +215,14 @@ def _specs(checkpoints: list[str] | None) -> list[str]:
 def _given(**options: Any) -> dict[str, Any]:
     """The options the user set (not None), so the config's own defaults apply to the rest."""
     return {k: v for k, v in options.items() if v is not None}
+
+
+def _check_specs(specs: list[str], command: str) -> None:
+    """Refuse a spec that names no model before the data is loaded (seconds to minutes)."""
+    from collapsekit.runs.models import check_model_spec
+
+    for spec in specs:
+        check_model_spec(spec, needed_by=command)
 
 
 def _load(spec: str, device: str) -> LoadedModel:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from collapsekit.errors import CheckpointError
+from collapsekit.filetypes import FileKind, sniff
 
 __all__ = [
     "FORMAT",
@@ -33,6 +35,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "safe_torch_load",
+    "check_checkpoint_kind",
+    "NotACheckpointError",
     "rng_state",
     "set_rng_state",
 ]
@@ -131,27 +135,96 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into a one-line CheckpointError."""
+class NotACheckpointError(CheckpointError):
+    """A file that is plainly not a checkpoint (text, an image, embeddings ...); ``kind`` says what."""
+
+    def __init__(self, message: str, kind: FileKind) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+#: Kinds torch.load may read: a PyTorch zip archive (torch >= 1.6), a legacy pickle stream, and a
+#: zip whose directory cannot be read (a truncated archive: torch then says it is corrupt).
+_LOADABLE = (FileKind.TORCH_ZIP, FileKind.PICKLE, FileKind.ZIP)
+
+
+def check_checkpoint_kind(path: str | Path) -> FileKind:
+    """Sniff ``path`` and refuse, in one line, a file that cannot be a checkpoint.
+
+    Returns:
+        The kind (a PyTorch archive or a pickle), for files ``torch.load`` may read.
+
+    Raises:
+        CheckpointError: missing, a directory, unreadable.
+        NotACheckpointError: empty, text, embeddings, an image, a NIfTI volume, other binary data.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, expected a checkpoint file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        kind = sniff(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    if kind in _LOADABLE:
+        return kind
+    name = path.name
+    if kind is FileKind.EMPTY:
+        msg = f"{name} is empty (0 bytes), not a checkpoint"
+    elif kind is FileKind.TEXT:
+        msg = f"{name} is a text file, not a checkpoint — pass the run directory instead"
+    elif kind in (FileKind.NPY, FileKind.NPZ):
+        msg = f"{name} holds embeddings ({kind.description}), not a model checkpoint"
+    else:
+        msg = f"{name} is {kind.description}, not a checkpoint"
+    raise NotACheckpointError(msg, kind)
+
+
+def _refusal_reason(message: str) -> str:
+    """The reason inside torch's weights-only error, without its boilerplate, on one line."""
+    paragraphs = [p.strip() for p in message.strip().split("\n\n") if p.strip()]
+    kept = [
+        p
+        for p in paragraphs
+        if not p.startswith(("Weights only load failed", "Check the documentation"))
+    ]
+    text = " ".join(" ".join(kept).split())
+    text = re.sub(r"^Please file an issue.*?WeightsUnpickler error:\s*", "", text)
+    return text or " ".join(message.split())
+
+
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into a one-line CheckpointError.
+
+    The file's kind is sniffed first (:func:`check_checkpoint_kind`), so a config, an image or an
+    embeddings array gets a plain answer instead of an unpickler's error. A pickle that references
+    code is refused with torch's full reason; nothing in it runs.
+    """
+    path = Path(path)
+    check_checkpoint_kind(path)
+    try:
+        with warnings.catch_warnings():
+            # "Detected pickle protocol 4 ...": the weights-only unpickler decides; we report that
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = _refusal_reason(str(e))
+        if "GLOBAL" in reason or "global" in reason:
+            raise CheckpointError(
+                f"refused to load {path}: it holds Python objects that would run code when "
+                f"unpickled (only tensors and plain data are allowed): {reason}"
+            ) from None
         raise CheckpointError(
-            f"refused to load {path}: it holds Python objects that would run code when unpickled "
-            f"(only tensors and plain data are allowed; {first[:120]})"
+            f"cannot read checkpoint {path}: corrupt, truncated or not weights-only loadable "
+            f"({reason})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except MemoryError:
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt (absurd sizes)") from None
+    except Exception as e:  # noqa: BLE001 - a mangled pickle can raise anything; nothing has run
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"cannot read checkpoint {path}: corrupt or truncated ({first[:160]})"
+            f"cannot read checkpoint {path}: corrupt or truncated ({type(e).__name__}: {first[:160]})"
         ) from None
 
 

@@ -25,13 +25,21 @@ import torch
 from torch import nn
 
 from collapsekit.errors import CheckpointError
+from collapsekit.filetypes import FileKind
 from collapsekit.models import ModelConfig, build_encoder
 from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone
-from collapsekit.runs.checkpoint import FORMAT, safe_torch_load
+from collapsekit.runs.checkpoint import (
+    FORMAT,
+    NotACheckpointError,
+    check_checkpoint_kind,
+    safe_torch_load,
+)
 
 __all__ = [
     "LoadedModel",
     "load_model",
+    "model_path",
+    "check_model_spec",
     "model_from_object",
     "model_config_from_checkpoint",
     "backbone_from_state_dict",
@@ -204,15 +212,54 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             model = LoadedModel(name=name, kind="random", backbone=backbone, calibrate_bn=calibrate)
             return model.to(device)
 
-    path = Path(spec_str)
+    path = model_path(spec_str)
+    return model_from_object(safe_torch_load(path), path, device)
+
+
+def model_path(spec: str | Path) -> Path:
+    """The checkpoint file a model spec names: the file itself, or a run directory's checkpoint.pt.
+
+    Raises:
+        CheckpointError: a directory without ``checkpoint.pt``.
+    """
+    path = Path(spec)
     if path.is_dir():
         if (path / "checkpoint.pt").is_file():
-            path = path / "checkpoint.pt"
-        else:
+            return path / "checkpoint.pt"
+        raise CheckpointError(
+            f"{path} is a directory without checkpoint.pt (not a collapsekit run)"
+        )
+    return path
+
+
+def check_model_spec(spec: str | Path, needed_by: str = "this command") -> None:
+    """Refuse, cheaply and before any work, a spec that cannot name a model (nothing is loaded).
+
+    Checks ``random:ARCH`` names an architecture and that a path exists and is a checkpoint by its
+    first bytes (:func:`~collapsekit.runs.checkpoint.check_checkpoint_kind`).
+
+    Raises:
+        CheckpointError: "probe needs a model; tworow.npy holds embeddings", "config.toml is a text
+            file, not a checkpoint — pass the run directory instead", ...
+    """
+    spec_str = str(spec)
+    for prefix in ("random:", "random-raw:"):
+        if spec_str.startswith(prefix):
+            if not spec_str.split(":", 1)[1]:
+                raise CheckpointError(
+                    f"'{spec_str}' names no architecture: use {prefix}resnet18, "
+                    f"{prefix}resnet34 or {prefix}resnet50"
+                )
+            return
+    path = model_path(spec_str)
+    try:
+        check_checkpoint_kind(path)
+    except NotACheckpointError as e:
+        if e.kind in (FileKind.NPY, FileKind.NPZ):
             raise CheckpointError(
-                f"{path} is a directory without checkpoint.pt (not a collapsekit run)"
-            )
-    return model_from_object(safe_torch_load(path), path, device)
+                f"{needed_by} needs a model; {path.name} holds embeddings"
+            ) from None
+        raise
 
 
 def model_from_object(
