@@ -152,3 +152,50 @@ def test_latest_symlink_tracks_newest_run(tmp_path: Path, monkeypatch: pytest.Mo
     # a run outside runs/ leaves the link alone
     train(tiny(steps=1, model={"method": "mocov2"}), tmp_path / "elsewhere")
     assert (tmp_path / "runs" / "latest").resolve() == (tmp_path / "runs" / "b").resolve()
+
+
+def test_warmup_then_cosine_schedule_closed_form() -> None:
+    from collapsekit.train.loop import cosine_schedule
+
+    assert [cosine_schedule(s, 10, 4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert cosine_schedule(4, 10, 4) == 1.0  # the cosine starts at the end of the warm-up
+    assert cosine_schedule(7, 10, 4) == pytest.approx(0.5)  # halfway through the cosine
+    assert cosine_schedule(10, 10, 4) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_schedule(5, 10) == pytest.approx(0.5)  # no warm-up: the plain cosine
+
+
+def test_monitor_records_both_spaces_every_n_steps(tmp_path: Path) -> None:
+    res = train(tiny(steps=4, monitor_every=2, warmup_steps=2), tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4] and res.history == lines
+    for r in lines:
+        assert r["loss_chance"] == pytest.approx(math.log(16 + 1))
+        assert 0.0 <= r["top1"] <= 1.0 and r["batch_top1_chance"] == 0.25
+        bound = r["rank_bound"]  # N - 1 of the held-out slices (one 6-slice case here)
+        assert bound == 5
+        # λ-rank ≤ σ-rank (squaring sharpens the spectrum); projector space of 128 dims
+        assert 1.0 <= r["effective_rank_eigenvalues"] <= r["effective_rank"] <= bound
+        assert 1.0 <= r["proj_effective_rank_eigenvalues"] <= bound
+        assert -1.0 <= r["proj_mean_cosine"] <= 1.0
+    # the final spectrum has both spaces
+    assert (tmp_path / "run" / "spectrum_projector.json").is_file()
+
+
+def test_demo_budget_keeps_the_queue_below_a_quarter_of_the_slices() -> None:
+    from collapsekit.data import PhantomConfig, SliceDataset, load_split
+    from collapsekit.train.config import budget_overrides
+
+    cfg = config_from_dict({}, "demo")
+    assert (cfg.image_size, cfg.crop_min_scale, cfg.jitter_p, cfg.blur_p) == (64, 0.8, 0.0, 0.0)
+    assert cfg.model.queue_size == 256 and cfg.model.momentum == 0.99
+    assert cfg.monitor_samples >= 2 * cfg.model.backbone_width
+    # flags win over the budget
+    assert config_from_dict({}, "demo", steps=10).steps == 10
+    assert budget_overrides("demo") == budget_overrides("demo")  # a fresh copy each time
+    phantom = PhantomConfig(
+        cases=cfg.phantom_cases, size=32, slices=cfg.phantom_slices, validation=22
+    )
+    vols = load_split("phantom", split="validation", phantom=phantom)
+    # 22 held-out cases give at least 1,024 monitor slices only if few are skipped; the training
+    # split (48 cases) then holds >= 4 K slices
+    assert len(vols) == 22 and len(SliceDataset(vols)) * 48 // 22 >= 4 * cfg.model.queue_size
