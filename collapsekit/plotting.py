@@ -86,7 +86,8 @@ def plot_spectrum(
             top = max(top, float(np.nanmax(log_s)))
             bottom = min(bottom, float(np.nanmin(log_s)))
         label = (
-            f"{res.name}  (eff. rank {res.effective_rank_centered:.1f} of D={res.d}"
+            f"{res.name}  (eff. rank λ {res.effective_rank_eigenvalues:.1f}, "
+            f"σ {res.effective_rank_centered:.1f} of D={res.d}"
             + (f", N-1={res.n - 1}" if res.bounded_by_samples else "")
             + ")"
         )

@@ -42,6 +42,7 @@ def test_plot_spectrum_draws_log10_values_with_named_legend() -> None:
     assert np.isnan(y_small[5]) or y_small[5] < ax.get_ylim()[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[0].startswith("healthy") and f"{healthy.effective_rank_centered:.1f}" in legend[0]
+    assert f"λ {healthy.effective_rank_eigenvalues:.1f}" in legend[0]
     assert "N-1=5" in legend[1]
     assert "log" in ax.get_ylabel() and "(rows L2-normalised)" not in ax.get_title()
 
