@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from collapsekit.data.phantom import PhantomConfig
 from collapsekit.data.preprocess import PreprocessConfig
+from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.errors import DataError
 

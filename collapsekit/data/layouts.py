@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collapsekit.data.phantom import PhantomConfig, phantom_case_seed
+from collapsekit.data.spec import PhantomConfig, phantom_case_seed
 from collapsekit.data.volume import CaseRecord
 from collapsekit.errors import ConfigError, DataError, LayoutError
 from collapsekit.options import look_up_option

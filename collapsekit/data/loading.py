@@ -10,8 +10,8 @@ import numpy as np
 
 from collapsekit.data.cache import MEMORY, cache_key, read_disk, write_disk
 from collapsekit.data.layouts import discover
-from collapsekit.data.phantom import PhantomConfig
 from collapsekit.data.preprocess import PreprocessConfig, preprocess_record
+from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.options import look_up_option
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit

@@ -29,7 +29,8 @@ from monai.transforms import (
     Spacing,
 )
 
-from collapsekit.data.phantom import PhantomConfig, generate_phantom
+from collapsekit.data.phantom import generate_phantom
+from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.errors import ConfigError, DataError
 

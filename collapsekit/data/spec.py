@@ -1,0 +1,78 @@
+"""What data a run uses: the phantom dataset's definition, owned here once.
+
+:class:`PhantomConfig` says which phantom dataset (cases, size, slices, seed, validation split);
+:func:`phantom_case_seed` says how its cases are seeded. Both are plain definitions with no
+generator behind them, so :mod:`collapsekit.data.layouts` (which lists the phantom's cases) and
+:mod:`collapsekit.data.phantom` (which draws and writes them) import them from here without
+importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from collapsekit.errors import ConfigError
+
+__all__ = [
+    "PhantomConfig",
+    "default_validation_cases",
+    "phantom_case_seed",
+]
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """The built-in phantom dataset: ``cases`` volumes, the last ``validation`` form the validation split.
+
+    Args:
+        cases: number of volumes (>= 1).
+        size: in-plane size in pixels (>= 8); the field of view stays 400 mm.
+        slices: number of axial slices (>= 1); the volume always spans 150 mm.
+        seed: dataset seed; case ``i`` uses :func:`phantom_case_seed` ``(seed, i)``.
+        validation: number of validation cases, ``0 <= validation < cases``; ``None`` (default)
+            means :func:`default_validation_cases` — a third of the cases, at least 1, at most 4.
+    """
+
+    cases: int = 12
+    size: int = 128
+    slices: int = 48
+    seed: int = 0
+    validation: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.validation is None:
+            object.__setattr__(self, "validation", default_validation_cases(self.cases))
+        if self.cases < 1:
+            raise ConfigError(f"phantom cases must be >= 1, got {self.cases}")
+        if self.size < 8:
+            raise ConfigError(f"phantom size must be >= 8 pixels, got {self.size}")
+        if self.slices < 1:
+            raise ConfigError(f"phantom slices must be >= 1, got {self.slices}")
+        if not 0 <= self.validation_cases < self.cases:
+            raise ConfigError(
+                f"phantom validation cases must be in [0, cases) = [0, {self.cases}), got {self.validation}"
+            )
+        if self.seed < 0:
+            raise ConfigError(f"phantom seed must be >= 0, got {self.seed}")
+
+    @property
+    def validation_cases(self) -> int:
+        """The number of validation cases (``validation`` once its default is resolved)."""
+        return (
+            self.validation if self.validation is not None else default_validation_cases(self.cases)
+        )
+
+    @property
+    def training_cases(self) -> int:
+        """``cases - validation_cases``: the first cases, which form the training split."""
+        return self.cases - self.validation_cases
+
+
+def default_validation_cases(cases: int) -> int:
+    """Validation cases of a ``cases``-volume phantom: a third, at least 1 (when ``cases > 1``), at most 4."""
+    return max(1, min(4, cases // 3)) if cases > 1 else 0
+
+
+def phantom_case_seed(seed: int, index: int) -> int:
+    """Seed of case ``index`` (0-based) of the phantom dataset with seed ``seed``: ``seed * 100_000 + index``."""
+    return int(seed) * 100_000 + int(index)
