@@ -10,6 +10,7 @@ __all__ = [
     "InputError",
     "ConfigError",
     "TrainingError",
+    "OutputError",
 ]
 
 
@@ -39,3 +40,8 @@ class ConfigError(CollapsekitError):
 
 class TrainingError(CollapsekitError):
     """Training stopped for a reason the user should know (NaN loss, batch larger than data)."""
+
+
+class OutputError(CollapsekitError):
+    """An output that cannot be written (read-only, a file in the way, full disk) or that would
+    replace a file the command did not write."""

@@ -60,7 +60,9 @@ def phantom_cmd(
 ) -> None:
     """Write phantom CT volumes (int16 HU) and BTCV-id label maps in a real dataset layout."""
     from collapsekit.data.phantom import write_phantom_dataset
+    from collapsekit.outputs import check_writable_dir
 
+    check_writable_dir(out_dir, "output directory")
     with rich_progress(quiet or json_out) as progress:
         index = write_phantom_dataset(
             out_dir,

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from collapsekit.cli.app import app
 from collapsekit.cli.common import console, handle_errors, print_json, rich_progress
+from collapsekit.outputs import writing
 
 InputsArg = Annotated[
     list[str],
@@ -33,6 +34,10 @@ JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print the JSON result to stdout and nothing else.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace the output files if they already exist in --out."),
+]
 DropOpt = Annotated[
     bool, typer.Option("--drop-nonfinite", help="Drop rows with NaN/inf instead of failing.")
 ]
@@ -58,6 +63,7 @@ def spectrum(
     out: Annotated[Path, typer.Option(help="Where spectrum.png and spectrum.json go.")] = Path("."),
     device: DeviceOpt = "auto",
     drop_nonfinite: DropOpt = False,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -71,6 +77,7 @@ def spectrum(
     if dense and head:
         raise ConfigError("--dense and --head are exclusive")
     mode = "dense" if dense else "head" if head else "backbone"
+    _check_outputs(out, "spectrum", overwrite)
     data = DataSpec(
         dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,
@@ -88,9 +95,11 @@ def spectrum(
             progress=progress,
         )
     payload = {"mode": mode, "normalized": normalize, "results": [r.to_dict() for r in results]}
-    write_json(payload, out / "spectrum.json")
+    with writing(out / "spectrum.json", "nothing was written"):
+        write_json(payload, out / "spectrum.json")
     fig, _ = plot_spectrum(results, title=f"Embedding spectrum ({mode})")
-    save_figure(fig, out / "spectrum.png")
+    with writing(out / "spectrum.png", f"{out / 'spectrum.json'} was written"):
+        save_figure(fig, out / "spectrum.png")
     if json_out:
         print_json(payload)
         return
@@ -148,6 +157,7 @@ def similarity(
     ),
     device: DeviceOpt = "auto",
     drop_nonfinite: DropOpt = False,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -157,6 +167,7 @@ def similarity(
     from collapsekit.plotting import plot_similarity, save_figure
     from collapsekit.serialization import write_json
 
+    _check_outputs(out, "similarity", overwrite)
     data = DataSpec(
         dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,
@@ -173,9 +184,11 @@ def similarity(
             progress=progress,
         )
     payload = {"results": [r.to_dict() for r in results]}
-    write_json(payload, out / "similarity.json")
+    with writing(out / "similarity.json", "nothing was written"):
+        write_json(payload, out / "similarity.json")
     fig, _ = plot_similarity(results)
-    save_figure(fig, out / "similarity.png")
+    with writing(out / "similarity.png", f"{out / 'similarity.json'} was written"):
+        save_figure(fig, out / "similarity.png")
     if json_out:
         print_json(payload)
         return
@@ -210,3 +223,12 @@ def similarity(
         )
     console.print(table)
     console.print(f"wrote {out / 'similarity.png'} and {out / 'similarity.json'}")
+
+
+def _check_outputs(out: Path, stem: str, overwrite: bool) -> None:
+    """Before any work: ``out`` is writable and ``<stem>.png``/``.json`` there are not replaced
+    unless ``--overwrite`` (they may be another run's results)."""
+    from collapsekit.outputs import check_writable_dir, refuse_overwrite
+
+    check_writable_dir(out, "--out")
+    refuse_overwrite([out / f"{stem}.png", out / f"{stem}.json"], overwrite=overwrite)

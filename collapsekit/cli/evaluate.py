@@ -96,6 +96,7 @@ def probe(
 
     specs = _specs(checkpoints)
     _check_specs(specs, "probe")
+    _check_predictions_dir(save_predictions)
     dev = resolve_device(device)
     results: list[SegmentationResult] = []
     with rich_progress(quiet or json_out) as progress:
@@ -170,6 +171,7 @@ def finetune(
 
     spec = _specs([checkpoint] if checkpoint else None)[0]
     _check_specs([spec], "finetune")
+    _check_predictions_dir(save_predictions)
     dev = resolve_device(device)
     with rich_progress(quiet or json_out) as progress:
         train, val, labels = _load_data(
@@ -223,6 +225,13 @@ def _check_specs(specs: list[str], command: str) -> None:
 
     for spec in specs:
         check_model_spec(spec, needed_by=command)
+
+
+def _check_predictions_dir(path: Path | None) -> None:
+    if path is not None:
+        from collapsekit.outputs import check_writable_dir
+
+        check_writable_dir(path, "--save-predictions")
 
 
 def _load(spec: str, device: str) -> LoadedModel:

@@ -36,6 +36,7 @@ __all__ = [
     "load_checkpoint",
     "safe_torch_load",
     "check_checkpoint_kind",
+    "remove_stale_temp_files",
     "NotACheckpointError",
     "rng_state",
     "set_rng_state",
@@ -192,6 +193,22 @@ def _refusal_reason(message: str) -> str:
     text = " ".join(" ".join(kept).split())
     text = re.sub(r"^Please file an issue.*?WeightsUnpickler error:\s*", "", text)
     return text or " ".join(message.split())
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the ``.<name>.pt.*.tmp`` files a killed :func:`save_checkpoint` left in ``directory``.
+
+    Call it only where no other process is writing checkpoints into ``directory`` (a run's rank 0 at
+    start or resume). Returns the files removed.
+    """
+    removed = []
+    for tmp in Path(directory).glob(".*.pt.*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            continue
+        removed.append(tmp)
+    return removed
 
 
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

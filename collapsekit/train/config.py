@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -239,4 +240,11 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write ``cfg`` as TOML (``None`` values omitted: they are the defaults)."""
     data = _drop_none(config_to_dict(cfg))
-    Path(path).write_text(tomli_w.dumps(data))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(tomli_w.dumps(data))
+        os.replace(tmp, path)  # atomic: a full disk never leaves a torn config.toml
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

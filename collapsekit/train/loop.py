@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ from collapsekit.data import (
     Volume,
     load_split,
 )
-from collapsekit.errors import ConfigError, TrainingError
+from collapsekit.errors import ConfigError, OutputError, TrainingError
 from collapsekit.models import MoCo
+from collapsekit.outputs import check_writable_dir, os_error_in, write_failure
 from collapsekit.progress import (
     Message,
     ProgressCallback,
@@ -43,6 +45,7 @@ from collapsekit.progress import (
 from collapsekit.runs.checkpoint import (
     build_checkpoint,
     load_checkpoint,
+    remove_stale_temp_files,
     restore_checkpoint,
     save_checkpoint,
 )
@@ -186,17 +189,46 @@ def _open_run(
         runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS}
         cfg = dataclasses.replace(config_from_dict(ckpt["config"]), **runtime)
     else:
-        existing = holds_run(run_dir)
-        if existing and not overwrite:
-            raise ConfigError(
-                f"{run_dir} already holds a run ({', '.join(existing)}); use --resume to continue it, "
-                "--overwrite to replace it, or another --out"
-            )
+        _check_new_run_dir(run_dir, overwrite=overwrite)
+    if ctx.is_main:
+        check_writable_dir(run_dir, "run directory")
     if cfg.batch_size % ctx.world_size:
         raise ConfigError(
             f"batch_size {cfg.batch_size} is not divisible by the {ctx.world_size} processes"
         )
     return cfg, run_dir, ckpt
+
+
+def _check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Refuse a ``--out`` that is a file, holds a run, or holds the user's own files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"--out {run_dir} is a file, not a run directory")
+    existing = holds_run(run_dir)
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{run_dir} already holds a run ({', '.join(existing)}); use --resume to continue it, "
+            "--overwrite to replace it, or another --out"
+        )
+    if run_dir.is_dir() and not existing and not overwrite:
+        others = sorted(p.name for p in run_dir.iterdir())
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise OutputError(
+                f"{run_dir} is not empty and holds no run ({shown}); pass --overwrite to train "
+                "into it anyway, or choose another --out"
+            )
+
+
+def append_line(line: str, path: Path) -> None:
+    """Append ``line`` and a newline to ``path``; on failure cut the file back (no torn line)."""
+    with open(path, "a") as f:
+        start = f.tell()
+        try:
+            f.write(line + "\n")
+            f.flush()
+        except OSError:
+            f.truncate(start)
+            raise
 
 
 class _Session:
@@ -207,6 +239,7 @@ class _Session:
     ) -> None:
         self.cfg, self.run_dir, self.progress, self.ctx = cfg, run_dir, progress, ctx
         self.ckpt_path = run_dir / "checkpoint.pt"
+        self.saved_step: int | None = None  # the step of the last checkpoint written (or resumed)
         device = self.device = ctx.device
 
         # ---- data
@@ -351,13 +384,32 @@ class _Session:
             losses=self.losses,
             history=self.history,
         )
-        save_checkpoint(state, self.ckpt_path)
+        self._write(save_checkpoint, state, self.ckpt_path)
+        self.saved_step = self.step
         if (
             cfg.keep_every_epochs
             and self.step % self.steps_per_epoch == 0
             and (epoch + 1) % cfg.keep_every_epochs == 0
         ):
-            save_checkpoint(state, self.run_dir / f"checkpoint_epoch{epoch + 1:03d}.pt")
+            path = self.run_dir / f"checkpoint_epoch{epoch + 1:03d}.pt"
+            self._write(save_checkpoint, state, path)
+
+    def kept(self) -> str:
+        """What a failure leaves on disk, for its message."""
+        if self.saved_step is None:
+            return "no checkpoint of this run was written yet"
+        return f"the last good checkpoint {self.ckpt_path} (step {self.saved_step}) is kept"
+
+    def _write(self, write: Callable[[Any, Path], Any], obj: Any, path: Path) -> None:
+        """``write(obj, path)``; a failed write (disk full, read-only) becomes a TrainingError
+        saying what was kept. The writers are atomic, so no half-written file is left."""
+        try:
+            write(obj, path)
+        except (OSError, RuntimeError) as e:
+            err = os_error_in(e)
+            if err is None:
+                raise
+            raise TrainingError(write_failure(path, err, self.kept())) from None
 
     def train_step(
         self, batch: dict[str, Any], epoch: int
@@ -469,8 +521,7 @@ class _Session:
         if warning is not None:
             emit(self.progress, warning)
         self.history.append(record)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._write(append_line, json.dumps(record), self.run_dir / "metrics.jsonl")
         self._reset_window()
         return record
 
@@ -490,6 +541,7 @@ def _train(
     session = _Session(cfg, run_dir, progress, ctx)
     if ckpt is not None:
         session.restore(ckpt)
+        session.saved_step = session.step
     elif cfg.prefill_queue:
         session.prefill()
     for message in session.warnings():
@@ -497,7 +549,8 @@ def _train(
 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.toml")
+        remove_stale_temp_files(run_dir)  # a kill during a checkpoint write leaves one
+        session._write(save_config, cfg, run_dir / "config.toml")
         update_latest(run_dir)
     barrier(ctx)
 
@@ -519,7 +572,11 @@ def _train(
         report = session.last_report
         if report is None:  # resumed exactly at the end: nothing was trained this session
             report = monitor_spaces(session.moco.encoder_q, session.monitor_images)
-        write_final_spectrum(report, run_dir, cfg.model.method, cfg.model.arch)
+        session._write(
+            lambda r, d: write_final_spectrum(r, d, cfg.model.method, cfg.model.arch),
+            report,
+            run_dir,
+        )
     barrier(ctx)
     return TrainResult(
         run_dir=run_dir,
