@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "TrainingError",
     "OutputError",
+    "TrainingInterrupted",
 ]
 
 
@@ -45,3 +46,12 @@ class TrainingError(CollapsekitError):
 class OutputError(CollapsekitError):
     """An output that cannot be written (read-only, a file in the way, full disk) or that would
     replace a file the command did not write."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint; ``exit_code`` is 128 + the
+    signal number (130 for Ctrl-C, 143 for SIGTERM), as a shell reports a process killed by it."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -6,8 +6,10 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import typer
@@ -44,7 +46,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handle_errors(fn: F) -> F:
-    """Translate :class:`CollapsekitError` into one red line on stderr and exit code 2."""
+    """Translate :class:`CollapsekitError` into one red line on stderr and exit code 2 (or the
+    error's own ``exit_code``: 130/143 for training stopped by SIGINT/SIGTERM)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -53,7 +56,7 @@ def handle_errors(fn: F) -> F:
         except CollapsekitError as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            raise typer.Exit(code=getattr(e, "exit_code", 2)) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(code=130) from None
@@ -77,6 +80,9 @@ def rich_progress(quiet: bool = False) -> Iterator[Callable[[ProgressEvent], Non
                 err_console.print(f"[yellow]warning:[/] {event.text}", highlight=False)
 
         yield noop
+        return
+    if not err_console.is_terminal:
+        yield _plain_progress(_progress_interval())
         return
     progress = Progress(
         TextColumn("[bold blue]{task.description}"),
@@ -109,6 +115,59 @@ def rich_progress(quiet: bool = False) -> Iterator[Callable[[ProgressEvent], Non
 
     with progress:
         yield callback
+
+
+#: Seconds between plain progress lines when stderr is not a terminal (nohup, CI, SLURM logs).
+PROGRESS_SECONDS = 30.0
+
+
+def _progress_interval() -> float:
+    try:
+        return float(os.environ.get("COLLAPSEKIT_PROGRESS_SECONDS", PROGRESS_SECONDS))
+    except ValueError:
+        return PROGRESS_SECONDS
+
+
+def _plain_progress(every_s: float) -> Callable[[ProgressEvent], None]:
+    """Progress as plain lines on stderr, at most one per task every ``every_s`` seconds and one
+    when the task ends: ``train 120/400 (30%) loss=6.12 img/s=41.3 erank=35.2 elapsed 0:02:51
+    eta 0:06:39``. For logs, where a progress bar prints nothing until the end."""
+    started: dict[str, tuple[str, int | None, float]] = {}
+    done: dict[str, int] = {}
+    last: dict[str, float] = {}
+    latest: dict[str, dict[str, Any]] = {}
+
+    def line(task: str, info: dict[str, Any]) -> str:
+        description, total, t0 = started[task]
+        elapsed = time.monotonic() - t0
+        n = done[task]
+        parts = [description, f"{n}/{total} ({100 * n / total:.0f}%)" if total else str(n)]
+        parts += [f"{k}={_fmt(v)}" for k, v in info.items()]
+        parts.append(f"elapsed {timedelta(seconds=round(elapsed))}")
+        if total and n:
+            parts.append(f"eta {timedelta(seconds=round(elapsed * (total - n) / n))}")
+        return "  ".join(parts)
+
+    def callback(event: ProgressEvent) -> None:
+        if isinstance(event, TaskStarted):
+            started[event.task] = (event.description or event.task, event.total, time.monotonic())
+            done[event.task], last[event.task] = 0, time.monotonic()
+        elif isinstance(event, TaskAdvanced) and event.task in started:
+            done[event.task] += event.advance
+            latest[event.task] = event.info
+            if time.monotonic() - last[event.task] >= every_s:
+                last[event.task] = time.monotonic()
+                err_console.print(line(event.task, event.info), highlight=False, soft_wrap=True)
+        elif isinstance(event, TaskFinished) and event.task in started:
+            err_console.print(line(event.task, latest.pop(event.task, {})), highlight=False)
+            started.pop(event.task)
+        elif isinstance(event, Message):
+            prefix = "warning: " if event.level == "warning" else ""
+            err_console.print(
+                f"{prefix}{event.text}", highlight=False, soft_wrap=True, markup=False
+            )
+
+    return callback
 
 
 def print_json(obj: Any) -> None:

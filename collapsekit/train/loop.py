@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from collapsekit.data import (
     Volume,
     load_split,
 )
-from collapsekit.errors import ConfigError, OutputError, TrainingError
+from collapsekit.errors import ConfigError, OutputError, TrainingError, TrainingInterrupted
 from collapsekit.models import MoCo
 from collapsekit.outputs import check_writable_dir, os_error_in, write_failure
 from collapsekit.progress import (
@@ -67,7 +69,7 @@ from collapsekit.train.monitor import (
 )
 from collapsekit.train.sampling import EpochSampler, SeededViews
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "train", "StopSignals"]
 
 # Data "epoch" of the batches that prefill the queues: an order and augmentations no training
 # epoch uses.
@@ -158,7 +160,10 @@ def train(
 
     Raises:
         ConfigError: ``out`` holds another run (without ``resume``/``overwrite``), or nothing to resume.
-        TrainingError: batch larger than the data, or a non-finite loss (the last good checkpoint is kept).
+        TrainingError: batch larger than the data, a non-finite loss or a failed write (the last good
+            checkpoint is kept).
+        TrainingInterrupted: SIGINT/SIGTERM; the step finished and a checkpoint was written.
+        OutputError: ``out`` is a file, a non-empty directory without a run, or not writable.
     """
     ctx = setup_distributed(cfg.device)
     try:
@@ -219,6 +224,35 @@ def _check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
             )
 
 
+class StopSignals:
+    """SIGINT and SIGTERM become a flag the loop reads after each step (main thread only).
+
+    The step in flight finishes, a checkpoint is written atomically and training raises
+    :class:`TrainingInterrupted`. A second Ctrl-C aborts at once (KeyboardInterrupt).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
 def append_line(line: str, path: Path) -> None:
     """Append ``line`` and a newline to ``path``; on failure cut the file back (no torn line)."""
     with open(path, "a") as f:
@@ -239,6 +273,7 @@ class _Session:
     ) -> None:
         self.cfg, self.run_dir, self.progress, self.ctx = cfg, run_dir, progress, ctx
         self.ckpt_path = run_dir / "checkpoint.pt"
+        self.stop = StopSignals()
         self.saved_step: int | None = None  # the step of the last checkpoint written (or resumed)
         device = self.device = ctx.device
 
@@ -487,7 +522,7 @@ class _Session:
                     self._reset_window()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step % spe:
                 self.checkpoint(epoch)
-            if self.step >= self.stop_at:
+            if self.step >= self.stop_at or self.stop.received is not None:
                 break
         return epoch
 
@@ -562,10 +597,17 @@ def _train(
     epoch = session.step // session.steps_per_epoch
     last_metrics: dict[str, Any] = dict(session.history[-1]) if session.history else {}
     session._reset_window()
-    while session.step < session.stop_at:
-        epoch = session.run_epoch(last_metrics)
-        session.checkpoint(epoch)
+    with session.stop:
+        while session.step < session.stop_at and session.stop.received is None:
+            epoch = session.run_epoch(last_metrics)
+            session.checkpoint(epoch)
     emit(progress, TaskFinished("train", info=last_metrics))
+    if session.stop.received is not None:
+        raise TrainingInterrupted(
+            f"stopped at step {session.step}; resume with: collapsekit train --resume "
+            f"--out {run_dir}",
+            exit_code=128 + int(session.stop.received),
+        )
 
     finished = session.step >= total
     if finished and ctx.is_main:
