@@ -25,7 +25,12 @@ from collapsekit.data.slices import (
     select_slices,
     slice_tensor,
 )
-from collapsekit.data.spec import PhantomConfig, phantom_case_seed
+from collapsekit.data.spec import (
+    EVAL_PHANTOM_SEED,
+    PhantomConfig,
+    eval_phantom,
+    phantom_case_seed,
+)
 from collapsekit.data.volume import CaseRecord, Volume, radiological_view
 
 __all__ = [
@@ -40,6 +45,8 @@ __all__ = [
     "slice_tensor",
     "DatasetIndex",
     "PhantomConfig",
+    "EVAL_PHANTOM_SEED",
+    "eval_phantom",
     "PreprocessConfig",
     "SliceDataset",
     "TwoViewTransform",

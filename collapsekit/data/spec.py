@@ -1,10 +1,14 @@
-"""What data a run uses: the phantom dataset's definition, owned here once.
+"""What data a run uses: the phantom dataset's definition and the evaluation phantom, owned here once.
 
 :class:`PhantomConfig` says which phantom dataset (cases, size, slices, seed, validation split);
 :func:`phantom_case_seed` says how its cases are seeded. Both are plain definitions with no
 generator behind them, so :mod:`collapsekit.data.layouts` (which lists the phantom's cases) and
 :mod:`collapsekit.data.phantom` (which draws and writes them) import them from here without
 importing each other.
+
+:func:`eval_phantom` is the phantom every evaluation uses (``spectrum``, ``similarity``, ``probe``,
+``finetune``, the ablation): seed :data:`EVAL_PHANTOM_SEED`, so its cases are never among the cases
+a run pretrains on.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from dataclasses import dataclass
 from collapsekit.errors import ConfigError
 
 __all__ = [
+    "EVAL_PHANTOM_SEED",
     "PhantomConfig",
+    "eval_phantom",
     "default_validation_cases",
     "phantom_case_seed",
 ]
@@ -76,3 +82,27 @@ def default_validation_cases(cases: int) -> int:
 def phantom_case_seed(seed: int, index: int) -> int:
     """Seed of case ``index`` (0-based) of the phantom dataset with seed ``seed``: ``seed * 100_000 + index``."""
     return int(seed) * 100_000 + int(index)
+
+
+#: Dataset seed of the evaluation phantom. Its case seeds are ``10_000 * 100_000 + i`` = 10^9 + i,
+#: disjoint from the case seeds ``s * 100_000 + i`` of every pretraining phantom with seed
+#: ``s < 10_000`` (and fewer than 100,000 cases), so evaluation cases are unseen in pretraining.
+EVAL_PHANTOM_SEED = 10_000
+
+
+def eval_phantom(
+    cases: int = 12, size: int = 128, slices: int = 48, validation: int | None = None
+) -> PhantomConfig:
+    """The evaluation phantom: :class:`PhantomConfig` with seed :data:`EVAL_PHANTOM_SEED`.
+
+    Args:
+        cases, size, slices: as in :class:`PhantomConfig`.
+        validation: validation cases; ``None`` (default) is :func:`default_validation_cases` (what
+            the probe and fine-tuning hold out); ``0`` puts every case in the training split.
+
+    Raises:
+        ConfigError: invalid sizes or validation count (see :class:`PhantomConfig`).
+    """
+    return PhantomConfig(
+        cases=cases, size=size, slices=slices, seed=EVAL_PHANTOM_SEED, validation=validation
+    )

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from collapsekit.data import PhantomConfig, load_split
+from collapsekit.data import eval_phantom, load_split
 from collapsekit.data.volume import Volume
 from collapsekit.diagnostics import (
     SpectrumAccumulator,
@@ -61,7 +61,6 @@ class DataSpec:
     samples: int | None = 2048
     image_size: int | None = None
     phantom_cases: int = 48
-    seed: int = 0
 
 
 def is_embeddings_file(spec: str) -> bool:
@@ -82,9 +81,13 @@ def load_input(spec: str, device: str | torch.device = "cpu") -> LoadedModel | n
 
 
 def load_eval_volumes(data: DataSpec, progress: ProgressCallback | None = None) -> list[Volume]:
-    """Preprocessed volumes of ``data.dataset`` (every case with an image by default)."""
+    """Preprocessed volumes of ``data.dataset`` (every case with an image by default).
 
-    phantom = PhantomConfig(cases=data.phantom_cases, seed=data.seed + 1000, validation=0)
+    The phantom is :func:`~collapsekit.data.spec.eval_phantom` with ``data.phantom_cases`` cases,
+    all in its training split (``split="all"`` reads them all either way).
+    """
+
+    phantom = eval_phantom(cases=data.phantom_cases, validation=0)
     return load_split(data.dataset, data.data_dir, data.split, phantom=phantom, progress=progress)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from collapsekit.data import BTCV_LABELS, PhantomConfig, load_split
+from collapsekit.data import BTCV_LABELS, eval_phantom, load_split
 from collapsekit.devices import resolve_device
 from collapsekit.diagnostics import pairwise_cosine_stats, spectrum_report
 from collapsekit.diagnostics.similarity import SimilarityResult
@@ -193,8 +193,8 @@ def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
 
 def _eval_volumes(cfg: AblationConfig, progress: ProgressCallback | None) -> dict[str, Any]:
 
-    # Evaluation phantoms use another seed: cases unseen during pretraining.
-    phantom = PhantomConfig(cases=cfg.settings["phantom_cases"], seed=10_000)
+    # The evaluation phantom: cases unseen during pretraining.
+    phantom = eval_phantom(cases=cfg.settings["phantom_cases"])
     kw: dict[str, Any] = dict(phantom=phantom, progress=progress)
     return {
         "train": load_split(cfg.eval_dataset, cfg.eval_data_dir, "training", **kw),
