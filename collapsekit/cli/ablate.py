@@ -70,7 +70,7 @@ def ablate(
     if quiet:
         return
     table = Table(title=f"Ablation ({results['config']['budget']} budget, {seeds} seed(s))")
-    for col in ("method", "local", "ZCA", "eff. rank", "dense eff. rank", "mean Dice"):
+    for col in ("method", "local", "ZCA", "λ-rank", "dense λ-rank", "proj. λ-rank", "mean Dice"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for m in results["methods"].values():
         mean = m["mean"]
@@ -79,8 +79,11 @@ def ablate(
             m["method"],
             {True: "✓", False: "", None: "–"}[m["local"]],
             {True: "✓", False: "", None: "–"}[m["zca"]],
-            f"{mean['effective_rank']:.1f}",
-            f"{mean['dense_effective_rank']:.1f}",
+            f"{mean['effective_rank_eigenvalues']:.1f}",
+            f"{mean['dense_effective_rank_eigenvalues']:.1f}",
+            "–"
+            if mean.get("proj_effective_rank_eigenvalues") is None
+            else f"{mean['proj_effective_rank_eigenvalues']:.1f}",
             "–" if dice is None else f"{100 * dice:.1f}",
         )
     console.print(table)

@@ -105,7 +105,17 @@ def spectrum(
         return
     suffix = ", L2-normalised" if normalize else ""
     table = Table(title=f"Embedding spectrum ({mode}{suffix})", box=box.SIMPLE_HEAD)
-    for col in ("input", "N×D", "erank", "RankMe", "α (R²)", "std L2", "top1/10%", "rank"):
+    for col in (
+        "input",
+        "N×D",
+        "λ-rank",
+        "erank",
+        "RankMe",
+        "α (R²)",
+        "std L2",
+        "top1/10%",
+        "rank",
+    ):
         if col == "input":
             table.add_column(col, min_width=12, overflow="fold")
         else:
@@ -115,6 +125,7 @@ def spectrum(
         table.add_row(
             r.name,
             f"{r.n}×{r.d}",
+            f"{r.effective_rank_eigenvalues:.1f}",
             f"{r.effective_rank_centered:.1f}",
             f"{r.effective_rank_uncentered:.1f}",
             f"{r.alpha:.2f} ({r.alpha_r2:.2f})",
@@ -128,7 +139,8 @@ def spectrum(
             )
     console.print(table)
     console.print(
-        "erank: effective rank of the centred embeddings; RankMe: of the raw matrix; "
+        "λ-rank: effective rank of the covariance eigenvalues (shows collapse); erank: of the "
+        "singular values of the centred embeddings; RankMe: of the raw matrix; "
         "rank: numerical rank / its bound min(D, N-1); top1/10%: variance in the leading directions.",
         style="dim",
     )
