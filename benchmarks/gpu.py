@@ -73,8 +73,8 @@ def paper_budget() -> tuple[dict[str, Any], str]:
         "collapsekit.ablation",
     ):
         try:
-            budgets = importlib.import_module(mod).BUDGETS
-            paper = dict(budgets["paper"])
+            budget = importlib.import_module(mod).BUDGETS["paper"]
+            paper = budget.to_dict() if hasattr(budget, "to_dict") else dict(budget)
             return {k: paper.get(k, v) for k, v in PAPER_BUDGET_FALLBACK.items()}, f"{mod}.BUDGETS"
         except Exception:  # noqa: BLE001 - moved or renamed: use the copy above
             continue

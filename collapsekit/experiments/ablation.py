@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ from collapsekit.train.loop import train
 
 __all__ = [
     "BUDGETS",
+    "BUDGET_KEYS",
+    "Budget",
     "AblationConfig",
     "run_ablation",
     "render_report",
@@ -70,47 +72,108 @@ METHOD_FLAGS = {
     "local+zca": (True, True),
 }
 
-#: Settings per budget. ``demo`` pretrains with ``collapsekit train --budget demo`` (the regime
-#: where MoCo v2 is healthy on the phantom and dimensional collapse shows; ~7–12 min per run on 2
-#: CPU cores) and evaluates at the same 64 px; ``small`` fits ≤ 25 min on 2 CPU cores on the
-#: phantom; ``paper`` is the paper-scale setting (ResNet-50, long schedule) meant for a GPU.
-BUDGETS: dict[str, dict[str, Any]] = {
-    "demo": {
-        "train_budget": "demo",
-        "arch": "resnet18",
-        "image_size": 64,
-        "phantom_cases": 48,
-        "samples": 1024,
-        "probe_epochs": 20,
-        "probe_image_size": 64,
-        "probe_output_stride": 8,
-    },
-    "small": {
-        "arch": "resnet18",
-        "image_size": 128,
-        "epochs": 10,
-        "batch_size": 32,
-        "queue_size": 1024,
-        "momentum": 0.99,
-        "phantom_cases": 12,
-        "samples": 1024,
-        "probe_epochs": 20,
-        "probe_image_size": 128,
-        "probe_output_stride": 8,
-    },
-    "paper": {
-        "arch": "resnet50",
-        "image_size": 224,
-        "epochs": 200,
-        "batch_size": 256,
-        "queue_size": 65536,
-        "momentum": 0.999,
-        "phantom_cases": 200,
-        "samples": 4096,
-        "probe_epochs": 80,
-        "probe_image_size": 224,
-        "probe_output_stride": 8,
-    },
+
+@dataclass(frozen=True)
+class Budget:
+    """The settings of one ablation budget; ``None`` means "not set" (absent from ``settings``).
+
+    Training either follows a named train budget (``train_budget``, see
+    :data:`collapsekit.train.config.TRAIN_BUDGETS`; then only explicit overrides of the training
+    fields change it) or is built from the training fields here. ``phantom_cases`` sizes the
+    evaluation phantom in both cases (and the pretraining phantom without a train budget).
+
+    Args:
+        arch: backbone, e.g. ``"resnet18"``.
+        image_size: pretraining and extraction image size (px).
+        phantom_cases: cases of the evaluation phantom.
+        samples: slices embedded for the spectra and similarity.
+        probe_epochs, probe_image_size, probe_output_stride: the linear probe.
+        train_budget: a named train budget, or ``None``.
+        epochs, steps, batch_size, queue_size, momentum: training settings (``None``: the
+            train budget's or the training default).
+        zca_placement, zca_group_size, local_layer, local_same_image_negatives: model settings
+            (:data:`MODEL_KEYS`) applied to every method.
+    """
+
+    # The field order is the key order of ``settings`` in results.json.
+    train_budget: str | None = None
+    arch: str = "resnet18"
+    image_size: int = 128
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    queue_size: int | None = None
+    momentum: float | None = None
+    phantom_cases: int = 12
+    samples: int = 1024
+    probe_epochs: int = 20
+    probe_image_size: int = 128
+    probe_output_stride: int = 8
+    zca_placement: str | None = None
+    zca_group_size: int | None = None
+    local_layer: str | None = None
+    local_same_image_negatives: bool | None = None
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Budget:
+        """This budget with ``overrides`` (budget keys) applied.
+
+        Raises:
+            ConfigError: a key that is not a budget setting.
+        """
+        unknown = set(overrides) - set(BUDGET_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown budget keys {sorted(unknown)}")
+        return replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings that are set, as the plain dict stored under ``settings`` in results.json."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+#: Every setting a budget has (and an override may change).
+BUDGET_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Budget))
+
+#: The budgets. ``demo`` pretrains with ``collapsekit train --budget demo`` (the regime where MoCo
+#: v2 is healthy on the phantom and dimensional collapse shows; ~7–12 min per run on 2 CPU cores)
+#: and evaluates at the same 64 px; ``small`` fits ≤ 25 min on 2 CPU cores on the phantom;
+#: ``paper`` is the paper-scale setting (ResNet-50, long schedule) meant for a GPU.
+BUDGETS: dict[str, Budget] = {
+    "demo": Budget(
+        train_budget="demo",
+        arch="resnet18",
+        image_size=64,
+        phantom_cases=48,
+        samples=1024,
+        probe_epochs=20,
+        probe_image_size=64,
+        probe_output_stride=8,
+    ),
+    "small": Budget(
+        arch="resnet18",
+        image_size=128,
+        epochs=10,
+        batch_size=32,
+        queue_size=1024,
+        momentum=0.99,
+        phantom_cases=12,
+        samples=1024,
+        probe_epochs=20,
+        probe_image_size=128,
+        probe_output_stride=8,
+    ),
+    "paper": Budget(
+        arch="resnet50",
+        image_size=224,
+        epochs=200,
+        batch_size=256,
+        queue_size=65536,
+        momentum=0.999,
+        phantom_cases=200,
+        samples=4096,
+        probe_epochs=80,
+        probe_image_size=224,
+        probe_output_stride=8,
+    ),
 }
 
 
@@ -151,25 +214,24 @@ class AblationConfig:
         object.__setattr__(self, "methods", methods)
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {self.seeds}")
-        known = {k for b in BUDGETS.values() for k in b} | {"steps"} | set(MODEL_KEYS)
-        unknown = set(self.overrides) - known
-        if unknown:
-            raise ConfigError(f"unknown budget keys {sorted(unknown)}")
+        BUDGETS[self.budget].with_overrides(self.overrides)  # unknown keys fail here
         if self.dataset != "phantom" and not self.data_dir:
             raise ConfigError(f"--data-dir is required for --dataset {self.dataset}")
         if self.eval_dataset != "phantom" and not self.eval_data_dir:
             raise ConfigError(f"--eval-data-dir is required for --eval-dataset {self.eval_dataset}")
 
     @property
-    def settings(self) -> dict[str, Any]:
-        return {**BUDGETS[self.budget], **self.overrides}
+    def settings(self) -> Budget:
+        """The budget with the overrides applied."""
+        return BUDGETS[self.budget].with_overrides(self.overrides)
 
 
 def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
     """The pretraining config of one run: a named train budget (``demo``) or the budget's keys."""
-    s = cfg.settings
+    budget = cfg.settings
+    s = budget.to_dict()  # the settings that are set
     train_keys = ("image_size", "epochs", "steps", "batch_size", "phantom_cases")
-    model = {"method": method, "arch": s["arch"]}
+    model = {"method": method, "arch": budget.arch}
     model.update({k: s[k] for k in ("queue_size", "momentum", *MODEL_KEYS) if k in s})
     # an epochs override replaces the train budget's step count
     data: dict[str, Any] = {}
@@ -179,14 +241,18 @@ def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
         data["phantom_validation"] = None
     return config_from_dict(
         data,
-        s.get("train_budget"),
+        budget.train_budget,
         dataset=cfg.dataset,
         data_dir=cfg.data_dir,
         seed=seed,
         device=cfg.device,
         # with a named train budget only explicit overrides change its training settings (the
         # budget's own phantom_cases sizes the evaluation phantom)
-        **{k: s[k] for k in train_keys if k in (cfg.overrides if "train_budget" in s else s)},
+        **{
+            k: getattr(budget, k)
+            for k in train_keys
+            if k in (cfg.overrides if budget.train_budget is not None else s)
+        },
         model=model,
     )
 
@@ -194,7 +260,7 @@ def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
 def _eval_volumes(cfg: AblationConfig, progress: ProgressCallback | None) -> dict[str, Any]:
 
     # The evaluation phantom: cases unseen during pretraining.
-    phantom = eval_phantom(cases=cfg.settings["phantom_cases"])
+    phantom = eval_phantom(cases=cfg.settings.phantom_cases)
     kw: dict[str, Any] = dict(phantom=phantom, progress=progress)
     return {
         "train": load_split(cfg.eval_dataset, cfg.eval_data_dir, "training", **kw),
@@ -213,9 +279,9 @@ def _evaluate(
 
     s = cfg.settings
     all_vols = vols["train"] + vols["val"]
-    kw = dict(
-        image_size=s["image_size"],
-        samples=s["samples"],
+    kw: dict[str, Any] = dict(
+        image_size=s.image_size,
+        samples=s.samples,
         device=device,
         name=name,
         progress=progress,
@@ -226,9 +292,9 @@ def _evaluate(
     dens = spectrum_report(dense.z, name=name)
     sim = pairwise_cosine_stats(emb.z, groups=emb.volume, name=name)
     probe_cfg = ProbeConfig(
-        epochs=s["probe_epochs"],
-        image_size=s["probe_image_size"],
-        output_stride=s["probe_output_stride"],
+        epochs=s.probe_epochs,
+        image_size=s.probe_image_size,
+        output_stride=s.probe_output_stride,
     )
     backbone = getattr(model, "backbone", model)
     probe = linear_probe(
@@ -312,11 +378,11 @@ def run_ablation(
     per_method: dict[str, dict[str, Any]] = {}
     # random baseline (one row, seed-independent)
     base_file = out / "random" / "eval.json"
-    arch = cfg.settings["arch"]
+    arch = cfg.settings.arch
     if not base_file.exists():
         baseline = load_model(f"random:{arch}", device)
         # BN statistics re-estimated on the probe's training volumes (the honest baseline)
-        calibrate_baseline(baseline, vols["train"], cfg.settings["image_size"], progress)
+        calibrate_baseline(baseline, vols["train"], cfg.settings.image_size, progress)
         ev = _evaluate(baseline, baseline.name, cfg, vols, device, progress)
         write_json(ev, base_file)
     else:
@@ -341,7 +407,7 @@ def run_ablation(
     emit(progress, TaskFinished("ablate"))
 
     # pixel-space similarity, once
-    x, vol_ids = pixel_vectors(vols["train"] + vols["val"], cfg.settings["samples"], size=64)
+    x, vol_ids = pixel_vectors(vols["train"] + vols["val"], cfg.settings.samples, size=64)
     pixels = pairwise_cosine_stats(x, groups=vol_ids, name="pixels (64x64)").to_dict()
 
     for method in ("random", *cfg.methods):
@@ -378,7 +444,7 @@ def run_ablation(
         }
     results = {
         "config": plain_cfg,
-        "settings": cfg.settings,
+        "settings": cfg.settings.to_dict(),
         "pixels": pixels,
         "methods": per_method,
     }
