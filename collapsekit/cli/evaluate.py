@@ -58,9 +58,6 @@ JsonOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
-#: Seed of the evaluation phantom: far from the pretraining phantom (seeded by the run seed).
-PHANTOM_EVAL_SEED = 10_000
-
 
 @app.command()
 @handle_errors
@@ -267,18 +264,13 @@ def _load_data(
     progress: ProgressCallback,
 ) -> tuple[list[Volume], list[Volume], dict[int, str]]:
     """Training and validation volumes with labels (BTCV ids for both datasets)."""
-    from collapsekit.data import BTCV_LABELS, PhantomConfig, load_split
+    from collapsekit.data import BTCV_LABELS, eval_phantom, load_split
     from collapsekit.options import look_up_option
 
     dataset = look_up_option(dataset, ("phantom", "btcv"), "dataset")
     phantom = None
     if dataset == "phantom":
-        phantom = PhantomConfig(
-            cases=phantom_cases,
-            size=phantom_size,
-            slices=phantom_slices,
-            seed=PHANTOM_EVAL_SEED,
-        )
+        phantom = eval_phantom(cases=phantom_cases, size=phantom_size, slices=phantom_slices)
     root = str(data_dir) if data_dir is not None else None
     train = load_split(dataset, root, "training", phantom=phantom, progress=progress)
     val = load_split(dataset, root, "validation", phantom=phantom, progress=progress)

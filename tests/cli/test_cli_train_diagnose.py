@@ -118,7 +118,7 @@ def test_spectrum_of_checkpoint_and_random_json(run_dir: Path, tmp_path: Path) -
     )
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)  # nothing but JSON on stdout
-    assert [r["name"] for r in data["results"]] == ["run", "random:resnet18"]
+    assert [r["name"] for r in data["results"]] == ["run", "random:resnet18 (BN recalibrated)"]
     for r in data["results"]:
         assert (
             r["n"] == 40
@@ -232,7 +232,11 @@ def test_similarity_pixels_and_identical_rows(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     results = json.loads(res.output)["results"]
-    assert [r["name"] for r in results] == ["pixels (64x64)", "same", "random:resnet18"]
+    assert [r["name"] for r in results] == [
+        "pixels (64x64)",
+        "same",
+        "random:resnet18 (BN recalibrated)",
+    ]
     assert results[1]["mean"] == pytest.approx(1.0) and results[1]["n_pairs"] == 15
     assert results[0]["same_volume"] is not None and results[0]["different_volume"] is not None
     assert (tmp_path / "similarity.png").exists()
