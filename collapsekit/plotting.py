@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from collapsekit.diagnostics.similarity import SimilarityResult
 from collapsekit.diagnostics.spectrum import SpectrumResult
+from collapsekit.serialization import atomic_write
 
 __all__ = [
     "plot_spectrum",
@@ -253,15 +254,10 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) ->
         The path written.
     """
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # atomic (temp file + os.replace): a full disk never leaves a torn image over a good one
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=out.suffix.lstrip(".") or "png")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        # atomic: a full disk never leaves a torn image over a good one
+        with atomic_write(out, "wb") as f:
+            fig.savefig(f, dpi=dpi, bbox_inches="tight", format=out.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
     return out

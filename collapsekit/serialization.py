@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
-__all__ = ["to_jsonable", "write_json"]
+__all__ = ["atomic_write", "to_jsonable", "write_json"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -42,21 +44,48 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as indented JSON (converted by :func:`to_jsonable`), creating parent dirs.
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", *, fsync: bool = False) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success it replaces ``path`` (``os.replace``).
 
-    Atomic: the text goes to a temporary file in the same directory that then replaces ``path``,
-    so a reader (or a crash) never sees a half-written file.
+    A reader (or a crash, or a full disk) never sees a half-written file: on any error the
+    temporary file is removed and ``path`` is untouched. The file gets the usual permissions
+    (``0o666 & ~umask``, not ``mkstemp``'s 0600); parent folders are created. With ``fsync`` the
+    data and the directory entry are flushed to disk (checkpoints).
+
+    Args:
+        path: the target file.
+        mode: ``"w"`` (text) or ``"wb"`` (binary).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_jsonable(obj), indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+        if fsync:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON (converted by :func:`to_jsonable`) atomically (see
+    :func:`atomic_write`), creating parent dirs."""
+    path = Path(path)
+    text = json.dumps(to_jsonable(obj), indent=2) + "\n"
+    with atomic_write(path) as f:
+        f.write(text)
     return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,6 +14,7 @@ import tomli_w
 from collapsekit.errors import ConfigError
 from collapsekit.models import ModelConfig
 from collapsekit.options import look_up_option
+from collapsekit.serialization import atomic_write
 
 __all__ = [
     "TRAIN_BUDGETS",
@@ -240,11 +240,5 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write ``cfg`` as TOML (``None`` values omitted: they are the defaults)."""
     data = _drop_none(config_to_dict(cfg))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(tomli_w.dumps(data))
-        os.replace(tmp, path)  # atomic: a full disk never leaves a torn config.toml
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:  # a full disk never leaves a torn config.toml
+        f.write(tomli_w.dumps(data))

@@ -150,7 +150,7 @@ def test_diagnostics_disk_full_while_writing(
     from matplotlib.figure import Figure
 
     def full(self, fname, *args, **kwargs):
-        Path(fname).write_bytes(b"\x89PNG half")
+        fname.write(b"\x89PNG half")  # save_figure hands savefig an open temporary file
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(Figure, "savefig", full)
