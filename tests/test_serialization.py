@@ -1,5 +1,3 @@
-
-
 def test_atomic_write_permissions_and_cleanup(tmp_path) -> None:
     import os
     import stat

@@ -25,6 +25,8 @@ from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError, DataError, InputError
 
 __all__ = [
+    "letterbox",
+    "unletterbox",
     "SliceDataset",
     "pretrain_dataset",
     "resize_slice",
@@ -34,30 +36,58 @@ __all__ = [
 ]
 
 
+def letterbox(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """Geometry of fitting an ``height × width`` slice into ``size × size`` without distortion.
+
+    The longer side becomes ``size``, the shorter one ``round(size · short / long)`` (at least 1),
+    and the image is centred: returns ``(h, w, top, left)``, the resized extent and its offset.
+    Square slices give ``(size, size, 0, 0)``.
+    """
+    scale = size / max(height, width)
+    h = max(1, min(size, round(height * scale)))
+    w = max(1, min(size, round(width * scale)))
+    return h, w, (size - h) // 2, (size - w) // 2
+
+
+def _fit(x: torch.Tensor, size: int, **interp: Any) -> torch.Tensor:
+    lead, (height, width) = x.shape[:-2], x.shape[-2:]
+    h, w, top, left = letterbox(height, width, size)
+    y = F.interpolate(x.reshape(-1, 1, height, width), size=(h, w), **interp)
+    if (h, w) != (size, size):  # pad with 0: air after windowing, background for labels
+        y = F.pad(y, (left, size - w - left, top, size - h - top))
+    return y.reshape(*lead, size, size)
+
+
 def resize_slice(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the last two axes of ``(..., H, W)`` to ``(size, size)``.
+    """Resize the last two axes of ``(..., H, W)`` to ``(size, size)``, keeping the aspect ratio.
 
     The one image resize of collapsekit: pretraining, the monitor, embedding extraction, the
     linear probe and fine-tuning all call it, so every path sees the same pixels of a slice.
     Bilinear, ``align_corners=False``, anti-aliased (a 512-px slice shrunk to 128 px without
-    antialiasing aliases its noise and edges). Each leading index is resized independently.
+    antialiasing aliases its noise and edges). A non-square slice (real CT can be 122×101) is
+    scaled so its longer side is ``size`` and padded with zeros (see :func:`letterbox`), never
+    stretched. Each leading index is resized independently.
     """
     if image.shape[-2:] == (size, size):
         return image
-    lead = image.shape[:-2]
-    x = image.reshape(-1, 1, *image.shape[-2:])
-    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return y.reshape(*lead, size, size)
+    return _fit(image, size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def resize_label(label: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize label maps ``(..., H, W)`` to ``(size, size)``: nearest neighbour (``nearest-exact``)."""
+    """Resize label maps ``(..., H, W)`` to ``(size, size)`` like :func:`resize_slice` (same
+    letterbox), with nearest neighbour (``nearest-exact``); padding is background (0)."""
     if label.shape[-2:] == (size, size):
         return label
-    lead = label.shape[:-2]
-    x = label.reshape(-1, 1, *label.shape[-2:]).float()
-    y = F.interpolate(x, size=(size, size), mode="nearest-exact")
-    return y.reshape(*lead, size, size).to(label.dtype)
+    return _fit(label.float(), size, mode="nearest-exact").to(label.dtype)
+
+
+def unletterbox(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of the letterbox for dense outputs: ``(B, K, s, s)`` maps of a letterboxed slice at
+    any resolution ``s`` -> ``(B, K, height, width)``, cropping the padding and resizing bilinearly."""
+    s = maps.shape[-1]
+    h, w, top, left = letterbox(height, width, s)
+    maps = maps[..., top : top + h, left : left + w]
+    return F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
 
 
 def select_slices(volumes: Sequence[Volume], samples: int | None) -> list[tuple[int, int]]:

@@ -81,3 +81,29 @@ def test_dataloader_workers_reproducible(volumes):
     a, b = run(), run()
     torch.testing.assert_close(a, b)
     assert a.shape == (5, 64 + 4)
+
+
+def test_non_square_slices_keep_their_aspect_ratio() -> None:
+    from collapsekit.data.slices import letterbox, resize_label, resize_slice, unletterbox
+
+    assert letterbox(122, 101, 64) == (64, 53, 0, 5)
+    assert letterbox(101, 122, 64) == (53, 64, 5, 0)
+    assert letterbox(512, 512, 128) == (128, 128, 0, 0)
+    # a disk of radius 40 px in a 122×101 slice stays a disk: its extent is as tall as wide
+    yy, xx = torch.meshgrid(torch.arange(122.0), torch.arange(101.0), indexing="ij")
+    disk = (((yy - 61) ** 2 + (xx - 50) ** 2) <= 40**2).float()
+    out = resize_slice(disk[None], 64)[0]
+    rows = (out > 0.5).any(dim=1).nonzero().flatten()
+    cols = (out > 0.5).any(dim=0).nonzero().flatten()
+    assert abs((rows[-1] - rows[0]) - (cols[-1] - cols[0])) <= 1
+    # the padding (5 columns left, 6 right) is zero; the image region is the ones of the input
+    ones = resize_slice(torch.ones(1, 122, 101), 64)[0]
+    assert ones[:, :5].abs().max() == 0 and ones[:, 58:].abs().max() == 0
+    torch.testing.assert_close(ones[:, 5:58], torch.ones(64, 53))
+    lab = resize_label(torch.ones(122, 101, dtype=torch.long), 64)
+    assert lab.dtype == torch.long and int(lab.sum()) == 64 * 53 and int(lab[:, :5].sum()) == 0
+    # dense outputs map back onto the slice (smooth map: the round trip is close)
+    smooth = (yy / 122 + xx / 101)[None, None]
+    back = unletterbox(resize_slice(smooth, 64), 122, 101)
+    assert back.shape == (1, 1, 122, 101)
+    assert (back - smooth).abs().max() < 0.05

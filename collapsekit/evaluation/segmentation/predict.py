@@ -14,9 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from collapsekit.data.slices import resize_slice
+from collapsekit.data.slices import resize_slice, unletterbox
 from collapsekit.data.volume import Volume
 from collapsekit.errors import DataError
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
@@ -80,7 +79,7 @@ def predict_volumes(
             x = resize_slice(x.float()[:, None].to(device), size)
             with torch.no_grad():
                 logits = predict_logits(x)
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                logits = unletterbox(logits, h, w)  # crop the padding of a non-square slice
                 cls = ids[logits.argmax(dim=1)]  # (B, H, W)
             pred[..., z0:z1] = cls.permute(1, 2, 0).cpu().numpy()
         out[v.case_id] = pred
