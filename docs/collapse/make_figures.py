@@ -37,7 +37,7 @@ def main(abl: Path, out: Path) -> None:
     res = json.loads((abl / "results.json").read_text())
     methods = res["methods"]
     specs = []
-    for name, m in methods.items():
+    for name in methods:
         if name == "random":
             continue
         path = abl / name.replace("+", "_") / "seed0" / "spectrum_projector.json"
@@ -49,7 +49,9 @@ def main(abl: Path, out: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     plot_rank_history(res, ax=axes[0], key="effective_rank_eigenvalues", title="Backbone λ-rank")
-    plot_rank_history(res, ax=axes[1], key="proj_effective_rank_eigenvalues", title="Projector λ-rank")
+    plot_rank_history(
+        res, ax=axes[1], key="proj_effective_rank_eigenvalues", title="Projector λ-rank"
+    )
     fig.tight_layout()
     save_figure(fig, out / "rank_curves.png")
 
@@ -57,7 +59,7 @@ def main(abl: Path, out: Path) -> None:
         "| method | seed | " + " | ".join(label for _, label, _ in KEYS) + " |",
         "|---|--:|" + "--:|" * len(KEYS),
     ]
-    for name, m in methods.items():
+    for m in methods.values():
         for seed, s in enumerate(m["per_seed"]):
             cells = []
             for key, _, digits in KEYS:
