@@ -1,18 +1,16 @@
 """Thin ``torch.distributed`` helpers that are no-ops on a single process.
 
 MoCo's cross-rank pieces (facebookresearch/moco ``builder.py``): ``concat_all_gather`` for keys and
-shuffle-BN, and a differentiable ``all_reduce_sum`` for the ZCA statistics (the same pattern as
-``SyncBatchNorm``: the gradient of a sum over ranks is the sum over ranks of the gradients).
+shuffle-BN, ``broadcast`` for the shuffle permutation. (ZCA statistics are per rank, like
+shuffle-BN, so nothing is all-reduced differentiably.)
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_dist", "world_size", "rank", "concat_all_gather", "all_reduce_sum", "broadcast"]
+__all__ = ["is_dist", "world_size", "rank", "concat_all_gather", "broadcast"]
 
 
 def is_dist() -> bool:
@@ -50,31 +48,3 @@ def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_dist() and world_size() > 1:
         dist.broadcast(t, src=src)
     return t
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """``y = Σ_r x_r`` over ranks; backward ``∂L/∂x_r = Σ_r' ∂L_r'/∂y`` (also an all-reduce)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        y = x.clone()
-        dist.all_reduce(y, op=dist.ReduceOp.SUM)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        g = grad.clone()
-        dist.all_reduce(g, op=dist.ReduceOp.SUM)
-        return g
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over ranks, differentiably; returns a new tensor (``t`` itself on one process)."""
-    if not is_dist() or world_size() == 1:
-        return t
-    if t.requires_grad:
-        out: torch.Tensor = _AllReduceSum.apply(t)
-        return out
-    y = t.clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y
