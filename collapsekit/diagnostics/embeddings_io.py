@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,7 +67,7 @@ def _load_npy(path: Path, mmap_mode: Literal["r"] | None) -> np.ndarray:
         if refusal is not None:
             raise refusal from exc
         raise InputError(f"{path}: not a readable .npy array ({_reason(exc)})") from exc
-    except (OSError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a mangled header fails in numpy's parser in many ways
         raise InputError(f"{path}: not a readable .npy array ({_reason(exc)})") from exc
     if not isinstance(arr, np.ndarray):
         raise InputError(f"{path}: expected a .npy array, got {type(arr).__name__}")
@@ -89,7 +88,7 @@ def _load_npz(path: Path) -> np.ndarray:
         if refusal is not None:
             raise refusal from exc
         raise InputError(f"{path}: not a readable .npz archive ({_reason(exc)})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - mangled archives and headers fail in many ways
         raise InputError(f"{path}: not a readable .npz archive ({_reason(exc)})") from exc
 
 
