@@ -35,12 +35,12 @@ def ablate(
             "on 2 CPU cores) | small (128 px, 10 epochs) | paper (GPU)"
         ),
     ] = "demo",
-    seeds: Annotated[int, typer.Option(help="Seeds per method (mean ± std when > 1).")] = 1,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (mean ± std when > 1).")] = 1,
     epochs: Annotated[
-        int | None, typer.Option(help="Override the budget's pretraining epochs.")
+        int | None, typer.Option(min=1, help="Override the budget's pretraining epochs.")
     ] = None,
     probe_epochs: Annotated[
-        int | None, typer.Option("--probe-epochs", help="Override probe epochs.")
+        int | None, typer.Option("--probe-epochs", min=1, help="Override probe epochs.")
     ] = None,
     out: Annotated[Path, typer.Option(help="Results directory (re-run to resume).")] = Path(
         "runs/ablation"

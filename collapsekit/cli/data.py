@@ -30,19 +30,22 @@ def phantom_cmd(
             help="Directory to write the dataset into (must be empty unless --overwrite)."
         ),
     ],
-    cases: Annotated[int, typer.Option("--cases", help="Number of volumes.")] = 12,
+    cases: Annotated[int, typer.Option("--cases", min=1, help="Number of volumes.")] = 12,
     layout: Annotated[
         str, typer.Option("--layout", help="On-disk layout: btcv or abdomenct1k.")
     ] = "btcv",
     size: Annotated[
-        int, typer.Option("--size", help="In-plane size in pixels (400 mm field of view).")
+        int, typer.Option("--size", min=8, help="In-plane size in pixels (400 mm field of view).")
     ] = 128,
-    slices: Annotated[int, typer.Option("--slices", help="Axial slices per volume (150 mm).")] = 48,
+    slices: Annotated[
+        int, typer.Option("--slices", min=1, help="Axial slices per volume (150 mm).")
+    ] = 48,
     seed: Annotated[int, typer.Option("--seed", help="Dataset seed.")] = 0,
     validation: Annotated[
         int | None,
         typer.Option(
             "--validation",
+            min=0,
             help="Cases listed as validation (btcv layout); default: a third of the cases, at least 1, at most 4.",
         ),
     ] = None,

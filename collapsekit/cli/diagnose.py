@@ -22,11 +22,13 @@ InputsArg = Annotated[
 ]
 DatasetOpt = Annotated[str, typer.Option(help="phantom | btcv | abdomenct1k | folder")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Dataset root on disk.")]
-SamplesOpt = Annotated[int, typer.Option(help="Slices to embed (evenly spaced).")]
+SamplesOpt = Annotated[int, typer.Option(min=2, help="Slices to embed (evenly spaced).")]
 ImageSizeOpt = Annotated[
     int | None,
     typer.Option(
-        "--image-size", help="Slice size fed to models (default: the checkpoint's, else 128)."
+        "--image-size",
+        min=32,
+        help="Slice size fed to models (default: the checkpoint's, else 128).",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | auto")]

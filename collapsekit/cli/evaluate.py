@@ -29,16 +29,25 @@ DatasetOpt = Annotated[str, typer.Option(help="phantom (built in) | btcv (needs 
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="BTCV root (dataset_0.json or RawData/).")
 ]
-EpochsOpt = Annotated[int, typer.Option(help="Epochs over the training slices.")]
+EpochsOpt = Annotated[int, typer.Option(min=1, help="Epochs over the training slices.")]
 ImageSizeOpt = Annotated[
     int | None,
-    typer.Option("--image-size", help="Slice size (default: the checkpoint's, else 128)."),
+    typer.Option("--image-size", min=32, help="Slice size (default: the checkpoint's, else 128)."),
 ]
 FractionOpt = Annotated[
-    float, typer.Option("--label-fraction", help="Fraction of labelled training volumes.")
+    float,
+    typer.Option(
+        "--label-fraction",
+        min=0.0,
+        max=1.0,
+        help="Fraction of labelled training volumes.",
+    ),
 ]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Slices per step.")]
-LrOpt = Annotated[float | None, typer.Option(help="Learning rate (default: the method's).")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Slices per step.")]
+LrOpt = Annotated[
+    float | None,
+    typer.Option(min=0.0, help="Learning rate (default: the method's)."),
+]
 SavePredOpt = Annotated[
     Path | None,
     typer.Option(
@@ -49,10 +58,14 @@ DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the subset, shuffling and head init.")]
 PhantomCasesOpt = Annotated[
     int,
-    typer.Option("--phantom-cases", help="Phantom volumes (a third for validation, at most 4)."),
+    typer.Option(
+        "--phantom-cases", min=2, help="Phantom volumes (a third for validation, at most 4)."
+    ),
 ]
-PhantomSizeOpt = Annotated[int, typer.Option("--phantom-size", help="Phantom in-plane size.")]
-PhantomSlicesOpt = Annotated[int, typer.Option("--phantom-slices", help="Phantom slices.")]
+PhantomSizeOpt = Annotated[
+    int, typer.Option("--phantom-size", min=8, help="Phantom in-plane size.")
+]
+PhantomSlicesOpt = Annotated[int, typer.Option("--phantom-slices", min=1, help="Phantom slices.")]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print the JSON result to stdout and nothing else.")
 ]

@@ -33,17 +33,19 @@ def train(
     ] = None,
     method: Annotated[str | None, typer.Option(help="mocov2 | local | zca | local+zca")] = None,
     backbone: Annotated[str | None, typer.Option(help="resnet18 | resnet34 | resnet50")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs over the training slices.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs over the training slices.")
+    ] = None,
     steps: Annotated[
-        int | None, typer.Option(help="Total optimiser steps (overrides --epochs).")
+        int | None, typer.Option(min=1, help="Total optimiser steps (overrides --epochs).")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Global batch size.")
+        int | None, typer.Option("--batch-size", min=2, help="Global batch size.")
     ] = None,
     image_size: Annotated[
-        int | None, typer.Option("--image-size", help="Training view size (px).")
+        int | None, typer.Option("--image-size", min=32, help="Training view size (px).")
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Base LR (default 0.03·B/256).")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Base LR (default 0.03·B/256).")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/<time>-<method>-<arch>).")
     ] = None,
@@ -56,14 +58,16 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="DataLoader workers per process.")
+        int | None, typer.Option("--workers", min=0, help="DataLoader workers per process.")
     ] = None,
     stop_after: Annotated[
         int | None,
-        typer.Option("--stop-after", help="Stop after this many total steps (resume later)."),
+        typer.Option(
+            "--stop-after", min=1, help="Stop after this many total steps (resume later)."
+        ),
     ] = None,
     checkpoint_every: Annotated[
-        int | None, typer.Option("--checkpoint-every", help="Also checkpoint every N steps.")
+        int | None, typer.Option("--checkpoint-every", min=0, help="Also checkpoint every N steps.")
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")
