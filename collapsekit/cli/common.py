@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -55,7 +56,8 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except CollapsekitError as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+            # escape: messages name TOML tables like [model], which rich would eat as markup
+            err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=getattr(e, "exit_code", 2)) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")

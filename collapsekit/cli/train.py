@@ -100,7 +100,7 @@ def train(
     cfg = (
         load_config(config, budget, **overrides)
         if config
-        else config_from_dict({}, budget, **overrides)
+        else config_from_dict({}, budget, **overrides)  # type: ignore[arg-type]
     )
     if resume and out is None:
         from collapsekit.runs.rundir import resolve_latest

@@ -191,21 +191,69 @@ def _check_keys(data: dict[str, Any], cls: type, where: str) -> None:
             raise ConfigError(f"unknown {where} key '{key}'{hint}")
 
 
+_EXPECTED = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
+}
+
+
+def _check_types(data: dict[str, Any], cls: type, where: str) -> None:
+    """Each value's type against the dataclass field's annotation (``int``, ``float | None`` ...)."""
+    annotations = {f.name: str(f.type) for f in fields(cls)}
+    for key, value in data.items():
+        ann = annotations.get(key, "")
+        parts = [p.strip() for p in ann.split("|")]
+        if value is None and "None" in parts:
+            continue
+        expected = _EXPECTED.get(parts[0])
+        if expected is None:
+            continue
+        types, words = expected
+        ok = isinstance(value, types) and not (parts[0] != "bool" and isinstance(value, bool))
+        if not ok:
+            raise ConfigError(
+                f"{where}key '{key}' = {value!r}: expected {words}, got {type(value).__name__}"
+            )
+
+
 def config_from_dict(
-    data: dict[str, Any], budget: str | None = None, **overrides: Any
+    data: dict[str, Any], budget: str | None = None, *, source: str | None = None, **overrides: Any
 ) -> TrainConfig:
     """Build a :class:`TrainConfig` from plain data; ``overrides`` (not ``None``) win.
 
     Precedence, lowest first: the defaults, the named ``budget`` (:data:`TRAIN_BUDGETS`), ``data``
     (e.g. a TOML file), ``overrides`` (e.g. command-line flags). ``overrides`` may contain
     ``model`` as a dict of model fields to override.
+
+    Raises:
+        ConfigError: an unknown key (with a "did you mean"), a value of the wrong type (naming the
+            table, the key, the value and the type expected), an out-of-range value; prefixed with
+            ``source`` (e.g. the config file) when given.
     """
+    try:
+        return _config_from_dict(data, budget, overrides)
+    except ConfigError as e:
+        if source is None:
+            raise
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _config_from_dict(
+    data: dict[str, Any], budget: str | None, overrides: dict[str, Any]
+) -> TrainConfig:
     base = budget_overrides(budget) if budget else {}
     base_model = base.pop("model", {})
     data = {**base, **data}
-    model_data = {**base_model, **dict(data.pop("model", {}) or {})}
+    model_table = data.pop("model", {}) or {}
+    if not isinstance(model_table, dict):
+        raise ConfigError(f"'model' must be a table ([model]), got {type(model_table).__name__}")
+    model_data = {**base_model, **model_table}
     _check_keys(data, TrainConfig, "config")
     _check_keys(model_data, ModelConfig, "[model]")
+    _check_types(data, TrainConfig, "")
+    _check_types(model_data, ModelConfig, "[model] ")
     model_over = overrides.pop("model", None) or {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     model_data.update({k: v for k, v in model_over.items() if v is not None})
@@ -224,13 +272,15 @@ def load_config(path: str | Path, budget: str | None = None, **overrides: Any) -
     """Read a TOML config file (top-level training keys, a ``[model]`` table); flags override it,
     and it overrides the named ``budget``."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory, not a TOML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot parse config {path}: {e}") from None
-    return config_from_dict(data, budget, **overrides)
+    return config_from_dict(data, budget, source=str(path), **overrides)
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
