@@ -15,7 +15,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "to_jsonable", "write_json"]
+__all__ = ["append_line", "atomic_write", "to_jsonable", "write_json"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -89,3 +89,15 @@ def write_json(obj: Any, path: str | Path) -> Path:
     with atomic_write(path) as f:
         f.write(text)
     return path
+
+
+def append_line(line: str, path: Path) -> None:
+    """Append ``line`` and a newline to ``path``; on failure cut the file back (no torn line)."""
+    with open(path, "a") as f:
+        start = f.tell()
+        try:
+            f.write(line + "\n")
+            f.flush()
+        except OSError:
+            f.truncate(start)
+            raise

@@ -26,7 +26,6 @@ from collapsekit.diagnostics import (
 from collapsekit.diagnostics.embeddings_io import embeddings_from_object, load_embeddings
 from collapsekit.evaluation.extract import (
     Embeddings,
-    calibrate_baseline,
     extract_embeddings,
     pixel_vectors,
 )
@@ -125,7 +124,6 @@ def embeddings_for(
         if volumes is None:
             volumes = load_eval_volumes(data, progress)
         size = data.image_size or obj.image_size or 128
-        calibrate_baseline(obj, volumes, size, progress)  # random:ARCH only; renames it
         emb = extract_embeddings(
             obj,
             volumes,
@@ -133,7 +131,8 @@ def embeddings_for(
             samples=data.samples,
             mode=mode,
             device=device,
-            name=obj.name if obj.kind == "random" else _name(spec),
+            # a random baseline is named after extraction recalibrated it
+            name=None if obj.kind == "random" else _name(spec),
             progress=progress,
         )
         emb.z = as_embeddings(emb.z, name=spec, drop_nonfinite=drop_nonfinite).cpu().numpy()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +50,7 @@ from collapsekit.runs.checkpoint import (
     save_checkpoint,
 )
 from collapsekit.runs.rundir import default_run_dir, holds_run, update_latest
+from collapsekit.serialization import append_line
 from collapsekit.train.config import TrainConfig, config_from_dict, config_to_dict, save_config
 from collapsekit.train.distributed import (
     DistContext,
@@ -60,6 +59,7 @@ from collapsekit.train.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
+from collapsekit.train.interrupts import StopSignals
 from collapsekit.train.monitor import (
     MonitorReport,
     collapse_warning,
@@ -69,7 +69,7 @@ from collapsekit.train.monitor import (
 )
 from collapsekit.train.sampling import EpochSampler, SeededViews
 
-__all__ = ["TrainResult", "train", "StopSignals"]
+__all__ = ["TrainResult", "train"]
 
 # Data "epoch" of the batches that prefill the queues: an order and augmentations no training
 # epoch uses.
@@ -224,47 +224,6 @@ def _check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
             )
 
 
-class StopSignals:
-    """SIGINT and SIGTERM become a flag the loop reads after each step (main thread only).
-
-    The step in flight finishes, a checkpoint is written atomically and training raises
-    :class:`TrainingInterrupted`. A second Ctrl-C aborts at once (KeyboardInterrupt).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-
-def append_line(line: str, path: Path) -> None:
-    """Append ``line`` and a newline to ``path``; on failure cut the file back (no torn line)."""
-    with open(path, "a") as f:
-        start = f.tell()
-        try:
-            f.write(line + "\n")
-            f.flush()
-        except OSError:
-            f.truncate(start)
-            raise
-
-
 class _Session:
     """One training session: data, model, optimiser and the counters a checkpoint stores."""
 
@@ -369,6 +328,19 @@ class _Session:
             )
         return out
 
+    def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch's tensors moved to the training device (other entries as they are)."""
+        return {
+            k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()
+        }
+
+    def autocast(self) -> torch.autocast:
+        """Mixed precision on CUDA (bf16 where supported), a no-op on CPU."""
+        return torch.autocast(
+            device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp
+        )
+
     @torch.no_grad()
     def prefill(self) -> None:
         """Fill the queues with real keys of the first ``ceil(K / B)`` batches (fresh runs)."""
@@ -379,15 +351,8 @@ class _Session:
             self.views.epoch = epoch
             self.sampler.set_epoch(epoch)
             for batch in self.loader:
-                batch = {
-                    key: v.to(self.device)
-                    for key, v in batch.items()
-                    if isinstance(v, torch.Tensor)
-                }
-                with torch.autocast(
-                    device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp
-                ):
-                    self.moco.prefill_queues(batch)
+                with self.autocast():
+                    self.moco.prefill_queues(self.on_device(batch))
                 done += 1
                 if done >= n_batches:
                     break
@@ -452,14 +417,8 @@ class _Session:
         """One optimiser step; returns the global means ``(loss, loss_global, loss_local, top1,
         batch_top1)`` (top-1: the fraction of queries whose positive key outranks every queued
         negative; batch top-1: whose key is the nearest of the batch's keys)."""
-        batch = {
-            k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()
-        }
-        with torch.autocast(
-            device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp
-        ):
-            output = self.model(batch)
+        with self.autocast():
+            output = self.model(self.on_device(batch))
         loss = output.loss
         if not torch.isfinite(loss.detach()).all():
             kept = (

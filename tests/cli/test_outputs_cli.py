@@ -15,19 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import error_line
 from typer.testing import CliRunner
 
 from collapsekit.cli.app import app
 
 runner = CliRunner()
-
-
-def _error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [x for x in result.output.splitlines() if x.startswith("error: ")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -81,7 +74,7 @@ def test_diagnostics_refuse_read_only_out_before_computing(
     command: str, emb: Path, readonly_dir: Path
 ) -> None:
     res = runner.invoke(app, [command, str(emb), "--out", str(readonly_dir)])
-    assert _error_line(res) == f"error: cannot write to --out {readonly_dir}: {_ro_reason()}"
+    assert error_line(res) == f"error: cannot write to --out {readonly_dir}: {_ro_reason()}"
 
 
 def test_train_refuses_read_only_out(tmp_path: Path, readonly_dir: Path) -> None:
@@ -92,7 +85,7 @@ def test_train_refuses_read_only_out(tmp_path: Path, readonly_dir: Path) -> None
         app, ["train", "--config", str(cfg), "--steps", "1", "--batch-size", "4",
               "--image-size", "32", "--device", "cpu", "-q", "--out", str(out)],
     )  # fmt: skip
-    assert _error_line(res) == (
+    assert error_line(res) == (
         f"error: cannot write to run directory {out} (in {readonly_dir}): {_ro_reason()}"
     )
 
@@ -100,7 +93,7 @@ def test_train_refuses_read_only_out(tmp_path: Path, readonly_dir: Path) -> None
 def test_data_phantom_refuses_read_only_out(readonly_dir: Path) -> None:
     out = readonly_dir / "phantom"
     res = runner.invoke(app, ["data", "phantom", str(out), "--cases", "2", "--size", "32"])
-    assert _error_line(res) == (
+    assert error_line(res) == (
         f"error: cannot write to output directory {out} (in {readonly_dir}): {_ro_reason()}"
     )
 
@@ -111,7 +104,7 @@ def test_save_predictions_read_only(command: str, readonly_dir: Path) -> None:
         app,
         [command, "random:resnet18", "--save-predictions", str(readonly_dir), "--device", "cpu"],
     )
-    assert _error_line(res) == (
+    assert error_line(res) == (
         f"error: cannot write to --save-predictions {readonly_dir}: {_ro_reason()}"
     )
 
@@ -125,7 +118,7 @@ def test_diagnostics_never_replace_files_they_did_not_write(
     (out / f"{command}.png").write_bytes(b"user's own figure")
     before = _snapshot(out)
     res = runner.invoke(app, [command, str(emb), "--out", str(out)])
-    assert _error_line(res) == (
+    assert error_line(res) == (
         f"error: {out / f'{command}.png'} already exists; pass --overwrite to replace, "
         "or choose another --out"
     )
@@ -140,7 +133,7 @@ def test_diagnostics_out_is_a_file(command: str, emb: Path, tmp_path: Path) -> N
     f = tmp_path / "file.txt"
     f.write_text("mine")
     res = runner.invoke(app, [command, str(emb), "--out", str(f)])
-    assert _error_line(res) == f"error: --out {f} is a file, not a directory"
+    assert error_line(res) == f"error: --out {f} is a file, not a directory"
     assert f.read_text() == "mine"
 
 
@@ -156,7 +149,7 @@ def test_diagnostics_disk_full_while_writing(
     monkeypatch.setattr(Figure, "savefig", full)
     out = tmp_path / "out"
     res = runner.invoke(app, ["spectrum", str(emb), "--out", str(out)])
-    assert _error_line(res) == (
+    assert error_line(res) == (
         f"error: cannot write {out / 'spectrum.png'}: No space left on device; "
         f"{out / 'spectrum.json'} was written"
     )
@@ -170,14 +163,14 @@ def test_train_out_is_a_file_and_non_run_dir(tmp_path: Path) -> None:
             "--image-size", "32", "--device", "cpu", "-q"]  # fmt: skip
     f = tmp_path / "file.txt"
     f.write_text("mine")
-    assert _error_line(runner.invoke(app, [*base, "--out", str(f)])) == (
+    assert error_line(runner.invoke(app, [*base, "--out", str(f)])) == (
         f"error: --out {f} is a file, not a run directory"
     )
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "spectrum.png").write_bytes(b"user's")
     before = _snapshot(mine)
-    assert _error_line(runner.invoke(app, [*base, "--out", str(mine)])) == (
+    assert error_line(runner.invoke(app, [*base, "--out", str(mine)])) == (
         f"error: {mine} is not empty and holds no run (spectrum.png); pass --overwrite to "
         "train into it anyway, or choose another --out"
     )
