@@ -5,10 +5,70 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from collapsekit import __version__
 
-app = typer.Typer(
+
+def _metavar(param: object) -> str:
+    """Click-style metavar for an option's value: PATH, INT, FLOAT or TEXT; flags take none."""
+    if getattr(param, "is_flag", False):
+        return ""
+    desc = getattr(param, "type_descriptor", None)
+    if desc is not None and desc.is_path:
+        return "PATH"
+    annotation = getattr(desc, "annotation", None)
+    return {int: "INT", float: "FLOAT"}.get(annotation, "TEXT")  # type: ignore[call-overload]
+
+
+def _tidy(params: list) -> list:
+    """Help without type noise: ``--resume`` not ``--resume <bool>``, ``OUT_DIR`` not ``{out_dir}``.
+
+    Typer renders every parameter's annotation (``<bool>``, ``<int range>``, ``{out_dir}``); this
+    gives them the conventions of click and argparse instead. Ranges (``[x>=1]``) and defaults stay.
+    """
+    for param in params:
+        if param.metavar is not None:
+            continue
+        if isinstance(param, TyperArgument):
+            name = (param.name or "arg").upper()
+            param.metavar = name
+            # Typer wraps the usage name in braces; click writes it bare, as users read it.
+            param._usage_display_name = lambda name=name, p=param: (  # type: ignore[method-assign]
+                name if p.required else f"[{name}]"
+            )
+            kind = _metavar(param)
+            param.display_type_rich = lambda ctx, kind=kind: kind  # type: ignore[method-assign]
+        else:
+            param.metavar = _metavar(param)
+    return params
+
+
+class TidyCommand(TyperCommand):
+    """A Typer command whose ``--help`` shows click-style metavars (see :func:`_tidy`)."""
+
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        return _tidy(super().get_params(ctx))
+
+
+class TidyGroup(TyperGroup):
+    """A Typer group whose ``--help`` shows click-style metavars (see :func:`_tidy`)."""
+
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        return _tidy(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """``typer.Typer`` whose groups and commands render tidy help; every sub-app uses it."""
+
+    def __init__(self, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(cls=TidyGroup, **kwargs)
+
+    def command(self, *args, cls=None, **kwargs):  # type: ignore[no-untyped-def, override]
+        return super().command(*args, cls=cls or TidyCommand, **kwargs)
+
+
+app = App(
     name="collapsekit",
     help="Measure and overcome dimensional collapse in contrastive self-supervised learning on CT.",
     no_args_is_help=True,

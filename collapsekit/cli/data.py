@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from collapsekit.cli.app import app
+from collapsekit.cli.app import App, app
 from collapsekit.cli.common import console, handle_errors, print_json, rich_progress
 
 __all__ = ["data_app"]
 
-data_app = typer.Typer(
+data_app = App(
     no_args_is_help=True, help="CT datasets: write the built-in phantom, check a dataset."
 )
 app.add_typer(

@@ -11,6 +11,24 @@ from rich.table import Table
 from collapsekit.cli.app import app
 from collapsekit.cli.common import console, err_console, handle_errors, rich_progress
 
+#: What ``--help`` shows as each option's default: ``TrainConfig``'s value (the ``default`` budget).
+#: Written out so that ``--help`` does not import torch; tests/cli/test_help.py checks each against
+#: ``TrainConfig()``. A config file or ``--budget`` changes them; a flag overrides both.
+HELP_DEFAULTS = {
+    "dataset": "phantom",
+    "budget": "default",
+    "method": "local+zca",
+    "backbone": "resnet18",
+    "epochs": "10",
+    "batch_size": "32",
+    "image_size": "128",
+    "lr": "0.03·B/256",
+    "seed": "0",
+    "device": "auto",
+    "num_workers": "2",
+    "checkpoint_every": "0",
+}
+
 
 @app.command(no_args_is_help=False)
 @handle_errors
@@ -19,7 +37,10 @@ def train(
         Path | None, typer.Option("--config", help="TOML config file; flags override it.")
     ] = None,
     dataset: Annotated[
-        str | None, typer.Option(help="phantom | abdomenct1k | btcv | folder")
+        str | None,
+        typer.Option(
+            show_default=HELP_DEFAULTS["dataset"], help="phantom | abdomenct1k | btcv | folder"
+        ),
     ] = None,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Dataset root on disk.")
@@ -27,25 +48,49 @@ def train(
     budget: Annotated[
         str | None,
         typer.Option(
+            show_default=HELP_DEFAULTS["budget"],
             help="Named settings under the config file and flags: default | demo (the CPU regime "
-            "where MoCo v2 is healthy on the phantom and dimensional collapse shows, ~10 min)."
+            "where MoCo v2 is healthy on the phantom and dimensional collapse shows, ~10 min).",
         ),
     ] = None,
-    method: Annotated[str | None, typer.Option(help="mocov2 | local | zca | local+zca")] = None,
-    backbone: Annotated[str | None, typer.Option(help="resnet18 | resnet34 | resnet50")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(show_default=HELP_DEFAULTS["method"], help="mocov2 | local | zca | local+zca"),
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(show_default=HELP_DEFAULTS["backbone"], help="resnet18 | resnet34 | resnet50"),
+    ] = None,
     epochs: Annotated[
-        int | None, typer.Option(min=1, help="Epochs over the training slices.")
+        int | None,
+        typer.Option(
+            min=1, show_default=HELP_DEFAULTS["epochs"], help="Epochs over the training slices."
+        ),
     ] = None,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Total optimiser steps (overrides --epochs).")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=2, help="Global batch size.")
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=2,
+            show_default=HELP_DEFAULTS["batch_size"],
+            help="Global batch size.",
+        ),
     ] = None,
     image_size: Annotated[
-        int | None, typer.Option("--image-size", min=32, help="Training view size (px).")
+        int | None,
+        typer.Option(
+            "--image-size",
+            min=32,
+            show_default=HELP_DEFAULTS["image_size"],
+            help="Training view size (px).",
+        ),
     ] = None,
-    lr: Annotated[float | None, typer.Option(min=0.0, help="Base LR (default 0.03·B/256).")] = None,
+    lr: Annotated[
+        float | None, typer.Option(min=0.0, show_default=HELP_DEFAULTS["lr"], help="Base LR.")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/<time>-<method>-<arch>).")
     ] = None,
@@ -55,10 +100,20 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a run already in --out.")
     ] = False,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    seed: Annotated[
+        int | None, typer.Option(show_default=HELP_DEFAULTS["seed"], help="Random seed.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(show_default=HELP_DEFAULTS["device"], help="auto | cpu | cuda")
+    ] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", min=0, help="DataLoader workers per process.")
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            show_default=HELP_DEFAULTS["num_workers"],
+            help="DataLoader workers per process.",
+        ),
     ] = None,
     stop_after: Annotated[
         int | None,
@@ -67,7 +122,13 @@ def train(
         ),
     ] = None,
     checkpoint_every: Annotated[
-        int | None, typer.Option("--checkpoint-every", min=0, help="Also checkpoint every N steps.")
+        int | None,
+        typer.Option(
+            "--checkpoint-every",
+            min=0,
+            show_default=HELP_DEFAULTS["checkpoint_every"],
+            help="Also checkpoint every N steps.",
+        ),
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")
