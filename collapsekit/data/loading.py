@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 
 from collapsekit.data.cache import MEMORY, cache_key, read_disk, write_disk
+from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS
 from collapsekit.data.layouts import discover
 from collapsekit.data.preprocess import PreprocessConfig, preprocess_record
 from collapsekit.data.spec import PhantomConfig
+from collapsekit.data.validate import check_label_map, check_labelled
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.options import look_up_option
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
@@ -119,7 +121,10 @@ def check_dataset(
         ``{"dataset", "root", "volumes": {"training", "validation", "test"}, "slices": {"training",
         "validation", "test", "total"} (usable slices), "labels": sorted foreground label ids present,
         "spacing": {"min": [x, y, z], "max": [...]}, "shape": {"min": [H, W, Z], "max": [...]}}``;
-        spacing and shape are of the preprocessed volumes.
+        spacing and shape are of the preprocessed volumes. ``btcv`` and ``phantom`` (what the probe
+        and fine-tuning read) are checked by the probe's own validator,
+        :func:`~collapsekit.data.validate.check_labelled`, so a dataset ``data check`` passes is
+        one they accept; other label maps by :func:`~collapsekit.data.validate.check_label_map`.
 
     Raises:
         LayoutError, DataError, ConfigError: the first problem found.
@@ -131,10 +136,17 @@ def check_dataset(
             index.split(split), preprocess, phantom=index.phantom, progress=progress
         )
     every = [v for vs in volumes.values() for v in vs]
+    if index.dataset in ("btcv", "phantom"):
+        # What the probe and fine-tuning will be given: the same validator decides.
+        check_labelled(
+            volumes["training"], volumes["validation"], BTCV_LABELS, what="probe and fine-tuning"
+        )
+    class_set = ABDOMENCT1K_LABELS if index.dataset == "abdomenct1k" else None
     labels: set[int] = set()
-    for v in every:
-        if v.label is not None:
-            labels.update(int(x) for x in np.unique(v.label) if x != 0)
+    for split, vs in volumes.items():
+        for v in vs:
+            if v.label is not None:
+                labels.update(check_label_map(v, split, class_set) - {0})
     slices = {k: int(sum(len(v.slices) for v in vs)) for k, vs in volumes.items()}
     slices["total"] = sum(slices.values())
     spacing = np.array([voxel_spacing(v.affine) for v in every])

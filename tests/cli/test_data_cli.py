@@ -203,3 +203,57 @@ def test_non_integer_label(tmp_path):
     r = _check("--dataset", "btcv", "--data-dir", str(tmp_path))
     assert r.exit_code == 2
     assert str(lp) in _one_line(r.output) and "not an integer label map" in r.output
+
+
+def _btcv_split(root: Path, label_value: int = 1, unlabelled_training: bool = False) -> Path:
+    """A two-case BTCV json layout (one training, one validation case); returns the val label."""
+    lab = np.zeros((16, 16, 4), np.uint8)
+    lab[4:10, 4:10, 1:3] = 6  # liver
+    bad = lab.copy()
+    bad[1, 1, 1] = label_value
+    _save(root / "imagesTr/img0001.nii.gz", np.full((16, 16, 4), 40, np.int16))
+    _save(root / "imagesTr/img0002.nii.gz", np.full((16, 16, 4), 60, np.int16))
+    _save(root / "labelsTr/label0001.nii.gz", lab)
+    val_label = _save(root / "labelsTr/label0002.nii.gz", bad)
+    train = {"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz"}
+    if unlabelled_training:
+        del train["label"]
+    doc = {
+        "training": [train],
+        "validation": [{"image": "imagesTr/img0002.nii.gz", "label": "labelsTr/label0002.nii.gz"}],
+    }
+    (root / "dataset_0.json").write_text(json.dumps(doc))
+    return val_label
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (
+            {"label_value": 99},
+            "validation case 'img0002': label values [99] are outside the class set",
+        ),
+        ({"unlabelled_training": True}, "training case 'img0001' has no label map"),
+    ],
+    ids=["label-99", "json-entry-without-label"],
+)
+def test_data_check_and_probe_share_one_validator(tmp_path, kwargs, message):
+    """A dataset ``data check`` passes is one the probe accepts: both give the same error line."""
+    _btcv_split(tmp_path, **kwargs)
+    check = _check("--dataset", "btcv", "--data-dir", str(tmp_path))
+    assert check.exit_code == 2, check.output
+    clear_cache()
+    probe = runner.invoke(
+        app,
+        ["probe", "random:resnet18", "--dataset", "btcv", "--data-dir", str(tmp_path), "-q"],
+    )
+    assert probe.exit_code == 2, probe.output
+    assert message in _one_line(check.output)
+    assert message in _one_line(probe.output)
+
+
+def test_data_check_passes_what_the_probe_accepts(tmp_path):
+    _btcv_split(tmp_path)
+    r = _check("--dataset", "btcv", "--data-dir", str(tmp_path), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["labels"] == [1, 6]

@@ -1,6 +1,6 @@
 """Labelled slices for segmentation evaluation: checks, label subsets, class indices, batches.
 
-Shared by the linear probe and fine-tuning. Classes are ``0`` (background) plus the ids of
+Shared by the linear probe and fine-tuning (their dataset check is :mod:`collapsekit.data.validate`). Classes are ``0`` (background) plus the ids of
 ``labels`` (14 for BTCV), mapped to contiguous indices ``0..K-1``; slices are resized with the one
 slice resize (:func:`~collapsekit.data.slices.resize_slice`).
 """
@@ -20,8 +20,6 @@ from collapsekit.errors import ConfigError, DataError
 
 __all__ = [
     "check_options",
-    "check_volumes",
-    "label_values",
     "select_fraction",
     "class_lut",
     "training_slices",
@@ -44,75 +42,6 @@ def check_options(cfg: Any) -> None:
         raise ConfigError(f"image_size must be a positive multiple of 32, got {cfg.image_size}")
     if not 0 < cfg.label_fraction <= 1:
         raise ConfigError(f"label_fraction must be in (0, 1], got {cfg.label_fraction}")
-
-
-def check_volumes(
-    train: Sequence[Volume], val: Sequence[Volume], labels: Mapping[int, str], *, what: str
-) -> None:
-    """Raise :class:`DataError` naming the case for every unusable training/validation volume."""
-    if not labels:
-        raise DataError("no organ labels given: labels must map at least one organ id to a name")
-    if len(labels) > 254:
-        raise DataError(f"at most 254 organ classes are supported, got {len(labels)}")
-    if any(int(k) < 1 for k in labels):
-        raise DataError(f"organ ids must be ≥ 1 (0 is background), got {sorted(labels)}")
-    if len(train) == 0:
-        raise DataError(f"the training split is empty: the {what} needs labelled training volumes")
-    if len(val) == 0:
-        raise DataError(
-            f"the validation split is empty: the {what} needs at least one labelled validation volume"
-        )
-    allowed = {0, *(int(k) for k in labels)}
-    seen: set[str] = set()
-    present_any = False
-    for split, volumes in (("training", train), ("validation", val)):
-        for v in volumes:
-            case = v.case_id
-            if split == "validation":
-                if case in seen:
-                    raise DataError(
-                        f"validation case '{case}' appears twice; case ids must be unique"
-                    )
-                seen.add(case)
-            if v.label is None:
-                raise DataError(
-                    f"{split} case '{case}' has no label map; the {what} needs labels on every "
-                    "training and validation case"
-                )
-            if v.image.ndim != 3:
-                raise DataError(
-                    f"{split} case '{case}': expected an (H, W, Z) image, got shape {v.image.shape}"
-                )
-            if v.image.shape != v.label.shape:
-                raise DataError(
-                    f"{split} case '{case}': image shape {tuple(v.image.shape)} and label shape "
-                    f"{tuple(v.label.shape)} differ"
-                )
-            lab = np.asarray(v.label)
-            if lab.dtype.kind == "f" and not np.array_equal(lab, np.round(lab)):
-                raise DataError(f"{split} case '{case}': label map holds non-integer values")
-            found = label_values(lab)
-            extra = sorted(found - allowed)
-            if extra:
-                raise DataError(
-                    f"{split} case '{case}': label values {extra[:8]} are outside the class set "
-                    f"(0 = background, organs {sorted(allowed - {0})})"
-                )
-            if split == "validation" and found - {0}:
-                present_any = True
-    if not present_any:
-        raise DataError(
-            "no organ of the label set appears in any validation volume: nothing to score"
-        )
-
-
-def label_values(lab: np.ndarray) -> set[int]:
-    """Distinct values of an integer array (bincount is far faster than unique on 10⁷ voxels)."""
-    lab = lab.astype(np.int64, copy=False)
-    lo = int(lab.min())
-    if lo < 0:
-        return {int(x) for x in np.unique(lab)}
-    return {int(x) for x in np.flatnonzero(np.bincount(lab.ravel()))}
 
 
 def select_fraction(train: Sequence[Volume], fraction: float, seed: int) -> list[Volume]:

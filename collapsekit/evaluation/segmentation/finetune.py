@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
 from torch import nn
 
+from collapsekit.data.validate import check_labelled
 from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError
 from collapsekit.evaluation.segmentation.data import (
     augment_slices,
     check_options,
-    check_volumes,
     select_fraction,
     training_slices,
 )
@@ -208,7 +208,7 @@ def finetune(
     """
     cfg = cfg or FinetuneConfig()
     dev = torch.device(device)
-    check_volumes(train, val, labels, what="fine-tuning")
+    check_labelled(train, val, labels, what="fine-tuning")
     train_used = select_fraction(train, cfg.label_fraction, cfg.seed)
     encoder = copy.deepcopy(backbone).to(dev)
     encoder.requires_grad_(True)

@@ -42,12 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from collapsekit.data.validate import check_labelled
 from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError
 from collapsekit.evaluation.segmentation.data import (
     augment_slices,
     check_options,
-    check_volumes,
     select_fraction,
     training_slices,
 )
@@ -311,7 +311,7 @@ def linear_probe(
     """
     cfg = cfg or ProbeConfig()
     dev = torch.device(device)
-    check_volumes(train, val, labels, what="linear probe")
+    check_labelled(train, val, labels, what="linear probe")
     train_used = select_fraction(train, cfg.label_fraction, cfg.seed)
     bb = frozen_backbone(backbone, cfg.output_stride, dev)
     feat_shape = check_encodes(
