@@ -46,7 +46,9 @@ def ablate(
         "runs/ablation"
     ),
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")
+    ] = False,
 ) -> None:
     """Pretrain every method, diagnose and probe each, and write report.md + results.json + figures."""
     from collapsekit.experiments.ablation import AblationConfig, run_ablation

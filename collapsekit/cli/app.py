@@ -32,13 +32,13 @@ def _tidy(params: list) -> list:
             continue
         if isinstance(param, TyperArgument):
             name = (param.name or "arg").upper()
-            param.metavar = name
-            # Typer wraps the usage name in braces; click writes it bare, as users read it.
-            param._usage_display_name = lambda name=name, p=param: (  # type: ignore[method-assign]
-                name if p.required else f"[{name}]"
-            )
+            usage = name if param.required else f"[{name}]"
             kind = _metavar(param)
-            param.display_type_rich = lambda ctx, kind=kind: kind  # type: ignore[method-assign]
+            param.metavar = name
+            # Typer wraps the usage name in braces and shows <path> as its type; click writes
+            # OUT_DIR and PATH, as users read them.
+            setattr(param, "_usage_display_name", lambda usage=usage: usage)  # noqa: B010
+            setattr(param, "display_type_rich", lambda ctx, kind=kind: kind)  # noqa: B010
         else:
             param.metavar = _metavar(param)
     return params
