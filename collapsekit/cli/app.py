@@ -18,7 +18,9 @@ def _metavar(param: object) -> str:
     if desc is not None and desc.is_path:
         return "PATH"
     annotation = getattr(desc, "annotation", None)
-    return {int: "INT", float: "FLOAT"}.get(annotation, "TEXT")  # type: ignore[call-overload]
+    if annotation is int:
+        return "INT"
+    return "FLOAT" if annotation is float else "TEXT"
 
 
 def _tidy(params: list) -> list:
