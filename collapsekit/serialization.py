@@ -15,7 +15,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["append_line", "atomic_write", "to_jsonable", "write_json"]
+__all__ = ["append_line", "atomic_write", "save_nifti", "to_jsonable", "write_json"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -79,6 +79,31 @@ def atomic_write(path: str | Path, mode: str = "w", *, fsync: bool = False) -> I
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_nifti(img: Any, path: str | Path) -> Path:
+    """``nibabel.save(img, path)`` atomically: into a hidden temporary file beside ``path`` (same
+    extension, so nibabel picks the same format and compression), then ``os.replace``.
+
+    On any error (a full disk, a signal) the temporary file is removed and ``path`` is untouched.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

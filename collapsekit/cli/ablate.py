@@ -19,11 +19,11 @@ def ablate(
         str, typer.Option(help="Pretraining data: phantom | abdomenct1k | folder")
     ] = "phantom",
     data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Pretraining data root.")
+        Path | None, typer.Option("--data-dir", readable=False, help="Pretraining data root.")
     ] = None,
     eval_dataset: Annotated[str, typer.Option("--eval-dataset", help="phantom | btcv")] = "phantom",
     eval_data_dir: Annotated[
-        Path | None, typer.Option("--eval-data-dir", help="BTCV root.")
+        Path | None, typer.Option("--eval-data-dir", readable=False, help="BTCV root.")
     ] = None,
     methods: Annotated[
         str, typer.Option(help="Comma-separated methods.")
@@ -52,6 +52,9 @@ def ablate(
 ) -> None:
     """Pretrain every method, diagnose and probe each, and write report.md + results.json + figures."""
     from collapsekit.experiments.ablation import AblationConfig, run_ablation
+    from collapsekit.outputs import check_writable_dir
+
+    check_writable_dir(out, "--out")
 
     overrides = {
         k: v for k, v in {"epochs": epochs, "probe_epochs": probe_epochs}.items() if v is not None

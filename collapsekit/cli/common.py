@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -25,6 +26,7 @@ from rich.progress import (
 )
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.outputs import os_error_in
 from collapsekit.progress import Message, ProgressEvent, TaskAdvanced, TaskFinished, TaskStarted
 from collapsekit.serialization import to_jsonable
 
@@ -45,6 +47,19 @@ err_console = _console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: File-system errors a user fixes (exit 2, one line) rather than bugs (a traceback).
+_USER_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+}
+
 
 def handle_errors(fn: F) -> F:
     """Translate :class:`CollapsekitError` into one red line on stderr and exit code 2 (or the
@@ -62,6 +77,18 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(code=130) from None
+        except (OSError, RuntimeError) as e:
+            # The safety net under the commands' own checks: a file system that refuses a read
+            # or write (full, read-only, permissions, quota) is the user's to fix, not a bug.
+            err = os_error_in(e)
+            if err is None or err.errno not in _USER_ERRNOS:
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            reason = err.strerror or os.strerror(err.errno)
+            err_console.print(
+                f"[bold red]error:[/] {escape(where + reason)}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
 

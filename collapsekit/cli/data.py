@@ -100,7 +100,8 @@ def check_cmd(
         str, typer.Option("--dataset", "-d", help="phantom, btcv, abdomenct1k or folder.")
     ] = "phantom",
     data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Dataset directory (not for the phantom).")
+        Path | None,
+        typer.Option("--data-dir", readable=False, help="Dataset directory (not for the phantom)."),
     ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object and nothing else.")

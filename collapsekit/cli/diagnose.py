@@ -21,7 +21,9 @@ InputsArg = Annotated[
     ),
 ]
 DatasetOpt = Annotated[str, typer.Option(help="phantom | btcv | abdomenct1k | folder")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Dataset root on disk.")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", readable=False, help="Dataset root on disk.")
+]
 SamplesOpt = Annotated[int, typer.Option(min=2, help="Slices to embed (evenly spaced).")]
 ImageSizeOpt = Annotated[
     int | None,

@@ -27,7 +27,8 @@ CheckpointsArg = Annotated[
 ]
 DatasetOpt = Annotated[str, typer.Option(help="phantom (built in) | btcv (needs --data-dir).")]
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="BTCV root (dataset_0.json or RawData/).")
+    Path | None,
+    typer.Option("--data-dir", readable=False, help="BTCV root (dataset_0.json or RawData/)."),
 ]
 EpochsOpt = Annotated[int, typer.Option(min=1, help="Epochs over the training slices.")]
 ImageSizeOpt = Annotated[

@@ -34,7 +34,8 @@ HELP_DEFAULTS = {
 @handle_errors
 def train(
     config: Annotated[
-        Path | None, typer.Option("--config", help="TOML config file; flags override it.")
+        Path | None,
+        typer.Option("--config", readable=False, help="TOML config file; flags override it."),
     ] = None,
     dataset: Annotated[
         str | None,
@@ -43,7 +44,7 @@ def train(
         ),
     ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Dataset root on disk.")
+        Path | None, typer.Option("--data-dir", readable=False, help="Dataset root on disk.")
     ] = None,
     budget: Annotated[
         str | None,

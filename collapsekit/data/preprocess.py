@@ -92,10 +92,21 @@ def window(hu: np.ndarray, a_min: float = -175.0, a_max: float = 250.0) -> np.nd
     return np.clip((hu - a_min) / (a_max - a_min), 0.0, 1.0).astype(np.float32)
 
 
+def check_readable(path: Path) -> None:
+    """Raise :class:`DataError` naming ``path`` when it cannot be opened (permissions), so that a
+    locked file is not reported as a corrupt one."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+
+
 def _read_nifti(path: Path, case_id: str, what: str):
 
     if not path.is_file():
         raise DataError(f"{what} file {path} of case {case_id} does not exist")
+    check_readable(path)
     try:
         arr = LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32)(str(path))
     except Exception:

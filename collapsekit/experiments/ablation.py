@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from collapsekit.data import BTCV_LABELS, eval_phantom, load_split
+from collapsekit.data import BTCV_LABELS, discover, eval_phantom, load_split
+from collapsekit.data.preprocess import check_readable
 from collapsekit.devices import resolve_device
 from collapsekit.diagnostics import pairwise_cosine_stats, spectrum_report
 from collapsekit.diagnostics.similarity import SimilarityResult
@@ -29,6 +30,7 @@ from collapsekit.errors import ConfigError
 from collapsekit.evaluation.extract import calibrate_baseline, extract_embeddings, pixel_vectors
 from collapsekit.evaluation.segmentation.probe import ProbeConfig, linear_probe
 from collapsekit.options import look_up_option
+from collapsekit.outputs import writing
 from collapsekit.plotting import (
     plot_ablation_dice,
     plot_rank_history,
@@ -369,8 +371,16 @@ def run_ablation(
             raise ConfigError(
                 f"{out} holds an ablation with other settings ({cfg_file}); use another --out"
             )
-    write_json(plain_cfg, cfg_file)
+    with writing(cfg_file, kept="nothing was written"):
+        write_json(plain_cfg, cfg_file)
     device = resolve_device(cfg.device)
+    # A wrong --data-dir fails now, not after the evaluation set has been built.
+    for dataset, root in ((cfg.dataset, cfg.data_dir), (cfg.eval_dataset, cfg.eval_data_dir)):
+        if dataset != "phantom":
+            for record in discover(dataset, root).split("all"):
+                for path in (record.image, record.label):
+                    if path is not None and path.is_file():
+                        check_readable(path)
     vols = _eval_volumes(cfg, progress)
     runs = [(m, seed) for m in cfg.methods for seed in range(cfg.seeds)]
     emit(progress, TaskStarted("ablate", total=len(runs) + 1, description="ablation"))
@@ -448,7 +458,9 @@ def run_ablation(
         "pixels": pixels,
         "methods": per_method,
     }
-    write_json(results, out / "results.json")
+    kept = f"each run's checkpoint and evaluation in {out} were kept; re-run to finish"
+    with writing(out / "results.json", kept=kept):
+        write_json(results, out / "results.json")
     render_report(results, out)
     return results
 

@@ -13,7 +13,9 @@ from collapsekit.data.phantom.generate import generate_phantom
 from collapsekit.data.spec import PhantomConfig, phantom_case_seed
 from collapsekit.errors import DataError
 from collapsekit.options import look_up_option
+from collapsekit.outputs import writing
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
+from collapsekit.serialization import atomic_write, save_nifti
 
 __all__ = ["PHANTOM_LAYOUTS", "write_phantom_dataset"]
 
@@ -49,9 +51,7 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.tmp.nii.gz")
-    nib.save(img, str(tmp))
-    tmp.replace(path)
+    save_nifti(img, path)
 
 
 def write_phantom_dataset(
@@ -132,11 +132,16 @@ def write_phantom_dataset(
         )
         n = i + 1
         if layout == "btcv":
-            _save_nifti(image, affine, img_dir / f"img{n:04d}.nii.gz")
-            _save_nifti(label, affine, lab_dir / f"label{n:04d}.nii.gz")
+            files = {img_dir / f"img{n:04d}.nii.gz": image, lab_dir / f"label{n:04d}.nii.gz": label}
         else:
-            _save_nifti(image, affine, img_dir / f"Case_{n:05d}_0000.nii.gz")
-            _save_nifti(lut[label], affine, lab_dir / f"Case_{n:05d}.nii.gz")
+            files = {
+                img_dir / f"Case_{n:05d}_0000.nii.gz": image,
+                lab_dir / f"Case_{n:05d}.nii.gz": lut[label],
+            }
+        for path, array in files.items():
+            # A full disk midway: one line saying how many whole cases are there, no torn file.
+            with writing(path, kept=f"{i} of {cfg.cases} cases were written to {out}"):
+                _save_nifti(array, affine, path)
         emit(progress, TaskAdvanced("phantom", 1, {"case": n}))
     if layout == "btcv":
         n_train = cfg.training_cases
@@ -147,8 +152,8 @@ def write_phantom_dataset(
             cfg.slices,
             cfg.seed,
         )
-        tmp = out / ".dataset_0.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=4) + "\n")
-        tmp.replace(out / "dataset_0.json")
+        kept = f"the {cfg.cases} cases were written to {out}, but not their dataset_0.json"
+        with writing(out / "dataset_0.json", kept=kept), atomic_write(out / "dataset_0.json") as f:
+            f.write(json.dumps(doc, indent=4) + "\n")
     emit(progress, TaskFinished("phantom", {"cases": cfg.cases, "layout": layout}))
     return discover(layout, out)

@@ -19,6 +19,7 @@ from collapsekit.data.slices import resize_slice, unletterbox
 from collapsekit.data.volume import Volume
 from collapsekit.errors import DataError
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
+from collapsekit.serialization import save_nifti
 
 __all__ = ["check_encodes", "predict_volumes", "save_prediction"]
 
@@ -100,5 +101,4 @@ def save_prediction(
     path = directory / f"{safe}_pred.nii.gz"
     img = nib.Nifti1Image(pred.astype(dtype), np.asarray(affine, dtype=np.float64))
     img.header.set_data_dtype(dtype)
-    nib.save(img, str(path))
-    return path
+    return save_nifti(img, path)

@@ -29,6 +29,7 @@ from monai.metrics import compute_dice
 from collapsekit.data.volume import Volume
 from collapsekit.errors import DataError, InputError
 from collapsekit.evaluation.segmentation.predict import save_prediction
+from collapsekit.outputs import writing
 
 __all__ = ["dice_per_organ", "encode_classes", "SegmentationResult", "score_predictions"]
 
@@ -226,7 +227,10 @@ def score_predictions(
         absent[v.case_id] = [o for o, s in scores.items() if not s["present"]]
         fp[v.case_id] = {o: s["predicted_voxels"] for o, s in scores.items() if not s["present"]}
         if save_predictions is not None:
-            save_prediction(save_predictions, v.case_id, pred, v.affine)
+            done = len(per_volume) - 1
+            kept = f"{done} prediction file{'s' if done != 1 else ''} were written to {save_predictions}"
+            with writing(Path(save_predictions) / f"{v.case_id}_pred.nii.gz", kept=kept):
+                save_prediction(save_predictions, v.case_id, pred, v.affine)
     dice: dict[str, float | None] = {}
     for o in organs:
         vals = [x for d in per_volume.values() if (x := d[o]) is not None]
