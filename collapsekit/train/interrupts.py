@@ -1,7 +1,10 @@
 """Stopping a training run cleanly: SIGTERM (SLURM, Kubernetes) and Ctrl-C become a flag.
 
 The loop reads the flag after each step, writes a checkpoint atomically and raises
-:class:`~collapsekit.errors.TrainingInterrupted`, so a stopped run always resumes.
+:class:`~collapsekit.errors.TrainingInterrupted`, so a stopped run always resumes. Under torchrun
+the ranks agree on the flag after every step (an all-reduce of one integer): a signal that reaches
+one rank only (``kill`` of one PID, one node's processes) stops every rank after the same step,
+instead of leaving the others blocked in their next collective.
 """
 
 from __future__ import annotations
@@ -9,6 +12,11 @@ from __future__ import annotations
 import signal
 import threading
 from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from collapsekit.train.distributed import DistContext
 
 __all__ = ["StopSignals"]
 
@@ -23,8 +31,26 @@ class StopSignals:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
+        #: the signal this process received (set by the handler, at any time)
         self.received: int | None = None
+        #: the signal all ranks agreed to stop on at the last :meth:`poll` (what the loop obeys)
+        self.agreed: int | None = None
         self._previous: dict[int, Any] = {}
+
+    def poll(self, ctx: DistContext) -> int | None:
+        """Agree across ranks whether to stop after this step; return the signal, or None.
+
+        Every rank must call it after the same step. On one process it is :attr:`received`; under
+        torchrun it is the largest signal number any rank has received (SIGTERM 15 over SIGINT 2).
+        """
+        if self.agreed is None:
+            if ctx.distributed:
+                flag = torch.tensor([self.received or 0], dtype=torch.int64, device=ctx.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                self.agreed = int(flag.item()) or None
+            else:
+                self.agreed = self.received
+        return self.agreed
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None and signum == signal.SIGINT:

@@ -481,7 +481,7 @@ class _Session:
                     self._reset_window()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step % spe:
                 self.checkpoint(epoch)
-            if self.step >= self.stop_at or self.stop.received is not None:
+            if self.stop.poll(self.ctx) is not None or self.step >= self.stop_at:
                 break
         return epoch
 
@@ -557,15 +557,15 @@ def _train(
     last_metrics: dict[str, Any] = dict(session.history[-1]) if session.history else {}
     session._reset_window()
     with session.stop:
-        while session.step < session.stop_at and session.stop.received is None:
+        while session.step < session.stop_at and session.stop.agreed is None:
             epoch = session.run_epoch(last_metrics)
             session.checkpoint(epoch)
     emit(progress, TaskFinished("train", info=last_metrics))
-    if session.stop.received is not None:
+    if session.stop.agreed is not None:
         raise TrainingInterrupted(
             f"stopped at step {session.step}; resume with: collapsekit train --resume "
             f"--out {run_dir}",
-            exit_code=128 + int(session.stop.received),
+            exit_code=128 + int(session.stop.agreed),
         )
 
     finished = session.step >= total

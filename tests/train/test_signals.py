@@ -76,3 +76,52 @@ def test_signal_checkpoints_and_resume_replays(tmp_path: Path, sig: int, code: i
     b = load_checkpoint(run / "checkpoint.pt")["losses"]
     assert len(a) == len(b) == STEPS
     assert b == pytest.approx(a, rel=1e-5, abs=1e-6)
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    kids: list[int] = []
+    for task in tasks.iterdir():
+        kids += [int(x) for x in (task / "children").read_text().split()]
+    return kids
+
+
+def _rank_of(pid: int) -> int | None:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    ranks = [e.split(b"=", 1)[1] for e in env if e.startswith(b"RANK=")]
+    return int(ranks[0]) if ranks else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_sigterm_to_one_torchrun_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    """The ranks agree on the stop flag each step: a SIGTERM that reaches rank 1 only stops rank 0
+    after the same step (no rank left waiting in a collective), rank 0 checkpoints, and the run
+    resumes under torchrun to the end."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(CONFIG)
+    run = tmp_path / "run"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "-m"]  # fmt: skip
+    proc = subprocess.Popen(
+        [*launcher, *_cmd(cfg, run)[2:]], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:  # rank 0's first plain progress line: step 1 is done on both
+        if line.startswith("train "):
+            break
+    ranks = {_rank_of(p): p for p in _children(proc.pid)}
+    os.kill(ranks[1], signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    step = ckpt["step"]
+    assert 1 <= step < STEPS
+    assert f"error: stopped at step {step}; resume with: collapsekit train --resume" in err
+    assert "exitcode  : 143" in err  # torchrun's summary: rank 1 (and rank 0) stopped on SIGTERM
+
+    resumed = subprocess.run([*launcher, *_cmd(cfg, run, "--resume", "-q")[2:]], cwd=tmp_path,
+                             env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == STEPS
