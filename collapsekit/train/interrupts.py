@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from collapsekit.train.distributed import DistContext
 
-__all__ = ["StopSignals"]
+__all__ = ["StopSignals", "ignore_stop_signals"]
 
 
 class StopSignals:
@@ -66,3 +66,14 @@ class StopSignals:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of the training DataLoader: its workers ignore SIGINT and SIGTERM.
+
+    Ctrl-C in a terminal and SLURM's SIGTERM reach every process of the group. A worker that died
+    of it would make the main process fail ("DataLoader worker is killed by signal") before it
+    can finish the step and checkpoint; the main process alone decides, and shuts the workers down.
+    """
+    for s in StopSignals.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)

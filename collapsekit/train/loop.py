@@ -59,7 +59,7 @@ from collapsekit.train.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
-from collapsekit.train.interrupts import StopSignals
+from collapsekit.train.interrupts import StopSignals, ignore_stop_signals
 from collapsekit.train.monitor import (
     MonitorReport,
     collapse_warning,
@@ -260,6 +260,7 @@ class _Session:
             sampler=self.sampler,
             drop_last=True,
             num_workers=cfg.num_workers,
+            worker_init_fn=ignore_stop_signals,
             pin_memory=device.type == "cuda",
             # Its own generator: creating an iterator must not draw from the global RNG, or a
             # resumed run would see a shifted shuffle-BN permutation stream.

@@ -125,3 +125,35 @@ def test_sigterm_to_one_torchrun_rank_stops_every_rank_at_the_same_step(tmp_path
                              env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert load_checkpoint(run / "checkpoint.pt")["step"] == STEPS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_to_the_process_group_with_dataloader_workers(
+    tmp_path: Path, sig: int, code: int
+) -> None:
+    """Ctrl-C in a terminal (and SLURM's SIGTERM) reach every process of the group, DataLoader
+    workers too: the workers ignore it, the main process finishes the step, checkpoints and exits
+    130/143 — not "DataLoader worker exited unexpectedly"."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(CONFIG)
+    run = tmp_path / "run"
+    cmd = [*_cmd(cfg, run)]
+    cmd[cmd.index("--workers") + 1] = "2"
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("train "):
+            break
+    os.killpg(proc.pid, sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err and "exited unexpectedly" not in err
+    step = load_checkpoint(run / "checkpoint.pt")["step"]
+    errors = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert errors == [
+        f"error: stopped at step {step}; resume with: collapsekit train --resume --out {run}"
+    ]
