@@ -475,3 +475,32 @@ def test_read_series_record_without_uid(tmp_path):
     clear_cache()
     with pytest.raises(DataError, match="holds 2 DICOM series"):
         load_volumes([CaseRecord("ct", tmp_path / "ct")])
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_and_spectrum_on_a_dicom_folder(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    for i in range(2):
+        write_series(data / f"patient{i}" / "ct", phantom_volume(64, 12, seed=i), seed=i)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    source = ["--dataset", "folder", "--data-dir", str(data)]
+    train = runner.invoke(
+        app,
+        ["train", *source, "--budget", "demo", "--steps", "2", "--batch-size", "4"]
+        + ["--image-size", "32", "--workers", "0", "--out", "run", "--quiet"],
+    )
+    assert train.exit_code == 0, train.output
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 2 and np.isfinite(metrics[-1]["loss"])
+    assert 'dataset = "folder"' in (tmp_path / "run" / "config.toml").read_text()
+    spec = runner.invoke(
+        app, ["spectrum", "run", *source, "--samples", "16", "--out", "spec", "--json"]
+    )
+    assert spec.exit_code == 0, spec.output
+    (result,) = json.loads(spec.output)["results"]
+    assert result["n"] == 16 and result["d"] == 512
+    assert (tmp_path / "spec" / "spectrum.json").is_file()
