@@ -268,16 +268,19 @@ def list_series(directory: str | Path) -> list[DicomSeries]:
     directory = Path(directory)
     groups: dict[str, list[tuple[Path, Any]]] = {}
     for path in sorted(p for p in directory.iterdir() if p.is_file() and is_dicom_file(p)):
-        ds = _header(path)
-        if ds is None:
-            continue
         try:
+            ds = _header(path)
+            if ds is None:
+                continue
             _check_slice(path, ds)
+            uid = str(ds.SeriesInstanceUID).strip()
         except DataError:
             raise
-        except Exception as e:  # noqa: BLE001 - a malformed value (e.g. text in a number)
-            raise DataError(f"{path} has a malformed DICOM header ({_reason(e)})") from None
-        groups.setdefault(str(ds.SeriesInstanceUID).strip(), []).append((path, ds))
+        except Exception as e:  # noqa: BLE001 - pydicom converts values lazily, on first access
+            raise DataError(
+                f"{path} has a malformed DICOM header ({_reason(e)}); truncated or corrupt file?"
+            ) from None
+        groups.setdefault(uid, []).append((path, ds))
     return [_build_series(directory, uid, items) for uid, items in sorted(groups.items())]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -425,12 +426,7 @@ def test_nifti_only_check_reports_no_series(tmp_path, nifti, ct):
 
 # --- robustness: any damage to one slice is one CollapsekitError line --------------------------
 
-_SERIES_DIR = None
-
-
 def _valid_slice_bytes() -> tuple[list[bytes], bytes]:
-    import tempfile
-
     tmp = Path(tempfile.mkdtemp(prefix="ck-dicom-fuzz-"))
     files = write_series(tmp / "ct", phantom_volume(size=8, slices=3))
     return [f.read_bytes() for f in files[1:]], files[0].read_bytes()
@@ -439,8 +435,9 @@ def _valid_slice_bytes() -> tuple[list[bytes], bytes]:
 _OTHERS, _VALID = _valid_slice_bytes()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the mangled values
 @settings(
-    max_examples=25,
+    max_examples=100,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
