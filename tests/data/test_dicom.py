@@ -426,6 +426,7 @@ def test_nifti_only_check_reports_no_series(tmp_path, nifti, ct):
 
 # --- robustness: any damage to one slice is one CollapsekitError line --------------------------
 
+
 def _valid_slice_bytes() -> tuple[list[bytes], bytes]:
     tmp = Path(tempfile.mkdtemp(prefix="ck-dicom-fuzz-"))
     files = write_series(tmp / "ct", phantom_volume(size=8, slices=3))
