@@ -372,6 +372,19 @@ def test_series_geometry_problems(tmp_path, edit, needle):
         discover("folder", tmp_path)
 
 
+def test_rounded_slice_positions_are_accepted(tmp_path):
+    """Positions written to 0.01 mm: gaps differ by a few hundredths, the series still reads."""
+    vol = phantom_volume(size=16, slices=6)
+    files = write_series(tmp_path / "ct", vol)
+    for k, jitter in ((1, 0.004), (3, -0.005), (4, 0.006)):
+        ds = pydicom.dcmread(files[k])
+        ds.ImagePositionPatient = [*list(ds.ImagePositionPatient)[:2], ORIGIN[2] + k * DZ + jitter]
+        ds.save_as(files[k])
+    hu, affine = read_series(tmp_path / "ct")
+    np.testing.assert_array_equal(hu, vol.astype(np.float32))
+    np.testing.assert_allclose(affine, AFFINE, atol=1e-9)  # from the first and last positions
+
+
 def test_dicomdir_and_other_files_are_ignored(tmp_path):
     files = write_series(tmp_path / "ct", phantom_volume(size=16, slices=4))
     (tmp_path / "ct" / "notes.csv").write_text("a,b\n1,2\n")
