@@ -108,7 +108,8 @@ def check_cmd(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Validate a dataset and print volumes per split, usable slices, label ids, spacing and shapes."""
+    """Validate a dataset and print volumes per split, usable slices, label ids, spacing and shapes
+    (and, for DICOM series in a folder, their count, slices and spacing)."""
     from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS
     from collapsekit.data.loading import check_dataset
 
@@ -135,3 +136,10 @@ def check_cmd(
     sp, sh = report["spacing"], report["shape"]
     console.print(f"spacing (mm): {sp['min']} .. {sp['max']}", highlight=False)
     console.print(f"shape: {sh['min']} .. {sh['max']}", highlight=False)
+    dcm = report["dicom"]
+    if dcm["series"]:
+        console.print(
+            f"DICOM: {dcm['series']} series, {dcm['slices']} slices, spacing (mm) "
+            f"{dcm['spacing']['min']} .. {dcm['spacing']['max']}",
+            highlight=False,
+        )

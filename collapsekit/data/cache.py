@@ -1,7 +1,8 @@
 """Preprocessed-volume cache: a process-wide dict plus an optional directory of ``.npz`` files.
 
 A cache key is the JSON of ``{format, case, image file, label file, preprocessing}``, where a file
-is ``(resolved path, size, mtime_ns)`` and a phantom case is ``(seed, size, slices, generator
+is ``(resolved path, size, mtime_ns)`` (a DICOM series directory adds ``(name, size, mtime_ns)`` of
+every file in it) and a phantom case is ``(seed, size, slices, generator
 version)``. Changing a file or any preprocessing field changes the key, so a stale entry is never
 used. On-disk entries store their key and are checked against it when read; unreadable entries are
 recomputed. Cached volumes are shared and read-only (``image.flags.writeable`` is False).
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from collapsekit.data.dicom import series_fingerprint
 from collapsekit.data.preprocess import PreprocessConfig
 from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
@@ -52,7 +54,14 @@ def _file_key(path: Path, case_id: str, what: str) -> dict[str, Any]:
         raise DataError(
             f"cannot access {what} file {path} of case {case_id}: {e.strerror}"
         ) from None
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    key: dict[str, Any] = {
+        "path": str(path.resolve()),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+    }
+    if path.is_dir():  # a DICOM series: every file of its directory
+        key["files"] = series_fingerprint(path)
+    return key
 
 
 def cache_key(

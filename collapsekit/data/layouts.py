@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collapsekit.data.dicom import DicomSeries, find_series
 from collapsekit.data.spec import PhantomConfig, phantom_case_seed
 from collapsekit.data.volume import CaseRecord
 from collapsekit.errors import ConfigError, DataError, LayoutError
@@ -48,7 +50,10 @@ ABDOMENCT1K_LAYOUT_HELP = (
     "expected DIR/AbdomenCT-1K-ImagePart1/Case_00001_0000.nii.gz (ImagePart1..3) "
     "and optionally DIR/Mask/Case_00001.nii.gz"
 )
-FOLDER_LAYOUT_HELP = "expected a directory tree holding .nii or .nii.gz volumes"
+FOLDER_LAYOUT_HELP = (
+    "expected a directory tree holding .nii or .nii.gz volumes and/or DICOM series "
+    "(one directory of .dcm slices per series)"
+)
 
 _NII = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
@@ -226,6 +231,12 @@ def _discover_abdomenct1k(root: Path) -> DatasetIndex:
     return DatasetIndex("abdomenct1k", root, records, [], [])
 
 
+def _series_case_id(root: Path, series: DicomSeries, shared: bool) -> str:
+    rel = series.directory.relative_to(root).as_posix()
+    name = root.name if rel == "." else rel
+    return f"{name}/{series.uid}" if shared else name
+
+
 def _discover_folder(root: Path) -> DatasetIndex:
     _require_dir(root, "folder", FOLDER_LAYOUT_HELP)
     files = sorted(
@@ -233,11 +244,22 @@ def _discover_folder(root: Path) -> DatasetIndex:
         for p in root.rglob("*")
         if p.is_file() and _NII.search(p.name) and not p.name.startswith(".")
     )
-    if not files:
-        raise LayoutError(
-            f"folder data directory {root} holds no .nii/.nii.gz files; {FOLDER_LAYOUT_HELP}"
-        )
     records = [CaseRecord(_strip_nii(str(p.relative_to(root).as_posix())), p, None) for p in files]
+    series = find_series(root)
+    per_dir = Counter(s.directory for s in series)
+    records += [
+        CaseRecord(
+            _series_case_id(root, s, per_dir[s.directory] > 1),
+            s.directory,
+            None,
+            series_uid=s.uid,
+        )
+        for s in series
+    ]
+    if not records:
+        raise LayoutError(
+            f"folder data directory {root} holds no .nii/.nii.gz files and no DICOM series; {FOLDER_LAYOUT_HELP}"
+        )
     return DatasetIndex("folder", root, records, [], [])
 
 
@@ -254,7 +276,10 @@ def discover(
         in MONAI's json, the other 24 to training; ``RawData/Testing/img`` to test).
         ``abdomenct1k``: ``DIR/AbdomenCT-1K-ImagePart*/Case_XXXXX_0000.nii.gz`` with optional masks
         ``DIR/Mask/Case_XXXXX.nii.gz``; all cases are training.
-        ``folder``: every ``.nii``/``.nii.gz`` under DIR (recursively), images only, all training.
+        ``folder``: every ``.nii``/``.nii.gz`` under DIR (recursively) and every DICOM series
+        (the slices of one ``SeriesInstanceUID`` in one directory, see
+        :func:`~collapsekit.data.dicom.find_series`; case id: the directory relative to DIR, plus
+        ``/UID`` when a directory holds several series), images only, all training (NIfTI files first, then series by directory).
         ``phantom``: generated in memory from ``phantom`` (default :class:`PhantomConfig`); the
         last ``phantom.validation`` cases are validation; no ``data_dir``.
 
@@ -269,7 +294,8 @@ def discover(
     Raises:
         LayoutError: missing or empty directory, or a structure that matches no layout; the message
             names the directory and the expected structure.
-        DataError: a file listed in ``dataset_0.json`` or a raw label file does not exist.
+        DataError: a file listed in ``dataset_0.json`` or a raw label file does not exist; a DICOM
+            file of a folder that is not a usable CT slice (named in the message).
         ConfigError: unknown dataset, a phantom with a ``data_dir``, or a file dataset without one.
     """
     dataset = look_up_option(dataset, DATASETS, "dataset")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from collapsekit.data.cache import MEMORY, cache_key, read_disk, write_disk
+from collapsekit.data.dicom import series_summary
 from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS
 from collapsekit.data.layouts import discover
 from collapsekit.data.preprocess import PreprocessConfig, preprocess_record
@@ -121,10 +122,12 @@ def check_dataset(
         ``{"dataset", "root", "volumes": {"training", "validation", "test"}, "slices": {"training",
         "validation", "test", "total"} (usable slices), "labels": sorted foreground label ids present,
         "spacing": {"min": [x, y, z], "max": [...]}, "shape": {"min": [H, W, Z], "max": [...]}}``;
-        spacing and shape are of the preprocessed volumes. ``btcv`` and ``phantom`` (what the probe
-        and fine-tuning read) are checked by the probe's own validator,
-        :func:`~collapsekit.data.validate.check_labelled`, so a dataset ``data check`` passes is
-        one they accept; other label maps by :func:`~collapsekit.data.validate.check_label_map`.
+        spacing and shape are of the preprocessed volumes; ``"dicom"``: the DICOM series among them
+        (:func:`~collapsekit.data.dicom.series_summary`: series count, slices, spacing).
+        ``btcv`` and ``phantom`` (what the probe and fine-tuning read) are checked by the probe's
+        own validator, :func:`~collapsekit.data.validate.check_labelled`, so a dataset ``data
+        check`` passes is one they accept; other label maps by
+        :func:`~collapsekit.data.validate.check_label_map`.
 
     Raises:
         LayoutError, DataError, ConfigError: the first problem found.
@@ -149,6 +152,8 @@ def check_dataset(
                 labels.update(check_label_map(v, split, class_set) - {0})
     slices = {k: int(sum(len(v.slices) for v in vs)) for k, vs in volumes.items()}
     slices["total"] = sum(slices.values())
+    records = [r for split in ("training", "validation", "test") for r in index.split(split)]
+    dicom = [v for v, r in zip(every, records, strict=True) if r.series_uid is not None]
     spacing = np.array([voxel_spacing(v.affine) for v in every])
     shape = np.array([v.image.shape for v in every])
     return {
@@ -162,4 +167,5 @@ def check_dataset(
             "max": [round(float(x), 4) for x in spacing.max(0)],
         },
         "shape": {"min": [int(x) for x in shape.min(0)], "max": [int(x) for x in shape.max(0)]},
+        "dicom": series_summary(dicom),
     }

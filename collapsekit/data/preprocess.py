@@ -1,6 +1,7 @@
-"""From a NIfTI file (or a phantom case) to a preprocessed :class:`~collapsekit.data.volume.Volume`.
+"""From a NIfTI file, a DICOM series or a phantom case to a preprocessed :class:`~collapsekit.data.volume.Volume`.
 
-The chain follows MONAI's BTCV recipe: ``LoadImage`` (nibabel) -> ``EnsureChannelFirst`` ->
+The chain follows MONAI's BTCV recipe: ``NibabelReader`` (or ``PydicomReader`` for a DICOM series
+directory, see :mod:`collapsekit.data.dicom`) -> ``EnsureChannelFirst`` ->
 ``Orientation("RAS")`` -> optional ``Spacing`` / ``Resize`` in plane (labels nearest) ->
 ``ScaleIntensityRange(a_min, a_max, 0, 1, clip=True)``, i.e. the HU window
 
@@ -19,16 +20,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, NibabelReader
 from monai.transforms import (
     EnsureChannelFirst,
-    LoadImage,
     Orientation,
     Resize,
     ScaleIntensityRange,
     Spacing,
 )
 
+from collapsekit.data.dicom import read_series
 from collapsekit.data.phantom import generate_phantom
 from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
@@ -108,7 +109,12 @@ def _read_nifti(path: Path, case_id: str, what: str):
         raise DataError(f"{what} file {path} of case {case_id} does not exist")
     check_readable(path)
     try:
-        arr = LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32)(str(path))
+        # MONAI's reader, called as LoadImage calls it: LoadImage itself constructs every registered
+        # reader on each call, and MONAI 1.6's NvImgCodecPydicomReader then logs two warnings when
+        # nvImageCodec is absent.
+        reader = NibabelReader()
+        data, meta = reader.get_data(reader.read(str(path)))
+        arr = _as_meta(data, meta["affine"])
     except Exception:
         raise DataError(
             f"cannot read {path}: not a readable NIfTI volume (truncated or corrupt .nii/.nii.gz?)"
@@ -164,7 +170,8 @@ def preprocess_record(
     """Read and preprocess one case (no caching; see :func:`~collapsekit.data.loading.load_volumes`).
 
     Raises:
-        DataError: missing or unreadable file, 2D or 4D volume, non-finite intensities,
+        DataError: missing or unreadable file, bad DICOM series (see
+            :func:`~collapsekit.data.dicom.read_series`), 2D or 4D volume, non-finite intensities,
             image/label shape mismatch, non-integer label map. The message names the file.
     """
     if record.image is None:
@@ -177,7 +184,10 @@ def preprocess_record(
         source_path = None
     else:
         path = Path(record.image)
-        image = _read_nifti(path, record.case_id, "image")
+        if record.series_uid is not None or path.is_dir():
+            image = _as_meta(*read_series(path, record.series_uid))
+        else:
+            image = _read_nifti(path, record.case_id, "image")
         if not bool(torch.isfinite(image).all()):
             raise DataError(f"{path} contains NaN or infinite intensities")
         label = None

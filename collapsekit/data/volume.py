@@ -14,13 +14,16 @@ __all__ = ["CaseRecord", "Volume", "radiological_view"]
 class CaseRecord:
     """One case of a dataset: an image file and optionally its label file.
 
-    For the in-memory phantom, ``image`` is ``None`` and ``seed`` identifies the case.
+    For the in-memory phantom, ``image`` is ``None`` and ``seed`` identifies the case. For a DICOM
+    series, ``image`` is the directory holding its slices and ``series_uid`` its
+    ``SeriesInstanceUID`` (several series may share a directory).
     """
 
     case_id: str
     image: Path | None
     label: Path | None = None
     seed: int | None = None
+    series_uid: str | None = None
 
 
 @dataclass
