@@ -127,12 +127,13 @@ def monai_resnet_kwargs(backbone: Backbone) -> dict[str, Any]:
     }
 
 
-def _norm_after(backbone: Backbone) -> tuple[nn.Conv2d, str]:
-    """The convolution feeding :meth:`Backbone.last_norm` and the norm's attribute name."""
+def _conv_before_last_norm(backbone: Backbone) -> nn.Conv2d:
+    """The convolution whose output :meth:`Backbone.last_norm` normalises (conv2, or conv3 of a
+    bottleneck block)."""
     block = backbone.layer4[-1]
-    conv, name = (block.conv3, "bn3") if hasattr(block, "bn3") else (block.conv2, "bn2")
+    conv = block.conv3 if hasattr(block, "bn3") else block.conv2
     assert isinstance(conv, nn.Conv2d)
-    return conv, name
+    return conv
 
 
 @torch.no_grad()
@@ -157,7 +158,7 @@ def fold_block_zca(backbone: Backbone) -> tuple[Backbone, bool]:
         )
     if not isinstance(zca, ZCAWhitening):
         return out, False
-    conv, _ = _norm_after(out)
+    conv = _conv_before_last_norm(out)
     c, f64 = zca.num_features, torch.float64
     w_groups = inv_sqrt_eigh(zca.running_cov.to(f64), zca.eps)  # (G, d, d)
     w_full = torch.block_diag(*w_groups.unbind(0))  # (C, C), block-diagonal

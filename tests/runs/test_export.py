@@ -176,8 +176,9 @@ def _used(backbone: Backbone, size: int = 64) -> Backbone:
     return backbone.eval()
 
 
-def _zca_backbone(placement: str = "block") -> Backbone:
-    enc = build_encoder(ModelConfig(method="zca", zca_placement=placement, zca_group_size=64))
+def _zca_backbone(placement: str = "block", arch: str = "resnet18") -> Backbone:
+    cfg = ModelConfig(arch=arch, method="zca", zca_placement=placement, zca_group_size=64)
+    enc = build_encoder(cfg)
     zca = enc.backbone.last_norm()
     if isinstance(zca, ZCAWhitening):
         zca.momentum = 1.0  # running statistics = the last batch's: far from the identity
@@ -249,6 +250,20 @@ def test_block_zca_is_folded_into_conv_and_batchnorm() -> None:
         rtol=1e-4,
         atol=1e-6,
     )
+
+
+@pytest.mark.slow  # ResNet-50 forwards in train and eval mode (~6 s)
+def test_block_zca_of_a_bottleneck_resnet_is_folded_into_conv3() -> None:
+    backbone = _zca_backbone("block", arch="resnet50")
+    state, folded = backbone_state_dict(backbone, "monai")
+    assert folded and state["layer4.2.bn3.running_var"].shape == (2048,)
+    net = resnet50(**README_MONAI_KWARGS)
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    x = torch.rand(2, 1, 96, 96)
+    with torch.no_grad():
+        ref = backbone(x)
+        torch.testing.assert_close(net(x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
 def test_pre_projector_zca_is_not_in_the_backbone() -> None:
