@@ -101,7 +101,7 @@ def _register() -> None:
     # Sub-commands register themselves on import; each module is a thin layer over the library.
     import importlib
 
-    for mod in ("data", "diagnose", "train", "evaluate", "ablate"):
+    for mod in ("data", "diagnose", "train", "evaluate", "ablate", "export"):
         try:
             importlib.import_module(f"collapsekit.cli.{mod}")
         except ModuleNotFoundError as e:
