@@ -47,6 +47,7 @@ INPUT_KIND = {
     "finetune": "pt",
     "ablate": "folder",
     "data check": "folder",
+    "export": "backbone",
 }
 COMMANDS = {
     "spectrum": ["spectrum", "{input}", "--out", "{out}"],
@@ -57,6 +58,7 @@ COMMANDS = {
     "ablate": ["ablate", "--dataset", "folder", "--data-dir", "{input}", "--out", "{out}/abl"],
     "data check": ["data", "check", "--dataset", "folder", "--data-dir", "{input}"],
     "data phantom": ["data", "phantom", "{out}/ph", "--cases", "2", "--size", "32"],
+    "export": ["export", "{input}", "{out}/backbone.pt"],
 }
 #: With a valid input, the output cases use these in place of {input}.
 VALID_INPUT = {"probe": "random:resnet18", "finetune": "random:resnet18"}
@@ -78,6 +80,12 @@ def _write_input(kind: str, where: Path) -> Path:
         where.write_text(TINY_CFG)
     elif kind == "pt":
         where.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    elif kind == "backbone":
+        import torch
+
+        from collapsekit.models import build_backbone
+
+        torch.save(build_backbone("resnet18").state_dict(), where)
     else:
         where.mkdir()
         vol = np.random.default_rng(0).integers(-200, 200, (32, 32, 6)).astype(np.int16)
@@ -86,7 +94,8 @@ def _write_input(kind: str, where: Path) -> Path:
 
 
 def _input_path(kind: str, root: Path) -> Path:
-    return root / {"npy": "emb.npy", "toml": "c.toml", "pt": "model.pt"}.get(kind, "data")
+    names = {"npy": "emb.npy", "toml": "c.toml", "pt": "model.pt", "backbone": "backbone.pt"}
+    return root / names.get(kind, "data")
 
 
 def _argv(command: str, inp: str | Path, out: Path) -> list[str]:
@@ -187,6 +196,7 @@ FULL_KEPT = {
     "finetune": "0 prediction files were written",
     "ablate": "nothing was written",
     "data phantom": "0 of 2 cases were written",
+    "export": "nothing was written",
 }
 
 
