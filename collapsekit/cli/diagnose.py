@@ -64,7 +64,13 @@ def spectrum(
         bool, typer.Option("--normalize/--no-normalize", help="L2-normalise rows first.")
     ] = True,
     image_size: ImageSizeOpt = None,
-    out: Annotated[Path, typer.Option(help="Where spectrum.png and spectrum.json go.")] = Path("."),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where spectrum.png and spectrum.json go.",
+            show_default="RUN/diagnostics for one run, else ./diagnostics",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     drop_nonfinite: DropOpt = False,
     overwrite: OverwriteOpt = False,
@@ -81,6 +87,7 @@ def spectrum(
     if dense and head:
         raise ConfigError("--dense and --head are exclusive")
     mode = "dense" if dense else "head" if head else "backbone"
+    out = _out_dir(out, inputs)
     _check_outputs(out, "spectrum", overwrite)
     data = DataSpec(
         dataset=dataset,
@@ -168,9 +175,13 @@ def similarity(
     data_dir: DataDirOpt = None,
     samples: SamplesOpt = 2048,
     image_size: ImageSizeOpt = None,
-    out: Annotated[Path, typer.Option(help="Where similarity.png and similarity.json go.")] = Path(
-        "."
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where similarity.png and similarity.json go.",
+            show_default="RUN/diagnostics for one run, else ./diagnostics",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     drop_nonfinite: DropOpt = False,
     overwrite: OverwriteOpt = False,
@@ -183,6 +194,7 @@ def similarity(
     from collapsekit.plotting import plot_similarity, save_figure
     from collapsekit.serialization import write_json
 
+    out = _out_dir(out, inputs)
     _check_outputs(out, "similarity", overwrite)
     data = DataSpec(
         dataset=dataset,
@@ -239,6 +251,12 @@ def similarity(
         )
     console.print(table)
     console.print(f"wrote {out / 'similarity.png'} and {out / 'similarity.json'}")
+
+
+def _out_dir(out: Path | None, inputs: list[str]) -> Path:
+    from collapsekit.runs.rundir import diagnostics_dir
+
+    return out if out is not None else diagnostics_dir(inputs)
 
 
 def _check_outputs(out: Path, stem: str, overwrite: bool) -> None:

@@ -7,6 +7,7 @@ symlink ``runs/latest`` points at the newest one (relative link, replaced atomic
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -22,10 +23,13 @@ __all__ = [
     "update_latest",
     "resolve_latest",
     "holds_run",
+    "diagnostics_dir",
 ]
 
 RUN_FILES = ("checkpoint.pt", "config.toml", "metrics.jsonl")
 RUNS_ROOT = Path("runs")
+#: Where ``spectrum``/``similarity`` write without ``--out``: inside the run, or in the cwd.
+DIAGNOSTICS = "diagnostics"
 LATEST = "latest"
 
 
@@ -83,3 +87,19 @@ def resolve_latest(root: str | Path = RUNS_ROOT) -> Path:
             "first, or pass a checkpoint, a run directory or random:resnet18"
         )
     return latest.resolve()
+
+
+def diagnostics_dir(inputs: Sequence[str]) -> Path:
+    """The default ``--out`` of ``spectrum`` and ``similarity`` for ``inputs``.
+
+    ``RUN/diagnostics`` when the one input is a run (its directory, its ``checkpoint.pt`` or
+    ``runs/latest``, resolved), so results sit next to the run they describe and never on top of
+    the ``spectrum.png`` training wrote; else ``./diagnostics`` (several inputs, embeddings files,
+    ``random:ARCH``).
+    """
+    if len(inputs) == 1 and ":" not in inputs[0]:
+        p = Path(inputs[0])
+        run = p if p.is_dir() else p.parent if p.name == RUN_FILES[0] else None
+        if run is not None and (run / RUN_FILES[0]).is_file():
+            return run.resolve() / DIAGNOSTICS
+    return Path(DIAGNOSTICS)

@@ -52,3 +52,38 @@ def test_holds_run(tmp_path: Path) -> None:
     assert holds_run(tmp_path) == []
     (tmp_path / "config.toml").write_text("")
     assert holds_run(tmp_path) == ["config.toml"]
+
+
+def test_diagnostics_dir_is_inside_a_single_run_else_a_named_folder(tmp_path, monkeypatch):
+    from collapsekit.runs.rundir import diagnostics_dir
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "20260101-000000-mocov2-resnet18"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "runs" / "latest").symlink_to(run.name)
+    assert diagnostics_dir([str(run)]) == run / "diagnostics"
+    assert diagnostics_dir([str(run / "checkpoint.pt")]) == run / "diagnostics"
+    assert diagnostics_dir(["runs/latest"]) == run / "diagnostics"  # resolved, not via the link
+    assert diagnostics_dir([str(run), "random:resnet18"]) == Path("diagnostics")
+    assert diagnostics_dir(["emb.npy"]) == Path("diagnostics")
+    assert diagnostics_dir(["random:resnet18"]) == Path("diagnostics")
+    assert diagnostics_dir([str(tmp_path)]) == Path("diagnostics")  # a directory, but no run
+
+
+def test_spectrum_without_out_writes_a_named_folder_not_the_cwd(tmp_path, monkeypatch):
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from collapsekit.cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    np.save("emb.npy", np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32))
+    (tmp_path / "spectrum.png").write_bytes(b"the user's own")
+    res = CliRunner().invoke(app, ["spectrum", "emb.npy", "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "spectrum.png").read_bytes() == b"the user's own"
+    assert sorted(p.name for p in (tmp_path / "diagnostics").iterdir()) == [
+        "spectrum.json",
+        "spectrum.png",
+    ]
