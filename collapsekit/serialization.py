@@ -7,13 +7,13 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import torch
 
 __all__ = ["append_line", "atomic_write", "save_nifti", "to_jsonable", "write_json"]
 
@@ -39,7 +39,8 @@ def to_jsonable(obj: Any) -> Any:
         return obj if math.isfinite(obj) else None
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor implies torch is loaded; never import it here
+    if torch is not None and isinstance(obj, torch.Tensor):
         return to_jsonable(obj.detach().cpu().numpy())
     return obj
 

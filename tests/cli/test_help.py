@@ -78,3 +78,13 @@ def test_flags_take_no_metavar_and_arguments_read_as_click_does() -> None:
     assert "Usage: collapsekit data phantom [OPTIONS] OUT_DIR" in res.output
     assert re.search(r"--overwrite\s+Write into", res.output)
     assert re.search(r"--cases\s+INT \[x>=1\]\s+Number of volumes", res.output)
+
+
+def test_help_does_not_import_torch() -> None:
+    """``collapsekit --help`` answers in well under a second: the CLI imports torch lazily."""
+    import subprocess
+    import sys
+
+    code = "import sys, collapsekit.cli.app; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
