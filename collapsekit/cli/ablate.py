@@ -46,10 +46,22 @@ def ablate(
         "runs/ablation"
     ),
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="Write each run's TensorBoard events to <out>/tb/<method>/seed<N>, so "
+            "`tensorboard --logdir <out>/tb` overlays the methods (needs collapsekit[tensorboard]).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Pretrain every method, diagnose and probe each, and write report.md + results.json + figures."""
     from collapsekit.experiments.ablation import AblationConfig, run_ablation
+    from collapsekit.train.tensorboard import require_tensorboard
+
+    if tensorboard:
+        require_tensorboard()
 
     overrides = {
         k: v for k, v in {"epochs": epochs, "probe_epochs": probe_epochs}.items() if v is not None
@@ -66,7 +78,7 @@ def ablate(
         overrides=overrides,
     )
     with rich_progress(quiet) as progress:
-        results = run_ablation(cfg, out, progress=progress)
+        results = run_ablation(cfg, out, progress=progress, tensorboard=tensorboard)
     if quiet:
         return
     table = Table(title=f"Ablation ({results['config']['budget']} budget, {seeds} seed(s))")
@@ -88,3 +100,5 @@ def ablate(
         )
     console.print(table)
     console.print(f"report: {out / 'report.md'}")
+    if tensorboard:
+        console.print(f"tensorboard: tensorboard --logdir {out / 'tb'}")
