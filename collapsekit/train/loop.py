@@ -531,6 +531,7 @@ class _Session:
             title = f"{self.run_dir.name} — step {self.step}"
             fig = spectrum_figure(self.last_report, cfg.model.method, cfg.model.arch, title)
             self.tb.figure("spectrum", fig, self.step)
+            self.tb.flush()
         self._reset_window()
         return record
 
@@ -577,14 +578,12 @@ def _train(
     epoch = session.step // session.steps_per_epoch
     last_metrics: dict[str, Any] = dict(session.history[-1]) if session.history else {}
     session._reset_window()
-    try:
-        with session.stop:
-            while session.step < session.stop_at and session.stop.received is None:
-                epoch = session.run_epoch(last_metrics)
-                session.checkpoint(epoch)
-    finally:
-        if session.tb is not None:
-            session.tb.close()
+    with session.stop:
+        while session.step < session.stop_at and session.stop.received is None:
+            epoch = session.run_epoch(last_metrics)
+            session.checkpoint(epoch)
+    if session.tb is not None:
+        session.tb.close()  # each record was flushed already: an error above loses nothing
     emit(progress, TaskFinished("train", info=last_metrics))
     if session.stop.received is not None:
         raise TrainingInterrupted(

@@ -117,3 +117,22 @@ def test_cli_without_tensorboard_installed_exits_2_with_one_line(tmp_path: Path)
         "pip install 'collapsekit[tensorboard]'"
     ]
     assert not (tmp_path / "run").exists()  # nothing was done
+
+
+@pytest.mark.slow  # ~4 s: a two-step training through the CLI
+def test_cli_train_tensorboard_writes_event_files(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from collapsekit.cli.app import app
+
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(
+        "\n".join(f"{k} = {v}" for k, v in TINY.items()) + "\n[model]\nqueue_size = 16\n"
+    )
+    run = tmp_path / "run"
+    res = CliRunner().invoke(
+        app, ["train", "--config", str(cfg), "--steps", "2", "--out", str(run), "--tensorboard"]
+    )
+    assert res.exit_code == 0, res.output
+    assert f"tensorboard --logdir {run / 'tb'}" in " ".join(res.output.split())
+    _assert_events_equal_metrics(run / "tb", _records(run))
