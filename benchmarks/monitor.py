@@ -56,6 +56,7 @@ def main() -> None:
     encoder = build_encoder(ModelConfig(method="mocov2", arch="resnet18"))
     monitor = encoder_monitor(encoder, images)
     runs = []
+    load_before = os.getloadavg()
     for threads in args.threads:
         torch.set_num_threads(threads)
         total = _ms(monitor.measure, args.repeats)
@@ -90,7 +91,9 @@ def main() -> None:
             "torch": torch.__version__,
             "cpu_count": os.cpu_count(),
         },
-        "note": "shared machine (other processes may compete for the cores): medians, ±10-20 %",
+        "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},
+        "note": "shared machine: other processes may compete for the cores (see the load "
+        "average; above the core count the times are inflated)",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")

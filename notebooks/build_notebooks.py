@@ -206,32 +206,33 @@ fig, ax = plot_ablation_dice(results)"""
 ]
 
 PLAIN_LOOP = """\
-from collections import OrderedDict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from collapsekit.data import PhantomConfig, load_split, select_slices, slice_tensor
 from collapsekit.monitoring import CollapseMonitor
 
 vols = load_split("phantom", split="all", phantom=PhantomConfig(cases=6, size=64, validation=0))
 images = slice_tensor(vols, select_slices(vols, 256), 64)  # (256, 1, 64, 64) CT slices
 train_x, held_out = images[:192], images[192:]  # the monitor's fixed held-out set
+model = nn.Sequential()  # a toy backbone + projector: any nn.Module will do
+model.backbone = nn.Sequential(nn.Conv2d(1, 64, 5, 4, 2), nn.BatchNorm2d(64), nn.ReLU())
+model.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+model.projector = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
 
-def block(i, o): return [nn.Conv2d(i, o, 3, 2, 1), nn.BatchNorm2d(o), nn.ReLU()]
-model = nn.Sequential(OrderedDict(
-    backbone=nn.Sequential(*block(1, 32), *block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-    projector=nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))))
+
+def info_nce(model, x):  # a toy contrastive loss between two "views" of each slice
+    z1 = F.normalize(model(x + 0.1 * torch.randn_like(x)), dim=1)
+    z2 = F.normalize(model(x.flip(-1)), dim=1)
+    return F.cross_entropy(z1 @ z2.T / 0.2, torch.arange(len(x)))
+
+
 opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 monitor = CollapseMonitor(model, held_out, layers=["backbone", "projector"], every=10)
-
 for step in range(1, STEPS + 1):
-    x = train_x[torch.randint(len(train_x), (32,))]
-    v1, v2 = x + 0.1 * torch.randn_like(x), x.flip(-1)  # two "views" of each slice
-    z1, z2 = F.normalize(model(v1), dim=1), F.normalize(model(v2), dim=1)
-    loss = F.cross_entropy(z1 @ z2.T / 0.2, torch.arange(len(x)))  # InfoNCE
-    opt.zero_grad(); loss.backward(); opt.step()
+    opt.zero_grad()
+    info_nce(model, train_x[torch.randint(len(train_x), (32,))]).backward()
+    opt.step()
     if (res := monitor.maybe_measure(step)) is not None:  # eval mode, no grad, mode restored
         print(step, {k: round(v, 2) for k, v in res.scalars().items() if "lambda" in k})"""
 
@@ -239,6 +240,7 @@ LIGHTNING = """\
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 from collapsekit.monitoring.lightning import CollapseMonitorCallback
+
 
 class SSL(L.LightningModule):
     def __init__(self, net):
@@ -249,20 +251,18 @@ class SSL(L.LightningModule):
         return self.net(x)
 
     def training_step(self, x, batch_idx):
-        v1, v2 = x + 0.1 * torch.randn_like(x), x.flip(-1)
-        z1, z2 = F.normalize(self(v1), dim=1), F.normalize(self(v2), dim=1)
-        loss = F.cross_entropy(z1 @ z2.T / 0.2, torch.arange(len(x)))
-        self.log("loss", loss)
-        return loss
+        return info_nce(self, x)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
-ssl = SSL(nn.Sequential(OrderedDict(backbone=model.backbone, projector=model.projector)))
-layers = {"backbone": "net.backbone", "projector": "net.projector"}
-lmonitor = CollapseMonitor(ssl, held_out, layers=layers, every=10)
-trainer = L.Trainer(max_steps=STEPS, logger=CSVLogger(workdir), enable_progress_bar=False,
-                    callbacks=[CollapseMonitorCallback(lmonitor)], enable_model_summary=False)
+
+ssl = SSL(model)
+spaces = {"backbone": "net.backbone", "projector": "net.projector"}
+callback = CollapseMonitorCallback(CollapseMonitor(ssl, held_out, layers=spaces, every=10))
+trainer = L.Trainer(
+    max_steps=STEPS, callbacks=[callback], logger=CSVLogger(workdir), enable_progress_bar=False
+)
 trainer.fit(ssl, torch.utils.data.DataLoader(train_x, batch_size=32, shuffle=True))
 print(trainer.callback_metrics["collapse/backbone/effective_rank_lambda"])"""
 
@@ -283,8 +283,8 @@ NB4 = [
     ),
     new_markdown_cell(
         "## 1. A plain PyTorch loop\n\nA toy contrastive model on phantom CT slices; the monitor "
-        "hooks the `backbone` and `projector` submodules (a `(B, C, H, W)` output would be "
-        "average-pooled). With a callable instead, `CollapseMonitor(fn, held_out)` takes "
+        "hooks the `backbone` and `projector` submodules (the backbone's `(B, 64, 16, 16)` feature "
+        "map is average-pooled to `(B, 64)`). With a callable instead, `CollapseMonitor(fn, held_out)` takes "
         "`fn(x) -> tensor` or `-> {space: tensor}`."
     ),
     new_code_cell(PLAIN_LOOP),
@@ -324,7 +324,7 @@ fig.tight_layout()"""
 import warnings
 from collapsekit.monitoring import CollapseWarning
 
-collapsed = nn.Sequential(model.backbone, nn.Linear(64, 1), nn.Softplus(), nn.Linear(1, 32, bias=False))
+collapsed = nn.Sequential(model.backbone, model.pool, nn.Linear(64, 1), nn.Softplus(), nn.Linear(1, 32, bias=False))
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", CollapseWarning)
     CollapseMonitor(collapsed, held_out, max_cosine=0.9).measure(step=0)

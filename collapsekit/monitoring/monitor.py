@@ -179,8 +179,9 @@ class CollapseMonitor:
             with an ``"image"`` tensor. Use the same fixed set at every step.
         every: measure when ``step % every == 0`` (see :meth:`maybe_measure`).
         layers: submodule names to hook (``embed`` must then be a module).
-        module: the module to put in eval mode (default: inferred from ``embed``; with neither,
-            the mode is left alone).
+        module: the module to put in eval mode, and whose first parameter's device the batches
+            are moved to (default: inferred from ``embed``; with neither, mode and device are
+            left alone).
         normalize: L2-normalise rows before the spectrum (Jing et al. 2022's convention).
         cosine_samples: rows used for the pairwise cosine (subsampled with a fixed seed).
         batch_size: chunk size for a tensor ``data``.
