@@ -264,7 +264,10 @@ class CollapseMonitor:
 
     def measure(self, step: int | None = None) -> MonitorResult:
         """Embed the held-out set and diagnose every space now; warn on crossed thresholds."""
-        spaces = self.embeddings()
+        return self.diagnose(self.embeddings(), step)
+
+    def diagnose(self, spaces: Mapping[str, Any], step: int | None = None) -> MonitorResult:
+        """Diagnose given ``{space: (N, D) embeddings}`` (warnings and history as :meth:`measure`)."""
         metrics = {
             name: SpaceMetrics(
                 name=name,
@@ -276,7 +279,7 @@ class CollapseMonitor:
         alerts = tuple(a for m in metrics.values() for a in self.alerts(m, step))
         if self.warn:
             for alert in alerts:
-                warnings.warn(alert, CollapseWarning, stacklevel=2)
+                warnings.warn(alert, CollapseWarning, stacklevel=3)
         result = MonitorResult(step=step, spaces=metrics, alerts=alerts)
         if self.keep_history:
             self.history.append(result)

@@ -174,3 +174,18 @@ def test_result_is_frozen(images: torch.Tensor) -> None:
     assert isinstance(res, MonitorResult)
     with pytest.raises(AttributeError):
         res.step = 3  # type: ignore[misc]
+
+
+def test_diagnose_given_embeddings_is_measure_without_the_forward(images: torch.Tensor) -> None:
+    net = _net()
+    mon = CollapseMonitor(net.both, images)
+    spaces = mon.embeddings()
+    assert {k: v.shape for k, v in spaces.items()} == {
+        "backbone": (40, 8),
+        "projector": (40, 4),
+    }
+    direct = mon.diagnose(spaces, step=3)
+    assert direct.step == 3
+    for space in spaces:
+        assert direct[space].scalars() == _expected(spaces[space])
+        assert direct[space].scalars() == mon.measure()[space].scalars()
