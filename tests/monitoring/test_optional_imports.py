@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 BLOCK = """
 import sys
 BLOCKED = ("lightning", "pytorch_lightning", "lightning_fabric", "tensorboard", "tensorboardX")
@@ -19,6 +21,7 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # ~3-6 s: a fresh interpreter imports torch and the CLI
 def test_core_monitor_and_cli_import_without_the_extras() -> None:
     p = _run(
         """

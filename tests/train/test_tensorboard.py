@@ -96,6 +96,7 @@ for name in ("tensorboard", "tensorboardX", "lightning", "pytorch_lightning"):
 """
 
 
+@pytest.mark.slow  # ~3-5 s: a fresh interpreter imports torch and the CLI
 def test_cli_without_tensorboard_installed_exits_2_with_one_line(tmp_path: Path) -> None:
     code = BLOCK + (
         "from collapsekit.cli.app import main\n"
