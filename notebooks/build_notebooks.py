@@ -205,12 +205,141 @@ fig, ax = plot_ablation_dice(results)"""
     ),
 ]
 
+PLAIN_LOOP = """\
+import torch
+import torch.nn.functional as F
+from torch import nn
+from collapsekit.data import PhantomConfig, load_split, select_slices, slice_tensor
+from collapsekit.monitoring import CollapseMonitor
+
+vols = load_split("phantom", split="all", phantom=PhantomConfig(cases=6, size=64, validation=0))
+images = slice_tensor(vols, select_slices(vols, 256), 64)  # (256, 1, 64, 64) CT slices
+train_x, held_out = images[:192], images[192:]  # the monitor's fixed held-out set
+model = nn.Sequential()  # a toy backbone + projector: any nn.Module will do
+model.backbone = nn.Sequential(nn.Conv2d(1, 64, 5, 4, 2), nn.BatchNorm2d(64), nn.ReLU())
+model.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+model.projector = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+
+
+def info_nce(model, x):  # a toy contrastive loss between two "views" of each slice
+    z1 = F.normalize(model(x + 0.1 * torch.randn_like(x)), dim=1)
+    z2 = F.normalize(model(x.flip(-1)), dim=1)
+    return F.cross_entropy(z1 @ z2.T / 0.2, torch.arange(len(x)))
+
+
+opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+monitor = CollapseMonitor(model, held_out, layers=["backbone", "projector"], every=10)
+for step in range(1, STEPS + 1):
+    opt.zero_grad()
+    info_nce(model, train_x[torch.randint(len(train_x), (32,))]).backward()
+    opt.step()
+    if (res := monitor.maybe_measure(step)) is not None:  # eval mode, no grad, mode restored
+        print(step, {k: round(v, 2) for k, v in res.scalars().items() if "lambda" in k})"""
+
+LIGHTNING = """\
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger
+from collapsekit.monitoring.lightning import CollapseMonitorCallback
+
+
+class SSL(L.LightningModule):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, x, batch_idx):
+        return info_nce(self, x)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+ssl = SSL(model)
+spaces = {"backbone": "net.backbone", "projector": "net.projector"}
+callback = CollapseMonitorCallback(CollapseMonitor(ssl, held_out, layers=spaces, every=10))
+trainer = L.Trainer(
+    max_steps=STEPS, callbacks=[callback], logger=CSVLogger(workdir), enable_progress_bar=False
+)
+trainer.fit(ssl, torch.utils.data.DataLoader(train_x, batch_size=32, shuffle=True))
+print(trainer.callback_metrics["collapse/backbone/effective_rank_lambda"])"""
+
+NB4 = [
+    new_markdown_cell(
+        "# Monitor dimensional collapse in your own training loop\n\n"
+        "`CollapseMonitor` embeds a fixed held-out set every `every` steps (eval mode, no "
+        "gradients, the previous train/eval mode restored) and reports, per embedding space, the "
+        "σ- and λ-based effective ranks, RankMe, α-ReQ, the std of L2-normalised embeddings and "
+        "the mean pairwise cosine — the same functions as `collapsekit spectrum`, and the same "
+        "monitor `collapsekit train` runs. It raises a `CollapseWarning` when a threshold is "
+        "crossed. Below: a plain PyTorch loop, then PyTorch Lightning "
+        "(`pip install 'collapsekit[lightning]'`)."
+    ),
+    new_code_cell(
+        SETUP
+        + "\n\nimport tempfile\n\nSTEPS = 30 if QUICK else 300\nworkdir = tempfile.mkdtemp(prefix='collapsekit-nb4-')"
+    ),
+    new_markdown_cell(
+        "## 1. A plain PyTorch loop\n\nA toy contrastive model on phantom CT slices; the monitor "
+        "hooks the `backbone` and `projector` submodules (the backbone's `(B, 64, 16, 16)` feature "
+        "map is average-pooled to `(B, 64)`). With a callable instead, `CollapseMonitor(fn, held_out)` takes "
+        "`fn(x) -> tensor` or `-> {space: tensor}`."
+    ),
+    new_code_cell(PLAIN_LOOP),
+    new_markdown_cell(
+        "Each result holds the full `SpectrumResult` of every space, so the spectra plot as "
+        "everywhere else in collapsekit; `res.scalars('collapse/')` is what to send to "
+        "TensorBoard (`writer.add_scalar(k, v, step)` for each item) or any logger."
+    ),
+    new_code_cell(
+        """\
+import matplotlib.pyplot as plt
+from collapsekit.plotting import plot_spectrum
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+for space in ("backbone", "projector"):
+    steps = [r.step for r in monitor.history]
+    axes[0].plot(steps, [r[space].effective_rank_lambda for r in monitor.history], "o-", label=space)
+axes[0].set(xlabel="step", ylabel="λ-effective rank", title="held-out effective rank")
+axes[0].legend()
+plot_spectrum([m.spectrum for m in monitor.history[-1].spaces.values()], ax=axes[1])
+fig.tight_layout()"""
+    ),
+    new_markdown_cell(
+        "## 2. PyTorch Lightning\n\n`CollapseMonitorCallback` measures after every `every`-th "
+        "optimiser step and writes `collapse/<space>/<metric>` to every logger of the Trainer "
+        "(CSV, TensorBoard, W&B ...) at that step, and to `trainer.callback_metrics` (so "
+        "`EarlyStopping` or `ModelCheckpoint` can watch an effective rank)."
+    ),
+    new_code_cell(LIGHTNING),
+    new_markdown_cell(
+        "## 3. Warnings\n\nThresholds (`rank_fraction`, `std_fraction`, `max_cosine`) raise "
+        "`CollapseWarning`, which the `warnings` module filters like any other: here a "
+        "projector that maps every slice to the same direction."
+    ),
+    new_code_cell(
+        """\
+import warnings
+from collapsekit.monitoring import CollapseWarning
+
+collapsed = nn.Sequential(model.backbone, model.pool, nn.Linear(64, 1), nn.Softplus(), nn.Linear(1, 32, bias=False))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", CollapseWarning)
+    CollapseMonitor(collapsed, held_out, max_cosine=0.9).measure(step=0)
+for w in caught:
+    print(w.category.__name__, ":", w.message)"""
+    ),
+]
+
 
 def main() -> None:
     for name, cells in [
         ("01_quickstart.ipynb", NB1),
         ("02_anatomy_of_collapse.ipynb", NB2),
         ("03_ablation.ipynb", NB3),
+        ("04_monitor_your_loop.ipynb", NB4),
     ]:
         nb = new_notebook(cells=cells)
         nb.metadata["kernelspec"] = {

@@ -17,6 +17,7 @@ def test_notebooks_exist() -> None:
         "01_quickstart.ipynb",
         "02_anatomy_of_collapse.ipynb",
         "03_ablation.ipynb",
+        "04_monitor_your_loop.ipynb",
     ]
 
 

@@ -46,6 +46,14 @@ def ablate(
         "runs/ablation"
     ),
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="Write each run's TensorBoard events to <out>/tb/<method>/seed<N>, so "
+            "`tensorboard --logdir <out>/tb` overlays the methods (needs collapsekit[tensorboard]).",
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")
     ] = False,
@@ -53,7 +61,10 @@ def ablate(
     """Pretrain every method, diagnose and probe each, and write report.md + results.json + figures."""
     from collapsekit.experiments.ablation import AblationConfig, run_ablation
     from collapsekit.outputs import check_writable_dir
+    from collapsekit.train.tensorboard import require_tensorboard
 
+    if tensorboard:
+        require_tensorboard()
     check_writable_dir(out, "--out")
 
     overrides = {
@@ -71,7 +82,7 @@ def ablate(
         overrides=overrides,
     )
     with rich_progress(quiet) as progress:
-        results = run_ablation(cfg, out, progress=progress)
+        results = run_ablation(cfg, out, progress=progress, tensorboard=tensorboard)
     if quiet:
         return
     table = Table(title=f"Ablation ({results['config']['budget']} budget, {seeds} seed(s))")
@@ -93,3 +104,5 @@ def ablate(
         )
     console.print(table)
     console.print(f"report: {out / 'report.md'}")
+    if tensorboard:
+        console.print(f"tensorboard: tensorboard --logdir {out / 'tb'}")

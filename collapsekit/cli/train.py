@@ -131,6 +131,14 @@ def train(
             help="Also checkpoint every N steps.",
         ),
     ] = None,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="Also write TensorBoard event files to <run>/tb: every metrics.jsonl field and "
+            "the spectrum figure at each monitor step (needs collapsekit[tensorboard]).",
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")
     ] = False,
@@ -143,7 +151,10 @@ def train(
 
     from collapsekit.train.config import config_from_dict, load_config
     from collapsekit.train.loop import train as run_training
+    from collapsekit.train.tensorboard import require_tensorboard
 
+    if tensorboard:
+        require_tensorboard()  # one clear line before any work
     overrides = dict(
         dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,
@@ -172,7 +183,9 @@ def train(
     if not quiet and is_main and not resume:
         _print_config(cfg)
     with rich_progress(quiet or not is_main) as progress:
-        result = run_training(cfg, out, resume=resume, overwrite=overwrite, progress=progress)
+        result = run_training(
+            cfg, out, resume=resume, overwrite=overwrite, progress=progress, tensorboard=tensorboard
+        )
     if quiet or not is_main:
         return
     last = result.history[-1] if result.history else {}
@@ -189,6 +202,8 @@ def train(
         )
     if result.finished:
         console.print(f"spectrum: {result.run_dir / 'spectrum.png'}")
+    if tensorboard:
+        console.print(f"tensorboard: tensorboard --logdir {result.run_dir / 'tb'}")
     else:
         err_console.print(f"continue with: collapsekit train --resume --out {result.run_dir}")
 

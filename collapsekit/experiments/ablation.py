@@ -355,9 +355,18 @@ def _aggregate(
 
 
 def run_ablation(
-    cfg: AblationConfig, out: str | Path, *, progress: ProgressCallback | None = None
+    cfg: AblationConfig,
+    out: str | Path,
+    *,
+    progress: ProgressCallback | None = None,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) the ablation into ``out`` and return the ``results.json`` content."""
+    """Run (or resume) the ablation into ``out`` and return the ``results.json`` content.
+
+    With ``tensorboard`` every pretraining run also writes TensorBoard events to
+    ``out/tb/<method>/seed<N>``: ``tensorboard --logdir out/tb`` overlays the methods' curves.
+    (Runs reused from an earlier call keep whatever events they wrote then.)
+    """
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -407,7 +416,17 @@ def run_ablation(
         else:
             tcfg = _train_config(cfg, method, seed)
             resume = (run_dir / "checkpoint.pt").exists()
-            res = train(tcfg, run_dir, resume=resume, overwrite=not resume, progress=progress)
+            tb: bool | Path = False
+            if tensorboard:
+                tb = out / "tb" / method_dirname(method) / f"seed{seed}"
+            res = train(
+                tcfg,
+                run_dir,
+                resume=resume,
+                overwrite=not resume,
+                progress=progress,
+                tensorboard=tb,
+            )
             if not res.finished:  # pragma: no cover - only with stop_after
                 raise ConfigError(f"training of {method} stopped early at step {res.step}")
             model = load_model(run_dir, device)

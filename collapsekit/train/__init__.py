@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collapsekit.train.config import TrainConfig, config_from_dict, load_config, save_config
 from collapsekit.train.loop import TrainResult, train
-from collapsekit.train.monitor import MonitorReport, monitor_report, monitor_spaces
+from collapsekit.train.monitor import encoder_monitor, monitor_report, monitor_spaces
 
 __all__ = [
     "TrainConfig",
@@ -13,7 +13,7 @@ __all__ = [
     "load_config",
     "save_config",
     "train",
-    "MonitorReport",
+    "encoder_monitor",
     "monitor_report",
     "monitor_spaces",
 ]

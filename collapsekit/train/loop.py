@@ -33,6 +33,7 @@ from collapsekit.data import (
 )
 from collapsekit.errors import ConfigError, OutputError, TrainingError, TrainingInterrupted
 from collapsekit.models import MoCo
+from collapsekit.monitoring import MonitorResult
 from collapsekit.outputs import check_writable_dir, os_error_in, write_failure
 from collapsekit.progress import (
     Message,
@@ -61,13 +62,14 @@ from collapsekit.train.distributed import (
 )
 from collapsekit.train.interrupts import StopSignals, ignore_stop_signals
 from collapsekit.train.monitor import (
-    MonitorReport,
-    collapse_warning,
+    encoder_monitor,
+    metrics_record,
     monitor_images,
-    monitor_spaces,
+    spectrum_figure,
     write_final_spectrum,
 )
 from collapsekit.train.sampling import EpochSampler, SeededViews
+from collapsekit.train.tensorboard import TensorBoardLog, require_tensorboard
 
 __all__ = ["TrainResult", "train"]
 
@@ -143,6 +145,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    tensorboard: bool | str | Path = False,
 ) -> TrainResult:
     """Pretrain a MoCo v2 model (method per ``cfg.model.method``) and write a run directory.
 
@@ -157,6 +160,9 @@ def train(
         resume: continue the run in ``out`` from its ``checkpoint.pt``.
         overwrite: allow writing into a directory that already holds another run.
         progress: progress callback (task ``train``; warnings as :class:`Message`).
+        tensorboard: also log every metrics record (and the spectrum figure at each monitor step)
+            to TensorBoard event files (rank 0): ``True`` in ``<run>/tb``, or in the directory
+            given. Needs the ``tensorboard`` package.
 
     Raises:
         ConfigError: ``out`` holds another run (without ``resume``/``overwrite``), or nothing to resume.
@@ -165,6 +171,8 @@ def train(
         TrainingInterrupted: SIGINT/SIGTERM; the step finished and a checkpoint was written.
         OutputError: ``out`` is a file, a non-empty directory without a run, or not writable.
     """
+    if tensorboard is not False:
+        require_tensorboard()  # before any work
     ctx = setup_distributed(cfg.device)
     try:
         return _train(
@@ -174,6 +182,7 @@ def train(
             overwrite=overwrite,
             progress=progress if ctx.is_main else None,
             ctx=ctx,
+            tensorboard=tensorboard,
         )
     finally:
         cleanup_distributed(ctx)
@@ -270,6 +279,7 @@ class _Session:
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.steps_per_epoch
         self.stop_at = min(self.total_steps, cfg.stop_after) if cfg.stop_after else self.total_steps
         self.monitor_images = monitor_images(monitor_vols, cfg.monitor_samples, cfg.image_size)
+        self.tb: TensorBoardLog | None = None
         self.n_slices = len(slices)
 
         # ---- model, optimiser, schedule
@@ -296,12 +306,15 @@ class _Session:
             "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
         )
         self.width = self.moco.encoder_q.backbone.out_channels
+        self.monitor = encoder_monitor(
+            self.moco.encoder_q, self.monitor_images, warn_fraction=cfg.collapse_warn_fraction
+        )
         self.loss_chance = math.log(cfg.model.queue_size + 1)
 
         self.step = 0
         self.losses: list[float] = []
         self.history: list[dict[str, Any]] = []
-        self.last_report: MonitorReport | None = None
+        self.last_report: MonitorResult | None = None
         self._window: dict[str, float] = {}
         self._t0 = time.perf_counter()
 
@@ -495,7 +508,7 @@ class _Session:
         w, cfg = self._window, self.cfg
         n = max(int(w.get("steps", 0)), 1)
         elapsed = time.perf_counter() - self._t0
-        self.last_report = monitor_spaces(self.moco.encoder_q, self.monitor_images)
+        self.last_report = self.monitor.measure(self.step)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": self.step,
@@ -508,15 +521,18 @@ class _Session:
             "batch_top1_chance": 1.0 / (cfg.batch_size // self.ctx.world_size),
             "lr": self.scheduler.get_last_lr()[0],
             "images_per_s": n * cfg.batch_size / max(elapsed, 1e-9),
-            **self.last_report.record(),
+            **metrics_record(self.last_report),
         }
-        warning = collapse_warning(
-            record["effective_rank"], self.width, cfg.collapse_warn_fraction, self.step
-        )
-        if warning is not None:
-            emit(self.progress, warning)
+        for alert in self.last_report.alerts:
+            emit(self.progress, Message(alert, level="warning"))
         self.history.append(record)
         self._write(append_line, json.dumps(record), self.run_dir / "metrics.jsonl")
+        if self.tb is not None:
+            self.tb.record(record)
+            title = f"{self.run_dir.name} — step {self.step}"
+            fig = spectrum_figure(self.last_report, cfg.model.method, cfg.model.arch, title)
+            self.tb.figure("spectrum", fig, self.step)
+            self.tb.flush()
         self._reset_window()
         return record
 
@@ -529,6 +545,7 @@ def _train(
     overwrite: bool,
     progress: ProgressCallback | None,
     ctx: DistContext,
+    tensorboard: bool | str | Path = False,
 ) -> TrainResult:
     cfg, run_dir, ckpt = _open_run(cfg, out, resume=resume, overwrite=overwrite, ctx=ctx)
     torch.manual_seed(cfg.seed)
@@ -547,6 +564,11 @@ def _train(
         remove_stale_temp_files(run_dir)  # a kill during a checkpoint write leaves one
         session._write(save_config, cfg, run_dir / "config.toml")
         update_latest(run_dir)
+        if tensorboard is not False:
+            tb_dir = run_dir / "tb" if tensorboard is True else Path(tensorboard)
+            # TensorBoard drops earlier events at or after purge_step: a resumed run replays the
+            # steps after its checkpoint, an overwritten one starts again
+            session.tb = TensorBoardLog(tb_dir, purge_step=session.step + 1 if ckpt else 0)
     barrier(ctx)
 
     total = session.total_steps
@@ -561,6 +583,8 @@ def _train(
         while session.step < session.stop_at and session.stop.agreed is None:
             epoch = session.run_epoch(last_metrics)
             session.checkpoint(epoch)
+    if session.tb is not None:
+        session.tb.close()  # each record was flushed already: an error above loses nothing
     emit(progress, TaskFinished("train", info=last_metrics))
     if session.stop.agreed is not None:
         raise TrainingInterrupted(
@@ -573,7 +597,7 @@ def _train(
     if finished and ctx.is_main:
         report = session.last_report
         if report is None:  # resumed exactly at the end: nothing was trained this session
-            report = monitor_spaces(session.moco.encoder_q, session.monitor_images)
+            report = session.monitor.measure(session.step)
         session._write(
             lambda r, d: write_final_spectrum(r, d, cfg.model.method, cfg.model.arch),
             report,

@@ -1,0 +1,112 @@
+"""The Lightning callback in a real ``lightning.Trainer`` on CPU, logging to a real CSV logger."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from collapsekit.diagnostics import pairwise_cosine_stats, spectrum_report
+from collapsekit.monitoring import CollapseMonitor
+
+L = pytest.importorskip("lightning")
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+
+from collapsekit.monitoring.lightning import CollapseMonitorCallback  # noqa: E402
+
+
+class Tiny(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU())
+        self.head = nn.Linear(16, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        (x,) = batch
+        z = nn.functional.normalize(self(x), dim=1)
+        return (z @ z.T).mean()  # pushes the rows together: the spectrum moves every step
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+class Reference(L.Callback):
+    """After the monitor, the diagnostics functions on the same held-out batch, same weights."""
+
+    def __init__(self, held_out: torch.Tensor, every: int) -> None:
+        self.held_out, self.every = held_out, every
+        self.expected: dict[int, dict[str, float]] = {}
+        self.modes: list[bool] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # type: ignore[no-untyped-def]
+        self.modes.append(pl_module.training and pl_module.backbone.training)
+        step = trainer.global_step
+        if step % self.every:
+            return
+        pl_module.eval()
+        with torch.no_grad():
+            h = pl_module.backbone(self.held_out)
+            z = pl_module.head(h)
+        pl_module.train()
+        row = {}
+        for space, e in (("backbone", h), ("projector", z)):
+            s = spectrum_report(e, normalize=True)
+            row[f"collapse/{space}/effective_rank_sigma"] = s.effective_rank_centered
+            row[f"collapse/{space}/effective_rank_lambda"] = s.effective_rank_eigenvalues
+            row[f"collapse/{space}/rankme"] = s.effective_rank_uncentered
+            row[f"collapse/{space}/alpha_req"] = s.alpha
+            row[f"collapse/{space}/std_l2"] = s.std_l2
+            row[f"collapse/{space}/mean_cosine"] = pairwise_cosine_stats(e).mean
+        self.expected[step] = row
+
+
+@pytest.mark.slow  # ~5 s: a real Trainer
+def test_callback_logs_the_diagnostics_of_the_held_out_batch(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    train = DataLoader(TensorDataset(torch.randn(64, 12, generator=g)), batch_size=8)
+    held_out = torch.randn(48, 12, generator=g)
+    model = Tiny()
+    monitor = CollapseMonitor(
+        model, held_out, layers={"backbone": "backbone", "projector": "head"}, every=2
+    )
+    reference = Reference(held_out, every=2)
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = L.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[CollapseMonitorCallback(monitor), reference],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=50,  # the monitor's values must not depend on it
+    )
+    trainer.fit(model, train)
+
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("collapse/backbone/rankme")]
+    logged = {
+        int(r["step"]): {k: float(v) for k, v in r.items() if k.startswith("collapse/")}
+        for r in rows
+    }
+    assert sorted(logged) == sorted(reference.expected) == [2, 4, 6]
+    for step, expected in reference.expected.items():
+        assert logged[step] == pytest.approx(expected, rel=1e-12), step
+    # the weights moved, so the steps differ: the comparison is per step, not of one constant
+    assert (
+        logged[2]["collapse/projector/mean_cosine"] != logged[6]["collapse/projector/mean_cosine"]
+    )
+    # the model trained in train mode throughout; the monitor restored it each time
+    assert all(reference.modes) and model.training
+    # and the last values are in callback_metrics (for EarlyStopping / ModelCheckpoint)
+    last = trainer.callback_metrics["collapse/backbone/effective_rank_lambda"]
+    assert float(last) == pytest.approx(
+        reference.expected[6]["collapse/backbone/effective_rank_lambda"], rel=1e-6
+    )
