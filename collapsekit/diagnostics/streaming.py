@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 
-from collapsekit.diagnostics.spectrum import SpectrumResult, _eigvalsh_desc, summarize_spectrum
+from collapsekit.diagnostics.spectrum import (
+    SpectrumResult,
+    _eigvalsh_desc,
+    data_precision,
+    summarize_spectrum,
+)
 from collapsekit.diagnostics.validation import as_matrix
 from collapsekit.errors import InputError
 
@@ -81,6 +86,7 @@ class SpectrumAccumulator:
         self.drop_nonfinite = bool(drop_nonfinite)
         self.n = 0
         self.n_dropped = 0
+        self._data_eps = 0.0  # the coarsest precision among the batches (see data_precision)
         self._device: torch.device | None = None
         self._shift: torch.Tensor | None = None  # (D,) float64
         self._total: torch.Tensor | None = None  # (D,) float64, sum of (y - shift)
@@ -126,6 +132,9 @@ class SpectrumAccumulator:
                 without ``drop_nonfinite``.
         """
         t = as_matrix(batch, name=self.name, min_rows=0)
+        self._data_eps = max(self._data_eps, data_precision(t.dtype))
+        if self.fast:
+            self._data_eps = max(self._data_eps, data_precision(torch.float32))
         d = t.shape[1]
         if self.dim is not None and d != self.dim:
             raise InputError(
@@ -236,4 +245,5 @@ class SpectrumAccumulator:
             n=n,
             normalized=self.normalize,
             std_l2=std_l2,
+            data_eps=self._data_eps,
         )

@@ -197,3 +197,27 @@ def test_eigenvalue_effective_rank_is_the_variance_spectrum() -> None:
     del d["effective_rank_eigenvalues"]
     old = type(res).from_dict(d)
     assert old.effective_rank_eigenvalues == pytest.approx(res.effective_rank_eigenvalues, rel=1e-6)
+
+
+def test_float32_rounding_of_a_collapsed_set_is_not_read_as_spread() -> None:
+    """Rows that all point one way, equal up to float32 rounding: the centred spectrum is pure
+    rounding noise, which at float64's epsilon would read as a high rank (σ-rank 24.9 of 32)."""
+    from collapsekit.diagnostics import spectrum_report
+    from collapsekit.diagnostics.streaming import SpectrumAccumulator
+
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=32)
+    z = (direction[None, :] * rng.uniform(0.5, 2.0, size=(512, 1))).astype(np.float32)
+    res = spectrum_report(z)
+    assert res.effective_rank_centered == 0.0 and res.effective_rank_eigenvalues == 0.0
+    assert res.numerical_rank == 0
+    assert res.effective_rank_uncentered == pytest.approx(1.0, abs=1e-3)  # RankMe agrees
+    acc = SpectrumAccumulator()
+    for block in np.array_split(z, 4):
+        acc.update(block)
+    assert acc.compute().effective_rank_eigenvalues == 0.0
+    # Cast to float64, the float32 rounding is taken for signal: the dtype says the precision.
+    assert spectrum_report(z.astype(np.float64)).numerical_rank > 1
+    # A healthy isotropic float32 set keeps its full rank.
+    iso = rng.normal(size=(4096, 32)).astype(np.float32)
+    assert spectrum_report(iso).effective_rank_eigenvalues > 31.0
