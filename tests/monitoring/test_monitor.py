@@ -189,3 +189,17 @@ def test_diagnose_given_embeddings_is_measure_without_the_forward(images: torch.
     for space in spaces:
         assert direct[space].scalars() == _expected(spaces[space])
         assert direct[space].scalars() == mon.measure()[space].scalars()
+
+
+@pytest.mark.gpu
+def test_cuda_model_with_held_out_batch_on_the_cpu(images: torch.Tensor) -> None:
+    """A model on CUDA, the held-out set on the CPU (as a user keeps it): the monitor moves the
+    batches to the model's device and gives the values of the CPU model within float32 rounding."""
+    net = _net()
+    cpu = CollapseMonitor(net, images, layers=["backbone", "head"], batch_size=16).measure(step=1)
+    net.cuda()
+    gpu = CollapseMonitor(net, images, layers=["backbone", "head"], batch_size=16).measure(step=1)
+    assert next(net.parameters()).is_cuda and net.training
+    for space in ("backbone", "head"):
+        a, b = cpu[space].scalars(), gpu[space].scalars()
+        assert b == pytest.approx(a, rel=1e-3, abs=1e-5)
