@@ -34,6 +34,8 @@ def _ms(fn, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         out.append(1000 * (time.perf_counter() - t))
     return out
 
@@ -46,6 +48,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument(
+        "--device", default="cpu", help="cpu | cuda (the model; slices stay on the CPU)"
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/monitor.json"))
     args = ap.parse_args()
 
@@ -54,7 +59,7 @@ def main() -> None:
     )
     images = monitor_images(volumes, args.samples, args.image_size)
     torch.manual_seed(0)
-    encoder = build_encoder(ModelConfig(method="mocov2", arch="resnet18"))
+    encoder = build_encoder(ModelConfig(method="mocov2", arch="resnet18")).to(args.device)
     monitor = encoder_monitor(encoder, images)
     runs = []
     load_before = os.getloadavg()
@@ -91,6 +96,8 @@ def main() -> None:
         "benchmark": "CollapseMonitor.measure (backbone + projector spaces)",
         "samples": len(images),
         "image_size": args.image_size,
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
         "model": "MoCo v2 query encoder: MONAI ResNet-18 (1 channel, stride-2 stem) + 2-layer MLP "
         "projector (512 -> 512 -> 128), random init",
         "batch_size": monitor.batch_size,
