@@ -48,7 +48,7 @@ import numpy as np
 from collapsekit.data.preprocess import PreprocessConfig
 from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
-from collapsekit.errors import DataError
+from collapsekit.errors import DataError, OutputError
 from collapsekit.serialization import atomic_write
 
 __all__ = [
@@ -204,8 +204,21 @@ def write_disk(cache_dir: Path, digest: str, key_json: str, volume: Volume) -> N
     The arrays go first and the ``.json`` commit record last, each through a temporary file in
     ``cache_dir`` and ``os.replace``: a reader never sees a half-written file, and a writer killed
     midway leaves at most arrays without a ``.json``, which read as a miss.
+
+    Raises:
+        OutputError: the entry cannot be written (read-only directory, full disk); the message
+            names the case and the directory.
     """
-    files = entry_files(cache_dir, digest)
+    try:
+        _write_entry(entry_files(cache_dir, digest), key_json, volume)
+    except OSError as e:
+        raise OutputError(
+            f"cannot write the cache entry of case {volume.case_id} to {cache_dir}: "
+            f"{e.strerror or e}"
+        ) from None
+
+
+def _write_entry(files: dict[str, Path], key_json: str, volume: Volume) -> None:
     image = np.asarray(volume.image)
     _save_array(files["image"], image.astype(CACHE_IMAGE_DTYPE))
     if volume.label is not None:

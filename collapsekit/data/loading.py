@@ -31,7 +31,7 @@ from collapsekit.data.layouts import discover
 from collapsekit.data.preprocess import PreprocessConfig, preprocess_record
 from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
-from collapsekit.errors import CollapsekitError, ConfigError, DataError
+from collapsekit.errors import CollapsekitError, ConfigError, DataError, OutputError
 from collapsekit.options import look_up_option
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
 
@@ -213,6 +213,7 @@ def load_volumes(
             names it; raised as the same one-line error whether it happened in a worker or not,
             and the pool is shut down), or a worker process that died (e.g. out of memory).
         ConfigError: ``workers < 0``.
+        OutputError: the cache directory or an entry cannot be written (read-only, full disk).
     """
     n_workers, explicit = _resolve_workers(workers)
     if cache_dir is None:
@@ -245,6 +246,9 @@ def load_volumes(
                     "after it was written (another process deleting the cache? full disk?)"
                 )
         assert vol is not None
+        for a in (vol.image, vol.label):  # a volume sent back by a worker arrives writable
+            if a is not None and a.flags.writeable:
+                a.flags.writeable = False
         MEMORY[digest] = vol
         for i in todo[digest]:
             out[i] = vol
@@ -252,7 +256,10 @@ def load_volumes(
 
     jobs = [(d, records[pos[0]]) for d, pos in todo.items()]
     if cache is not None and jobs:
-        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the cache directory {cache}: {e.strerror}") from None
     meter.start()
     if jobs and not explicit:  # time the first volume here, then decide whether a pool pays
         t0 = time.perf_counter()
@@ -304,11 +311,11 @@ def _run_pool(
                 except BrokenProcessPool:
                     cases = sorted({rec.case_id, *(r.case_id for _, r in running.values())})
                     raise DataError(
-                        f"a preprocessing worker process died (killed, e.g. out of memory) while "
-                        f"preprocessing case {rec.case_id}"
+                        f"a preprocessing worker process died while preprocessing case {rec.case_id}"
                         + (f" ({rec.image})" if rec.image else "")
-                        + f"; {len(cases)} cases were still pending; retry with fewer "
-                        "--preprocess-workers"
+                        + f" with {len(cases)} cases pending: killed (out of memory?) or could not "
+                        "start (a script must guard its top level with `if __name__ == "
+                        "'__main__':`); retry with fewer --preprocess-workers, or 0"
                     ) from None
                 done(digest, result)
     finally:

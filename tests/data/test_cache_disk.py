@@ -30,6 +30,7 @@ from collapsekit.data.cache import (
     read_slice,
 )
 from collapsekit.data.layouts import discover
+from collapsekit.errors import OutputError
 from collapsekit.progress import TaskAdvanced
 
 
@@ -192,3 +193,18 @@ def test_phantom_cases_cache_to_disk(tmp_path):
     assert len(list((tmp_path / "c").glob("*.json"))) == 2
     for r, g in zip(ref, got, strict=True):
         assert np.abs(g.image - r).max() <= QUANTISATION_ERROR
+
+
+def test_unwritable_cache_is_one_output_error(tmp_path, btcv):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(OutputError, match="cannot create the cache directory .*file"):
+        load_volumes(btcv[:1], cache_dir=tmp_path / "file")
+    cache = tmp_path / "c"
+    digest, _ = cache_key(btcv[0], PreprocessConfig(), None)
+    entry_files(cache, digest)["image"].mkdir(parents=True)  # something in the entry's way
+    with pytest.raises(OutputError) as info:
+        load_volumes(btcv[:1], cache_dir=cache, workers=0)
+    msg = str(info.value)
+    assert msg.startswith(f"cannot write the cache entry of case {btcv[0].case_id} to {cache}")
+    assert "\n" not in msg and info.value.__cause__ is None
+    assert [p.name for p in cache.iterdir()] == [f"{digest}.image.npy"]  # no temp file left

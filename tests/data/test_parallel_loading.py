@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,3 +100,29 @@ def test_load_defaults_set_cache_dir_and_nest(tmp_path, btcv):
     load_volumes(btcv[3:], workers=0)  # outside: memory only
     assert len(list((tmp_path / "a").glob("*.json"))) == 2
     assert len(list((tmp_path / "b").glob("*.json"))) == 1
+
+
+@pytest.mark.slow
+def test_dead_worker_is_a_data_error(tmp_path, btcv):
+    # A script without a __main__ guard: its workers die while starting (they re-run the script),
+    # which the caller sees as BrokenProcessPool; the user gets one DataError line saying why.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys\n"
+        "from collapsekit.data import discover, load_volumes\n"
+        "from collapsekit.errors import DataError\n"
+        "try:\n"
+        "    load_volumes(discover('btcv', sys.argv[1]).split('all'), workers=2)\n"
+        "except DataError as e:\n"
+        "    print('DataError:', e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "btcv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = [x for x in proc.stdout.splitlines() if x.startswith("DataError:")]
+    assert len(line) == 1, proc.stdout + proc.stderr
+    assert "a preprocessing worker process died while preprocessing case" in line[0]
+    assert "__main__" in line[0] and "--preprocess-workers" in line[0]
