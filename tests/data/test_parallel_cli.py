@@ -52,3 +52,28 @@ def test_data_check_in_workers_with_cache_dir(tmp_path):
     assert bad.exit_code == 2 and "Traceback" not in bad.output
     lines = [x for x in bad.output.splitlines() if x.startswith("error: ")]
     assert len(lines) == 1 and "img0002.nii.gz" in lines[0] and "not a readable NIfTI" in lines[0]
+
+
+@pytest.mark.slow
+def test_progress_shows_volumes_per_second_and_eta(tmp_path):
+    root = tmp_path / "btcv"
+    write_phantom_dataset(root, cases=3, size=32, slices=8, validation=0)
+    clear_cache()
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "check",
+            "--dataset",
+            "btcv",
+            "--data-dir",
+            str(root),
+            "--preprocess-workers",
+            "2",
+        ],
+        env={"COLLAPSEKIT_PROGRESS_SECONDS": "0"},  # a plain line per advance (logs, not a tty)
+    )
+    assert res.exit_code == 0, res.output
+    lines = [x for x in res.output.splitlines() if x.startswith("loading volumes")]
+    assert [x.split()[2] for x in lines[:3]] == ["1/3", "2/3", "3/3"]
+    assert all(re.search(r"vol/s=[0-9.]+ .*elapsed .* eta 0:", x) for x in lines[:2])
