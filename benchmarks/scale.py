@@ -174,7 +174,9 @@ def _epoch_child(args: argparse.Namespace) -> None:
     )
 
 
-def epoch_memory(args: argparse.Namespace, data_dir: Path, cache: Path, n: int) -> dict[str, Any]:
+def epoch_memory(
+    args: argparse.Namespace, data_dir: Path, cache: Path, n: int, loader_workers: int
+) -> dict[str, Any]:
     cmd = [
         sys.executable,
         __file__,
@@ -190,7 +192,7 @@ def epoch_memory(args: argparse.Namespace, data_dir: Path, cache: Path, n: int) 
         "--batch",
         str(args.batch),
         "--loader-workers",
-        str(args.loader_workers),
+        str(loader_workers),
     ]
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -198,6 +200,7 @@ def epoch_memory(args: argparse.Namespace, data_dir: Path, cache: Path, n: int) 
         raise SystemExit(f"epoch subprocess failed:\n{proc.stderr[-4000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["epoch_growth_mib"] = res["peak_mib"] - res["baseline_mib"]
+    res["loader_workers"] = loader_workers
     return res
 
 
@@ -314,17 +317,30 @@ def main(argv: list[str] | None = None) -> None:
             "bytes_per_slice_float32_equivalent": args.size**2 * 4,
         }
 
-        memory = [epoch_memory(args, data_dir, cache, n) for n in memory_ns]
-        growth = [m["epoch_growth_mib"] for m in memory]
-        peak = [m["peak_mib"] for m in memory]
-        bounded = {
+        # Each size twice: the process reading every slice itself (0 loader workers), and
+        # --loader-workers workers doing the reading (the process only receives batches).
+        loader_settings = sorted({0, args.loader_workers})
+        memory = [
+            epoch_memory(args, data_dir, cache, n, w) for w in loader_settings for n in memory_ns
+        ]
+
+        def reader_peak(m: dict[str, Any]) -> float:
+            return m["peak_mib"] if m["loader_workers"] == 0 else m["loader_workers_peak_mib"]
+
+        bounded: dict[str, Any] = {
             "volumes": memory_ns,
-            "peak_mib": peak,
-            "epoch_growth_mib": growth,
-            "peak_ratio_largest_to_smallest": peak[-1] / peak[0],
-            "cached_bytes_ratio_largest_to_smallest": memory[-1]["volume_bytes"]
+            "cached_bytes_ratio_largest_to_smallest": memory[len(memory_ns) - 1]["volume_bytes"]
             / memory[0]["volume_bytes"],
         }
+        for w in loader_settings:
+            ms = [m for m in memory if m["loader_workers"] == w]
+            peak = [reader_peak(m) for m in ms]
+            bounded[f"loader_workers_{w}"] = {
+                "reader": "the process" if w == 0 else "largest DataLoader worker",
+                "reader_peak_mib": peak,
+                "epoch_growth_mib": [m["epoch_growth_mib"] for m in ms],
+                "peak_ratio_largest_to_smallest": peak[-1] / peak[0],
+            }
 
         scale = (TARGET_SIZE / args.size) ** 2  # bytes and pixels per slice at 512²
         last = memory[-1]
@@ -385,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for m in memory:
         print(
-            f"(b) epoch over {m['volumes']} volumes ({m['slices']} slices, {m['volume_bytes'] / 2**20:.0f} MiB "
+            f"(b) {m['loader_workers']} loader workers, epoch over {m['volumes']} volumes ({m['slices']} slices, {m['volume_bytes'] / 2**20:.0f} MiB "
             f"cached): peak RSS {m['peak_mib']:.0f} MiB (before epoch {m['baseline_mib']:.0f}, "
             f"loader workers {m['loader_workers_peak_mib']:.0f}), {m['slices_per_s']:.0f} slices/s"
         )

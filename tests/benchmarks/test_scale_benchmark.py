@@ -18,7 +18,7 @@ SCRIPT = ROOT / "benchmarks" / "scale.py"
 def test_scale_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     args = ["--volumes", "2", "--size", "64", "--slices", "8", "--memory-volumes", "1,2"]
-    args += ["--decode-sample", "2", "--batch", "4", "--loader-workers", "0", "--workers", "2"]
+    args += ["--decode-sample", "2", "--batch", "4", "--loader-workers", "1", "--workers", "2"]
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), *args, "--out-dir", str(tmp_path / "w"), "--out", str(out)],
         cwd=ROOT,
@@ -62,13 +62,26 @@ def test_scale_benchmark_smoke(tmp_path: Path) -> None:
     assert 64 * 64 * 2 <= cache["bytes_per_slice"] < 64 * 64 * 2 * 1.2
     assert cache["bytes"] == sum(p.stat().st_size for p in (tmp_path / "w" / "cache").iterdir())
 
+    # each size read by the process itself (0 loader workers) and by 1 DataLoader worker
     mem = res["memory"]
-    assert [m["volumes"] for m in mem] == [1, 2] == res["memory_bounded"]["volumes"]
-    assert mem[1]["slices"] > mem[0]["slices"] > 0
+    assert [(m["loader_workers"], m["volumes"]) for m in mem] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert mem[1]["slices"] > mem[0]["slices"] > 0 and mem[3]["slices"] == mem[1]["slices"]
     assert mem[1]["volume_bytes"] == 2 * mem[0]["volume_bytes"] == 2 * 64 * 64 * 8 * 2
     for m in mem:
         assert 50 < m["baseline_mib"] <= m["peak_mib"] < 8192
         assert math.isclose(m["epoch_growth_mib"], m["peak_mib"] - m["baseline_mib"])
+    assert mem[0]["loader_workers_peak_mib"] < mem[2]["loader_workers_peak_mib"]  # a worker ran
+    bounded = res["memory_bounded"]
+    assert bounded["volumes"] == [1, 2] and bounded["cached_bytes_ratio_largest_to_smallest"] == 2
+    assert bounded["loader_workers_0"]["reader_peak_mib"] == [
+        mem[0]["peak_mib"],
+        mem[1]["peak_mib"],
+    ]
+    w1 = [mem[2]["loader_workers_peak_mib"], mem[3]["loader_workers_peak_mib"]]
+    assert bounded["loader_workers_1"]["reader_peak_mib"] == w1
+    assert math.isclose(
+        bounded["loader_workers_1"]["peak_ratio_largest_to_smallest"], w1[1] / w1[0]
+    )
 
     ext = res["extrapolation"]
     assert (ext["volumes"], ext["slices"], ext["in_plane"]) == (1000, 200_000, 512)
