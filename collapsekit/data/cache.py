@@ -39,6 +39,7 @@ import dataclasses
 import hashlib
 import json
 import mmap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ __all__ = [
     "memory_cache_info",
     "read_disk",
     "read_slice",
+    "remove_stale_temporaries",
     "write_disk",
     "MEMORY",
 ]
@@ -75,6 +77,9 @@ PHANTOM_VERSION = 1
 CACHE_IMAGE_DTYPE = np.dtype(np.float16)
 #: Largest ``|cached - uncached|`` of an image value in [0, 1]: half the float16 spacing on [0.5, 1].
 QUANTISATION_ERROR = 2.0**-12
+
+#: A temporary file older than this (seconds) belongs to a writer that was killed.
+STALE_TEMPORARY_S = 3600.0
 
 #: Process-wide in-memory cache: key digest -> Volume.
 MEMORY: dict[str, Volume] = {}
@@ -239,6 +244,23 @@ def _write_entry(files: dict[str, Path], key_json: str, volume: Volume) -> None:
     }
     with atomic_write(files["meta"], "w") as f:
         json.dump(meta, f)
+
+
+def remove_stale_temporaries(cache_dir: Path, older_than_s: float = STALE_TEMPORARY_S) -> int:
+    """Delete temporary files (``.<entry file>.*.tmp``) that writers killed midway left behind.
+
+    Only files untouched for ``older_than_s`` seconds go: the temporaries of writers still running
+    (another rank, another run) are minutes old at most. Returns how many were removed.
+    """
+    now, removed = time.time(), 0
+    for p in cache_dir.glob(".*.tmp"):
+        try:
+            if now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                removed += 1
+        except OSError:  # gone already (another process cleaned up), or not ours to remove
+            pass
+    return removed
 
 
 def read_slice(array: np.ndarray, z: int, dtype: np.dtype | type = np.float32) -> np.ndarray:

@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from collapsekit.data.cache import MEMORY, cache_key, read_disk, write_disk
+from collapsekit.data.cache import (
+    MEMORY,
+    cache_key,
+    read_disk,
+    remove_stale_temporaries,
+    write_disk,
+)
 from collapsekit.data.layouts import discover
 from collapsekit.data.preprocess import PreprocessConfig, preprocess_record
 from collapsekit.data.spec import PhantomConfig
@@ -260,6 +266,7 @@ def load_volumes(
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"cannot create the cache directory {cache}: {e.strerror}") from None
+        remove_stale_temporaries(cache)
     meter.start()
     if jobs and not explicit:  # time the first volume here, then decide whether a pool pays
         t0 = time.perf_counter()

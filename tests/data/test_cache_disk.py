@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import pickle
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ from collapsekit.data.cache import (
     entry_files,
     read_disk,
     read_slice,
+    remove_stale_temporaries,
 )
 from collapsekit.data.layouts import discover
 from collapsekit.errors import OutputError
@@ -208,3 +211,16 @@ def test_unwritable_cache_is_one_output_error(tmp_path, btcv):
     assert msg.startswith(f"cannot write the cache entry of case {btcv[0].case_id} to {cache}")
     assert "\n" not in msg and info.value.__cause__ is None
     assert [p.name for p in cache.iterdir()] == [f"{digest}.image.npy"]  # no temp file left
+
+
+def test_stale_temporaries_are_removed_fresh_ones_kept(tmp_path, btcv):
+    cache = tmp_path / "c"
+    cache.mkdir()
+    stale, fresh = cache / ".abc.image.npy.x1.tmp", cache / ".abc.json.x2.tmp"
+    for p in (stale, fresh):
+        p.write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    load_volumes(btcv[:1], cache_dir=cache)  # a cache write cleans up first
+    assert not stale.exists() and fresh.exists()  # a running writer's file is left alone
+    assert remove_stale_temporaries(cache, older_than_s=0) == 1 and not fresh.exists()
