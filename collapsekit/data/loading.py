@@ -123,13 +123,36 @@ def _preprocess_job(
     cache: Path | None,
     digest: str,
     key_json: str,
-) -> Volume | None:
-    """Worker body: preprocess one case; with a disk cache write the entry and return ``None``."""
+) -> tuple[Volume | None, bool]:
+    """Worker body: preprocess one case -> ``(volume, computed)``.
+
+    With a disk cache the entry is written and the volume is ``None`` (the caller maps the entry);
+    an entry another process (another rank) wrote since the caller looked is used as it is
+    (``computed`` False).
+    """
+    if cache is not None and read_disk(cache, digest, key_json, record.case_id) is not None:
+        return None, False
     vol = preprocess_record(record, preprocess, phantom)
     if cache is None:
-        return vol
+        return vol, True
     write_disk(cache, digest, key_json, vol)
-    return None
+    return None, True
+
+
+def _rank_order(jobs: list[tuple[str, CaseRecord]]) -> list[tuple[str, CaseRecord]]:
+    """Jobs rotated by torchrun's ``$RANK`` / ``$WORLD_SIZE``: rank r of R starts at job r·n/R.
+
+    Ranks sharing a cache directory then preprocess disjoint parts first and find the rest already
+    written (each job checks the cache before decoding), instead of all decoding the same volume.
+    """
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return jobs
+    if world <= 1 or not 0 <= rank < world:
+        return jobs
+    k = len(jobs) * rank // world
+    return jobs[k:] + jobs[:k]
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -211,6 +234,10 @@ def load_volumes(
         progress: receives ``TaskStarted/TaskAdvanced/TaskFinished`` for task ``"load"``; each advance
             carries ``{"case": id, "cached": bool}`` and, for decoded volumes, ``"vol/s"``.
 
+    Under torchrun (``$RANK``, ``$WORLD_SIZE``) each rank starts at a different point of the list
+    and every job looks in the disk cache again just before decoding, so ranks sharing a cache
+    directory split the work instead of each decoding every volume.
+
     Returns:
         One :class:`Volume` per record, in order. Volumes are shared with the cache and read-only.
 
@@ -242,7 +269,8 @@ def load_volumes(
         MEMORY[digest] = out[i] = vol
         meter.advance(rec.case_id, cached=True)
 
-    def done(digest: str, vol: Volume | None) -> None:
+    def done(digest: str, result: tuple[Volume | None, bool]) -> None:
+        vol, computed = result
         if cache is not None:  # always hand out the disk entry: same numbers cold or warm
             first = records[todo[digest][0]]
             vol = read_disk(cache, digest, keys[digest], first.case_id)
@@ -258,9 +286,9 @@ def load_volumes(
         MEMORY[digest] = vol
         for i in todo[digest]:
             out[i] = vol
-            meter.advance(records[i].case_id, cached=False)
+            meter.advance(records[i].case_id, cached=not computed)
 
-    jobs = [(d, records[pos[0]]) for d, pos in todo.items()]
+    jobs = _rank_order([(d, records[pos[0]]) for d, pos in todo.items()])
     if cache is not None and jobs:
         try:
             cache.mkdir(parents=True, exist_ok=True)
@@ -268,13 +296,16 @@ def load_volumes(
             raise OutputError(f"cannot create the cache directory {cache}: {e.strerror}") from None
         remove_stale_temporaries(cache)
     meter.start()
-    if jobs and not explicit:  # time the first volume here, then decide whether a pool pays
+    while jobs and not explicit:  # time one decode here, then decide whether a pool pays
         t0 = time.perf_counter()
         digest, rec = jobs.pop(0)
-        done(digest, _preprocess_job(rec, preprocess, phantom, cache, digest, keys[digest]))
-        serial = (time.perf_counter() - t0) * len(jobs)
-        if serial * (1 - 1 / max(1, min(n_workers, len(jobs)))) < POOL_MIN_SECONDS:
-            n_workers = 1
+        result = _preprocess_job(rec, preprocess, phantom, cache, digest, keys[digest])
+        done(digest, result)
+        if result[1]:
+            serial = (time.perf_counter() - t0) * len(jobs)
+            if serial * (1 - 1 / max(1, min(n_workers, len(jobs)))) < POOL_MIN_SECONDS:
+                n_workers = 1
+            break
     n_workers = min(n_workers, len(jobs))
     if n_workers >= 2:
         _run_pool(jobs, n_workers, preprocess, phantom, cache, keys, done)
@@ -300,7 +331,7 @@ def _run_pool(
     collapsekit error from a worker is re-raised as itself without the worker's traceback.
     """
     pool = _pool(workers)
-    running: dict[Future[Volume | None], tuple[str, CaseRecord]] = {}
+    running: dict[Future[tuple[Volume | None, bool]], tuple[str, CaseRecord]] = {}
     try:
         for digest, rec in jobs:
             fut = pool.submit(

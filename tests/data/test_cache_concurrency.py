@@ -121,3 +121,40 @@ def test_two_runs_loading_the_same_file_at_once(tmp_path, nifti, ct):
     ref = load_volumes([CaseRecord("ct", data)], cache_dir=tmp_path / "c")[0]
     assert results[0] == results[1] == np.array(ref.image).tobytes()
     assert len(list((tmp_path / "c").glob("*.json"))) == 1
+
+
+def _rank(data: str, cache: str, rank: int, barrier, out) -> None:
+    import os
+
+    from collapsekit.data import discover
+    from collapsekit.progress import TaskFinished
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2")
+    events: list = []
+    barrier.wait(timeout=120)
+    vols = load_volumes(
+        discover("btcv", data).split("all"), cache_dir=cache, workers=0, progress=events.append
+    )
+    done = [e for e in events if isinstance(e, TaskFinished)][0]
+    out.put((rank, done.info["decoded"], [np.array(v.image).tobytes() for v in vols]))
+
+
+@pytest.mark.slow
+def test_two_ranks_split_the_decoding(tmp_path):
+    from collapsekit.data import write_phantom_dataset
+
+    write_phantom_dataset(tmp_path / "btcv", cases=6, size=96, slices=24, validation=0)
+    ctx = _context()
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_rank, args=(str(tmp_path / "btcv"), str(tmp_path / "c"), r, barrier, out)
+        )
+        for r in range(2)
+    ]
+    results = sorted(_run(procs, out))
+    assert [p.exitcode for p in procs] == [0, 0]
+    (_, d0, v0), (_, d1, v1) = results
+    assert v0 == v1  # both ranks got the same volumes
+    assert 6 <= d0 + d1 < 12, (d0, d1)  # each volume decoded at least once, not by both ranks
+    assert len(list((tmp_path / "c").glob("*.json"))) == 6
