@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +24,7 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 from collapsekit.errors import CollapsekitError
@@ -30,7 +32,17 @@ from collapsekit.outputs import os_error_in
 from collapsekit.progress import Message, ProgressEvent, TaskAdvanced, TaskFinished, TaskStarted
 from collapsekit.serialization import to_jsonable
 
-__all__ = ["console", "err_console", "handle_errors", "rich_progress", "print_json", "to_jsonable"]
+__all__ = [
+    "CacheDirOpt",
+    "PreprocessWorkersOpt",
+    "console",
+    "data_loading",
+    "err_console",
+    "handle_errors",
+    "rich_progress",
+    "print_json",
+    "to_jsonable",
+]
 
 
 def _console(stderr: bool = False) -> Console:
@@ -59,6 +71,36 @@ _USER_ERRNOS = {
     errno.ENOTDIR,
     errno.ENAMETOOLONG,
 }
+#: ``--preprocess-workers`` of every command that loads volumes (``--workers`` of ``train`` is
+#: the DataLoader's).
+PreprocessWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--preprocess-workers",
+        min=0,
+        help="Processes that read and preprocess volumes (default: all cores, shared by the "
+        "local torchrun ranks; 0: in this process).",
+    ),
+]
+#: ``--cache-dir``: the memory-mapped preprocessed-volume cache (also ``$COLLAPSEKIT_CACHE_DIR``).
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        envvar="COLLAPSEKIT_CACHE_DIR",
+        help="Directory of the on-disk cache of preprocessed volumes (float16, memory-mapped: "
+        "memory stays bounded for any number of volumes). Default: in memory only.",
+    ),
+]
+
+
+@contextmanager
+def data_loading(workers: int | None, cache_dir: Path | None) -> Iterator[None]:
+    """Apply ``--preprocess-workers`` and ``--cache-dir`` to every volume loaded in the block."""
+    from collapsekit.data.loading import load_defaults
+
+    with load_defaults(workers=workers, cache_dir=cache_dir):
+        yield
 
 
 def handle_errors(fn: F) -> F:
@@ -118,6 +160,8 @@ def rich_progress(quiet: bool = False) -> Iterator[Callable[[ProgressEvent], Non
         BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=err_console,
         transient=False,

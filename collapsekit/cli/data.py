@@ -9,7 +9,15 @@ import typer
 from rich.table import Table
 
 from collapsekit.cli.app import App, app
-from collapsekit.cli.common import console, handle_errors, print_json, rich_progress
+from collapsekit.cli.common import (
+    CacheDirOpt,
+    PreprocessWorkersOpt,
+    console,
+    data_loading,
+    handle_errors,
+    print_json,
+    rich_progress,
+)
 
 __all__ = ["data_app"]
 
@@ -107,13 +115,15 @@ def check_cmd(
         bool, typer.Option("--json", help="Print one JSON object and nothing else.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    preprocess_workers: PreprocessWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Validate a dataset and print volumes per split, usable slices, label ids, spacing and shapes
     (and, for DICOM series in a folder, their count, slices and spacing)."""
     from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS
     from collapsekit.data.loading import check_dataset
 
-    with rich_progress(quiet or json_out) as progress:
+    with rich_progress(quiet or json_out) as progress, data_loading(preprocess_workers, cache_dir):
         report = check_dataset(dataset, data_dir, progress=progress)
     if json_out:
         print_json(report)

@@ -10,7 +10,15 @@ from rich import box
 from rich.table import Table
 
 from collapsekit.cli.app import app
-from collapsekit.cli.common import console, handle_errors, print_json, rich_progress
+from collapsekit.cli.common import (
+    CacheDirOpt,
+    PreprocessWorkersOpt,
+    console,
+    data_loading,
+    handle_errors,
+    print_json,
+    rich_progress,
+)
 from collapsekit.outputs import writing
 
 InputsArg = Annotated[
@@ -76,6 +84,8 @@ def spectrum(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    preprocess_workers: PreprocessWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Singular spectrum, effective rank, α-ReQ and friends of embeddings (Jing et al. 2022)."""
     from collapsekit.devices import resolve_device
@@ -95,7 +105,7 @@ def spectrum(
         samples=samples,
         image_size=image_size,
     )
-    with rich_progress(quiet or json_out) as progress:
+    with rich_progress(quiet or json_out) as progress, data_loading(preprocess_workers, cache_dir):
         results = spectrum_analysis(
             inputs,
             data,
@@ -187,6 +197,8 @@ def similarity(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    preprocess_workers: PreprocessWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Inter-image cosine similarity of embeddings (same vs different volume) and of pixels."""
     from collapsekit.devices import resolve_device
@@ -202,7 +214,7 @@ def similarity(
         samples=samples,
         image_size=image_size,
     )
-    with rich_progress(quiet or json_out) as progress:
+    with rich_progress(quiet or json_out) as progress, data_loading(preprocess_workers, cache_dir):
         results = similarity_analysis(
             inputs,
             data,

@@ -9,7 +9,15 @@ import typer
 from rich.table import Table
 
 from collapsekit.cli.app import app
-from collapsekit.cli.common import console, handle_errors, print_json, rich_progress
+from collapsekit.cli.common import (
+    CacheDirOpt,
+    PreprocessWorkersOpt,
+    console,
+    data_loading,
+    handle_errors,
+    print_json,
+    rich_progress,
+)
 
 if TYPE_CHECKING:
     from collapsekit.data.volume import Volume
@@ -99,6 +107,8 @@ def probe(
     phantom_slices: PhantomSlicesOpt = 48,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    preprocess_workers: PreprocessWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Linear probe (1×1 conv on the frozen final feature map) scored by per-organ 3D Dice."""
     from collapsekit.devices import resolve_device
@@ -111,9 +121,10 @@ def probe(
     dev = resolve_device(device)
     results: list[SegmentationResult] = []
     with rich_progress(quiet or json_out) as progress:
-        train, val, labels = _load_data(
-            dataset, data_dir, phantom_cases, phantom_size, phantom_slices, progress
-        )
+        with data_loading(preprocess_workers, cache_dir):
+            train, val, labels = _load_data(
+                dataset, data_dir, phantom_cases, phantom_size, phantom_slices, progress
+            )
         for spec in specs:
             model = _load(spec, dev)
             cfg = ProbeConfig(

@@ -9,7 +9,15 @@ import typer
 from rich.table import Table
 
 from collapsekit.cli.app import app
-from collapsekit.cli.common import console, err_console, handle_errors, rich_progress
+from collapsekit.cli.common import (
+    CacheDirOpt,
+    PreprocessWorkersOpt,
+    console,
+    data_loading,
+    err_console,
+    handle_errors,
+    rich_progress,
+)
 
 #: What ``--help`` shows as each option's default: ``TrainConfig``'s value (the ``default`` budget).
 #: Written out so that ``--help`` does not import torch; tests/cli/test_help.py checks each against
@@ -142,6 +150,8 @@ def train(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")
     ] = False,
+    preprocess_workers: PreprocessWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Pretrain on CT slices and write a run directory (checkpoint, config, metrics, spectrum).
 
@@ -166,6 +176,7 @@ def train(
         seed=seed,
         device=device,
         num_workers=workers,
+        cache_dir=str(cache_dir) if cache_dir else None,
         stop_after=stop_after,
         checkpoint_every=checkpoint_every,
         model={"method": method, "arch": backbone},
@@ -182,7 +193,7 @@ def train(
     is_main = int(os.environ.get("RANK", "0")) == 0
     if not quiet and is_main and not resume:
         _print_config(cfg)
-    with rich_progress(quiet or not is_main) as progress:
+    with rich_progress(quiet or not is_main) as progress, data_loading(preprocess_workers, None):
         result = run_training(
             cfg, out, resume=resume, overwrite=overwrite, progress=progress, tensorboard=tensorboard
         )

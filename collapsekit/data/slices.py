@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from collapsekit.data.augment import TwoViewTransform
+from collapsekit.data.cache import MappedVolume, read_slice
 from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError, DataError, InputError
 
@@ -107,7 +108,7 @@ def slice_tensor(
     """Stack slices into ``(B, 1, S, S)`` float32, resized with :func:`resize_slice`."""
     out = []
     for v, s in index:
-        img = torch.from_numpy(np.ascontiguousarray(volumes[v].image[..., s], dtype=np.float32))
+        img = torch.from_numpy(read_slice(volumes[v].image, s))
         out.append(resize_slice(img[None], image_size))
     return torch.stack(out)
 
@@ -125,6 +126,11 @@ class SliceDataset(Dataset):
 
     Attributes:
         index: ``(volume index, slice index)`` pairs, in volume order then slice order.
+
+    Slices are read one at a time with :func:`~collapsekit.data.cache.read_slice`: over memory-mapped
+    volumes (a disk cache) no volume is ever materialised, and the pages of a slice are released once
+    it is copied, so resident memory does not grow with the number of volumes. The dataset pickles
+    memory-mapped volumes as file references (:class:`~collapsekit.data.cache.MappedVolume`).
 
     Items are ``{"image": float32 (1, S, S), "label": int64 (S, S) (if with_label), "volume": int,
     "slice": int}``, or ``transform(image) | {"volume", "slice"}`` when a transform is given.
@@ -157,6 +163,16 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Disk-cache volumes travel to spawned DataLoader workers as file references, not copies.
+        state = self.__dict__.copy()
+        state["volumes"] = [MappedVolume.of(v) for v in self.volumes]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["volumes"] = [m.open() for m in state["volumes"]]
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         return (
             f"SliceDataset({len(self.volumes)} volumes, {len(self)} slices, image_size={self.image_size}, "
@@ -166,7 +182,7 @@ class SliceDataset(Dataset):
     def slice_image(self, i: int) -> torch.Tensor:
         """The float32 ``(1, S, S)`` image of item ``i`` before any transform."""
         vi, z = self.index[i]
-        img = torch.from_numpy(np.array(self.volumes[vi].image[:, :, z], dtype=np.float32))[None]
+        img = torch.from_numpy(read_slice(self.volumes[vi].image, z))[None]
         return resize_slice(img, self.image_size) if self.image_size is not None else img
 
     def slice_label(self, i: int) -> torch.Tensor:
@@ -175,7 +191,7 @@ class SliceDataset(Dataset):
         label = self.volumes[vi].label
         if label is None:
             raise DataError(f"case {self.volumes[vi].case_id} has no label map")
-        lab = torch.from_numpy(np.array(label[:, :, z], dtype=np.int64))
+        lab = torch.from_numpy(read_slice(label, z, np.int64))
         return resize_label(lab, self.image_size) if self.image_size is not None else lab
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -48,15 +48,16 @@ def test_disk_cache_and_invalidation(tmp_path, nifti, ct):
     p = nifti(tmp_path / "a.nii.gz", ct(0))
     rec = [CaseRecord("a", p)]
     first = load_volumes(rec, cache_dir=cache)[0]
-    assert len(list(cache.glob("*.npz"))) == 1
+    assert len(list(cache.glob("*.json"))) == 1
     clear_cache()
     ev, cb = _events()
     again = load_volumes(rec, cache_dir=cache, progress=cb)[0]
     assert _cached_flags(ev) == [True]  # read from disk, not decoded
-    np.testing.assert_array_equal(again.image, first.image)
+    np.testing.assert_array_equal(again.image, first.image)  # both the float16 disk entry
     np.testing.assert_array_equal(again.slices, first.slices)
     np.testing.assert_allclose(again.affine, first.affine)
     assert again.image.flags.f_contiguous and not again.image.flags.writeable
+    assert isinstance(again.image, np.memmap) and again.image.dtype == np.float16
 
     # The file changes: new content, new mtime -> the old entry is not used.
     nifti(p, ct(1))
@@ -66,7 +67,7 @@ def test_disk_cache_and_invalidation(tmp_path, nifti, ct):
     changed = load_volumes(rec, cache_dir=cache, progress=cb)[0]
     assert _cached_flags(ev) == [False]
     assert not np.array_equal(changed.image, first.image)
-    assert len(list(cache.glob("*.npz"))) == 2
+    assert len(list(cache.glob("*.json"))) == 2
 
     # The preprocessing changes -> recomputed as well.
     ev, cb = _events()
@@ -75,20 +76,20 @@ def test_disk_cache_and_invalidation(tmp_path, nifti, ct):
     )[0]
     assert _cached_flags(ev) == [False]
     assert not np.allclose(other.image, changed.image)
-    assert len(list(cache.glob("*.npz"))) == 3
+    assert len(list(cache.glob("*.json"))) == 3
 
 
 def test_damaged_disk_cache_is_recomputed(tmp_path, nifti, ct):
     cache = tmp_path / "cache"
     p = nifti(tmp_path / "a.nii.gz", ct(0))
-    ref = load_volumes([CaseRecord("a", p)], cache_dir=cache)[0]
-    entry = next(cache.glob("*.npz"))
-    entry.write_bytes(b"garbage")
-    clear_cache()
-    ev, cb = _events()
-    v = load_volumes([CaseRecord("a", p)], cache_dir=cache, progress=cb)[0]
-    assert _cached_flags(ev) == [False]
-    np.testing.assert_array_equal(v.image, ref.image)
+    ref = np.array(load_volumes([CaseRecord("a", p)], cache_dir=cache)[0].image)  # not the mapping
+    for damaged in (next(cache.glob("*.image.npy")), next(cache.glob("*.json"))):
+        damaged.write_bytes(b"garbage")
+        clear_cache()
+        ev, cb = _events()
+        v = load_volumes([CaseRecord("a", p)], cache_dir=cache, progress=cb)[0]
+        assert _cached_flags(ev) == [False]
+        np.testing.assert_array_equal(v.image, ref)
 
 
 def test_label_cached_with_image(tmp_path, nifti, ct):
