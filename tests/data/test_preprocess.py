@@ -176,3 +176,21 @@ def test_nan_image(tmp_path, nifti):
     p = nifti(tmp_path / "nan.nii.gz", vol)
     with pytest.raises(DataError, match=f"{p} contains NaN"):
         _load(p)
+
+
+def test_window_equals_monai_scale_intensity_range_bit_for_bit() -> None:
+    """The loader windows with MONAI's operations in float32 (no MetaTensor, no C-order copy):
+    the same values as ``ScaleIntensityRange(clip=True)``, into a Fortran-ordered array."""
+    from monai.transforms import ScaleIntensityRange
+
+    from collapsekit.data.preprocess import _window_fortran
+
+    rng = np.random.default_rng(0)
+    hu = np.asfortranarray(rng.uniform(-1200, 1500, size=(33, 17, 9)).astype(np.float32))
+    hu.flat[:5] = [-175.0, 250.0, 37.5, -3000.0, 3000.0]
+    for a_min, a_max in ((-175.0, 250.0), (-1000.0, 1000.0), (40.0, 41.0)):
+        ref = ScaleIntensityRange(a_min, a_max, 0.0, 1.0, clip=True)(hu).numpy()
+        got = _window_fortran(hu, a_min, a_max)
+        assert got.dtype == np.float32 and got.flags.f_contiguous
+        np.testing.assert_array_equal(got, ref)
+    assert _window_fortran(np.asfortranarray(hu.astype(np.int16)), -175, 250).flags.f_contiguous
