@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from collapsekit.cli.app import App, app
@@ -146,6 +147,12 @@ def check_cmd(
     sp, sh = report["spacing"], report["shape"]
     console.print(f"spacing (mm): {sp['min']} .. {sp['max']}", highlight=False)
     console.print(f"shape: {sh['min']} .. {sh['max']}", highlight=False)
+    seg = report.get("segmentation")
+    if seg is not None:
+        if seg["usable"]:
+            console.print("probe / finetune: usable", highlight=False)
+        else:
+            console.print(f"[yellow]probe / finetune: not usable:[/] {escape(seg['reason'])}")
     dcm = report["dicom"]
     if dcm["series"]:
         console.print(

@@ -420,13 +420,16 @@ def check_dataset(
         "spacing": {"min": [x, y, z], "max": [...]}, "shape": {"min": [H, W, Z], "max": [...]}}``;
         spacing and shape are of the preprocessed volumes; ``"dicom"``: the DICOM series among them
         (:func:`~collapsekit.data.dicom.series_summary`: series count, slices, spacing).
-        ``btcv`` and ``phantom`` (what the probe and fine-tuning read) are checked by the probe's
-        own validator, :func:`~collapsekit.data.validate.check_labelled`, so a dataset ``data
-        check`` passes is one they accept; other label maps by
-        :func:`~collapsekit.data.validate.check_label_map`.
+        Every label map is checked against the dataset's class set
+        (:func:`~collapsekit.data.validate.check_label_map`); ``"segmentation"`` (``btcv`` and
+        ``phantom``, else ``None``): ``{"usable", "reason"}``, the verdict of the probe's and
+        fine-tuning's own split check (:func:`~collapsekit.data.validate.check_labelled`: labels
+        on every training and validation case, a non-empty validation split with an organ in it),
+        so ``data check`` and ``probe`` never disagree.
 
     Raises:
-        LayoutError, DataError, ConfigError: the first problem found.
+        LayoutError, DataError, ConfigError: the first problem found (a label value outside the
+        class set included).
     """
     index = discover(dataset, data_dir, phantom)
     volumes: dict[str, list[Volume]] = {}
@@ -440,17 +443,24 @@ def check_dataset(
             progress=progress,
         )
     every = [v for vs in volumes.values() for v in vs]
-    if index.dataset in ("btcv", "phantom"):
-        # What the probe and fine-tuning will be given: the same validator decides.
-        check_labelled(
-            volumes["training"], volumes["validation"], BTCV_LABELS, what="probe and fine-tuning"
-        )
-    class_set = ABDOMENCT1K_LABELS if index.dataset == "abdomenct1k" else None
+    # Every label map against the dataset's class set (BTCV's 13 organs for btcv and the phantom):
+    # a value outside it is corrupt data, for any use.
+    class_set = {"abdomenct1k": ABDOMENCT1K_LABELS, "btcv": BTCV_LABELS, "phantom": BTCV_LABELS}
     labels: set[int] = set()
     for split, vs in volumes.items():
         for v in vs:
             if v.label is not None:
-                labels.update(check_label_map(v, split, class_set) - {0})
+                labels.update(check_label_map(v, split, class_set.get(index.dataset)) - {0})
+    segmentation: dict[str, Any] | None = None
+    if index.dataset in ("btcv", "phantom"):
+        # Whether the probe and fine-tuning can use the splits: their own validator decides.
+        try:
+            check_labelled(
+                volumes["training"], volumes["validation"], BTCV_LABELS, what="linear probe"
+            )
+            segmentation = {"usable": True, "reason": None}
+        except DataError as e:
+            segmentation = {"usable": False, "reason": str(e)}
     slices = {k: int(sum(len(v.slices) for v in vs)) for k, vs in volumes.items()}
     slices["total"] = sum(slices.values())
     records = [r for split in ("training", "validation", "test") for r in index.split(split)]
@@ -469,4 +479,5 @@ def check_dataset(
         },
         "shape": {"min": [int(x) for x in shape.min(0)], "max": [int(x) for x in shape.max(0)]},
         "dicom": series_summary(dicom),
+        "segmentation": segmentation,
     }

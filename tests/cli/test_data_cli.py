@@ -226,30 +226,37 @@ def _btcv_split(root: Path, label_value: int = 1, unlabelled_training: bool = Fa
     return val_label
 
 
-@pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        (
-            {"label_value": 99},
-            "validation case 'img0002': label values [99] are outside the class set",
-        ),
-        ({"unlabelled_training": True}, "training case 'img0001' has no label map"),
-    ],
-    ids=["label-99", "json-entry-without-label"],
-)
-def test_data_check_and_probe_share_one_validator(tmp_path, kwargs, message):
-    """A dataset ``data check`` passes is one the probe accepts: both give the same error line."""
-    _btcv_split(tmp_path, **kwargs)
+def test_label_value_outside_the_class_set_fails_data_check_and_probe_alike(tmp_path):
+    """Corrupt label maps: ``data check`` and ``probe`` refuse them with the same line."""
+    _btcv_split(tmp_path, label_value=99)
+    message = "validation case 'img0002': label values [99] are outside the class set"
     check = _check("--dataset", "btcv", "--data-dir", str(tmp_path))
     assert check.exit_code == 2, check.output
+    assert message in _one_line(check.output)
     clear_cache()
     probe = runner.invoke(
-        app,
-        ["probe", "random:resnet18", "--dataset", "btcv", "--data-dir", str(tmp_path), "-q"],
+        app, ["probe", "random:resnet18", "--dataset", "btcv", "--data-dir", str(tmp_path), "-q"]
     )
     assert probe.exit_code == 2, probe.output
-    assert message in _one_line(check.output)
     assert message in _one_line(probe.output)
+
+
+def test_data_check_gives_the_probes_verdict_on_the_splits(tmp_path):
+    """A json entry without "label" is valid data (pretraining reads it) but the probe cannot use
+    the splits: ``data check`` says so with the probe's own message."""
+    _btcv_split(tmp_path, unlabelled_training=True)
+    message = "training case 'img0001' has no label map"
+    check = _check("--dataset", "btcv", "--data-dir", str(tmp_path), "--json")
+    assert check.exit_code == 0, check.output
+    seg = json.loads(check.output)["segmentation"]
+    assert seg["usable"] is False and message in seg["reason"]
+    table = _check("--dataset", "btcv", "--data-dir", str(tmp_path))
+    assert "probe / finetune: not usable:" in table.output and message in table.output
+    clear_cache()
+    probe = runner.invoke(
+        app, ["probe", "random:resnet18", "--dataset", "btcv", "--data-dir", str(tmp_path), "-q"]
+    )
+    assert probe.exit_code == 2 and message in _one_line(probe.output)
 
 
 def test_data_check_passes_what_the_probe_accepts(tmp_path):
@@ -257,3 +264,4 @@ def test_data_check_passes_what_the_probe_accepts(tmp_path):
     r = _check("--dataset", "btcv", "--data-dir", str(tmp_path), "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["labels"] == [1, 6]
+    assert json.loads(r.output)["segmentation"] == {"usable": True, "reason": None}
