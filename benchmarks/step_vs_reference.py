@@ -32,12 +32,14 @@ round) so load drifts on a shared machine hit them alike; the JSON has every tim
 CPU): ``mocov2`` ≤ 0.95× and ``local+zca`` ≤ 1.1× the plain step, judged on the ``default``
 variant.
 
-Usage (the lead's quiet-machine command; ~2 s a step at 2 threads, 5 runners)::
+On a shared machine use ``--threads 1 --clock cpu``: the process's CPU time ignores the time other
+jobs hold the cores (memory-bandwidth contention remains), so ratios stay meaningful under load.
 
-    python benchmarks/step_vs_reference.py --threads 2 --steps 15 \
-        --out benchmarks/results/step_vs_reference.json
-    python benchmarks/step_vs_reference.py --threads 1 --steps 5 \
-        --variants default,plain,no-channels_last,no-fused_sgd,no-fused_local_loss
+Usage (the lead's quiet-machine command; ~1–2 s a step, 5 runners; ``--variants all`` adds the
+one-switch-off sets)::
+
+    python benchmarks/step_vs_reference.py --threads 2 --steps 15 --out OUT.json
+    python benchmarks/step_vs_reference.py --threads 1 --clock cpu --steps 9 --variants all
 """
 
 from __future__ import annotations
@@ -195,13 +197,23 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--queue-size", type=int, default=4096)
     ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: perf_counter; cpu: this process's CPU time (process_time), which ignores the "
+        "time other processes hold the cores: use it with --threads 1 on a shared machine",
+    )
+    ap.add_argument(
         "--variants",
         default="default,plain",
-        help=f"comma-separated switch sets for the collapsekit steps, of {', '.join(VARIANTS)}",
+        help=f"comma-separated switch sets for the collapsekit steps, of {', '.join(VARIANTS)}"
+        " (or all)",
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if variants == ["all"]:
+        variants = list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
@@ -222,6 +234,7 @@ def main() -> None:
             fn()
         warmup_s[f"{step} | {variant}"] = time.perf_counter() - t0
 
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     order = list(runners)
     times: dict[tuple[str, str], list[float]] = {k: [] for k in order}
     losses: dict[tuple[str, str], float] = {}
@@ -229,9 +242,9 @@ def main() -> None:
     for r in range(args.steps):
         shift = r % len(order)
         for key in order[shift:] + order[:shift]:  # rotate the start each round
-            t0 = time.perf_counter()
+            t0 = clock()
             losses[key] = runners[key]()
-            times[key].append(time.perf_counter() - t0)
+            times[key].append(clock() - t0)
     timed_wall = time.perf_counter() - t_all
 
     base = ("reference", "eager")
@@ -284,6 +297,7 @@ def main() -> None:
             "batch": args.batch,
             "image_size": args.size,
             "steps": args.steps,
+            "clock": args.clock,
             "warmup_rounds": max(args.warmup, 1),
             "variants": {v: VARIANTS[v] for v in variants},
             "model": {
@@ -301,7 +315,8 @@ def main() -> None:
 
     print(
         f"MoCo step, resnet18, batch {args.batch}, {args.size} px, {torch.get_num_threads()} "
-        f"threads, queue {args.queue_size}; {args.steps} alternated rounds (median):"
+        f"threads, queue {args.queue_size}; {args.steps} alternated rounds, {args.clock} clock "
+        "(median):"
     )
     print(
         f"  {'step':>10s} {'variant':>20s} {'median s':>9s} {'img/s':>7s} {'/ref':>6s} {'paired':>7s}"
