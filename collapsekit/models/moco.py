@@ -283,7 +283,7 @@ class MoCo(nn.Module):
         """
         if self.cfg.shuffle_bn_splits == 1:
             return self.encoder_q.feature_maps(x)
-        order = split_order(x.shape[0], self.cfg.shuffle_bn_splits).to(x.device)
+        order = split_order(x.shape[0], self.cfg.shuffle_bn_splits, x.device)
         inv = torch.argsort(order)
         local_map, final = self.encoder_q.feature_maps(x[order])
         return local_map[inv], final[inv]
@@ -305,7 +305,7 @@ class MoCo(nn.Module):
         elif self.cfg.shuffle_bn_splits > 1:
             # a random permutation; its interleaved sub-batches become the layers' blocks
             perm = torch.randperm(x.shape[0], device=x.device)
-            perm = perm[split_order(x.shape[0], self.cfg.shuffle_bn_splits).to(x.device)]
+            perm = perm[split_order(x.shape[0], self.cfg.shuffle_bn_splits, x.device)]
             inv = torch.argsort(perm)
             local_map, final = enc.feature_maps(x[perm])
             local_map, k = local_map[inv], enc.project(final)[inv]

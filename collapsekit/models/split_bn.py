@@ -30,7 +30,9 @@ from collapsekit.models.zca import ZCAWhitening
 __all__ = ["SplitBatchNorm2d", "convert_split_bn", "split_order"]
 
 
-def split_order(batch_size: int, num_splits: int) -> torch.Tensor:
+def split_order(
+    batch_size: int, num_splits: int, device: torch.device | None = None
+) -> torch.Tensor:
     """The permutation that makes interleaved sub-batches contiguous blocks.
 
     ``x[split_order(B, S)]`` lists samples ``0, S, 2S, …, 1, 1 + S, …``: its ``r``-th block of
@@ -38,7 +40,7 @@ def split_order(batch_size: int, num_splits: int) -> torch.Tensor:
     split layers do; ``argsort`` of the result undoes it.
     """
     s = math.gcd(num_splits, batch_size)
-    return torch.arange(batch_size).view(batch_size // s, s).t().reshape(-1)
+    return torch.arange(batch_size, device=device).view(batch_size // s, s).t().reshape(-1)
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
