@@ -14,8 +14,8 @@ same set of samples), so, like the official MoCo single-GPU demo, every ``BatchN
 encoders becomes a :class:`~collapsekit.models.split_bn.SplitBatchNorm2d` that normalises
 ``shuffle_bn_splits`` sub-batches separately (query sample ``n`` in sub-batch ``n mod S``, as the
 distributed sampler would shard it), and the key batch is randomly permuted before the key forward
-and restored after it. ZCA layers
-follow the same rule (per sub-batch on one process, per rank under DDP).
+and restored after it. ZCA layers follow the same rule (per sub-batch on one process, per rank
+under DDP).
 
 The queues start as random unit vectors (as in MoCo); :meth:`MoCo.prefill_queues` replaces them
 by real keys before the first update, so no step trains against noise.

@@ -53,6 +53,24 @@ def test_fused_local_loss_survives_an_in_place_queue_update_before_backward() ->
     torch.testing.assert_close(q_fast.grad, q_plain.grad)
 
 
+def test_fused_local_loss_runs_in_float32_under_autocast() -> None:
+    q0, k, queue = (
+        _unit(6, 8, dim=1, seed=6),
+        _unit(6, 8, dim=1, seed=7),
+        _unit(8, 16, dim=0, seed=8),
+    )
+    q32, k32, queue32 = q0.float(), k.float(), queue.float()
+    ref = local_info_nce_loss(q32, k32, queue32, 0.2, points_per_image=3)
+    q_bf = q32.to(torch.bfloat16).requires_grad_()  # what a head under bf16 autocast returns
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = local_info_nce_loss(q32.clone().requires_grad_(), k32, queue32, 0.2, 0, 3)
+        loss_bf = local_info_nce_loss(q_bf, k32, queue32, 0.2, 0, 3)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=0, atol=0)  # autocast did not touch the math
+    loss_bf.backward()  # outside autocast, as the training loop calls it
+    assert q_bf.grad is not None and q_bf.grad.dtype == torch.bfloat16
+
+
 def _batch(b: int = 8, s: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     box1 = torch.tensor([[0.0, 0.0, 48.0, 48.0]]).repeat(b, 1)
