@@ -12,7 +12,12 @@ from collapsekit.models.builder import (
     build_encoder,
 )
 from collapsekit.models.heads import LocalHead, ProjectionHead
-from collapsekit.models.local import local_info_nce, overlap_grid, sample_local_features
+from collapsekit.models.local import (
+    local_info_nce,
+    local_info_nce_loss,
+    overlap_grid,
+    sample_local_features,
+)
 from collapsekit.models.moco import (
     MoCo,
     MoCoOutput,
@@ -20,7 +25,7 @@ from collapsekit.models.moco import (
     info_nce_logits,
     update_momentum,
 )
-from collapsekit.models.split_bn import SplitBatchNorm2d, convert_split_bn
+from collapsekit.models.split_bn import SplitBatchNorm2d, convert_split_bn, split_order
 from collapsekit.models.zca import (
     ZCA_METHODS,
     ZCAWhitening,
@@ -48,11 +53,13 @@ __all__ = [
     "build_backbone",
     "build_encoder",
     "convert_split_bn",
+    "split_order",
     "info_nce_logits",
     "inv_sqrt_eigh",
     "inv_sqrt_newton_schulz",
     "recalibrate_batch_norm",
     "local_info_nce",
+    "local_info_nce_loss",
     "overlap_grid",
     "sample_local_features",
     "update_momentum",

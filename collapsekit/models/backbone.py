@@ -77,11 +77,28 @@ class Backbone(nn.Module):
         (strides as undilated)."""
         if x.shape[1] != self.in_channels and self.in_channels == 3 and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grayscale slice fed to an RGB-pretrained model
-        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        # a 1-channel input gives the stem a contiguous output even with channels_last weights
+        x = self.conv1(x).contiguous(memory_format=self.memory_format)
+        x = self.maxpool(self.act(self.bn1(x)))
         x = self.layer1(x)
         x = self.layer2(x)
         x3 = self.layer3(x)
         return x3, self.layer4(x3)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """``torch.channels_last`` once the module was moved there
+        (``backbone.to(memory_format=torch.channels_last)``), else ``torch.contiguous_format``.
+
+        Read from a 3×3 weight (a 1×1 or 1-channel weight is both formats at once). The stem's
+        output is put in this format, so every later layer runs in it: on CPU, max-pooling and
+        BatchNorm are several times faster in channels_last (see ``benchmarks/step_vs_reference.py``).
+        """
+        conv = self.layer1[0].conv2
+        assert isinstance(conv, nn.Conv2d)
+        w = conv.weight
+        cl = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        return torch.channels_last if cl else torch.contiguous_format
 
     @property
     def layer3_channels(self) -> int:

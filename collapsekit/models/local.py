@@ -25,10 +25,13 @@ view and feature-map resolution (a stride-``s`` feature map covers the same exte
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-__all__ = ["overlap_grid", "sample_local_features", "local_info_nce"]
+__all__ = ["overlap_grid", "sample_local_features", "local_info_nce", "local_info_nce_loss"]
 
 
 def _to_view(
@@ -158,14 +161,87 @@ def local_info_nce(
     """
     logits = q @ k.t()  # q: N×D, k: M×D -> N×M
     labels = torch.arange(q.shape[0], device=q.device) + offset
-    if points_per_image is not None:
-        img_q = labels // points_per_image  # (N,)
-        img_k = torch.arange(k.shape[0], device=q.device) // points_per_image  # (M,)
-        same = (img_q[:, None] == img_k[None, :]) & (
-            labels[:, None] != torch.arange(k.shape[0], device=q.device)[None, :]
-        )
+    same = _same_image(labels, k.shape[0], points_per_image)
+    if same is not None:
         logits = logits.masked_fill(same, float("-inf"))
     if queue is not None:
         logits = torch.cat([logits, q @ queue], dim=1)  # q: N×D, queue: D×K
     logits = logits / temperature
     return F.cross_entropy(logits, labels), logits, labels
+
+
+def _same_image(labels: torch.Tensor, m: int, points_per_image: int | None) -> torch.Tensor | None:
+    """``(N, M)`` mask of the other points of each query's own image (``None``: keep them all)."""
+    if points_per_image is None:
+        return None
+    cols = torch.arange(m, device=labels.device)
+    same_img = (labels // points_per_image)[:, None] == (cols // points_per_image)[None, :]
+    return same_img & (labels[:, None] != cols[None, :])
+
+
+class _BankCrossEntropy(torch.autograd.Function):
+    """``mean_n CE(z_n B, y_n)`` over a key bank ``B``, differentiated for ``z`` only.
+
+    Forward keeps one ``(N, M + K)`` buffer: logits, then (in the saved ``log p``) their log-softmax;
+    backward is ``∂z = (softmax − onehot) Bᵀ / N``, without autograd's chain of copies (the
+    concatenation, division, log-softmax and NLL nodes each hold an ``(N, M + K)`` tensor).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        z: torch.Tensor,
+        bank: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        logits = z @ bank  # z: N×D, bank: D×(M+K) -> N×(M+K)
+        if mask is not None:
+            logits[:, : mask.shape[1]].masked_fill_(mask, float("-inf"))
+        logp = torch.log_softmax(logits, dim=1)
+        del logits
+        ctx.save_for_backward(logp, bank, labels)
+        return -logp.gather(1, labels[:, None]).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        logp, bank, labels = ctx.saved_tensors
+        n = logp.shape[0]
+        with torch.autocast(device_type=logp.device.type, enabled=False):
+            g = logp.exp()  # softmax; masked logits give exactly 0
+            g[torch.arange(n, device=g.device), labels] -= 1.0
+            g.mul_(grad.to(g.dtype) / n)
+            return g @ bank.t(), None, None, None
+
+
+def local_info_nce_loss(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor | None,
+    temperature: float,
+    offset: int = 0,
+    points_per_image: int | None = None,
+) -> torch.Tensor:
+    """The loss of :func:`local_info_nce` (same arguments), computed for speed.
+
+    The same value and gradient for ``q`` (to float rounding): ``1/T`` scales the ``(N, D)``
+    queries instead of the ``(N, M + K)`` logits, the keys and the queue are copied once into one
+    ``(D, M + K)`` bank (so the caller need not clone a queue it updates in place before
+    ``backward``), and the cross-entropy is one autograd node holding one ``(N, M + K)`` buffer.
+    ``k`` and ``queue`` get no gradient. The math runs in float32 (float64 for float64 ``q``) with
+    autocast disabled, like the ZCA layer; ``q``'s gradient comes back in ``q``'s dtype. About 2×
+    faster than :func:`local_info_nce` at ``N = M = 480``, ``K = 16384`` on a CPU (one profiled
+    run). Not twice differentiable.
+
+    Returns:
+        The scalar loss.
+    """
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    labels = torch.arange(q.shape[0], device=q.device) + offset
+    mask = _same_image(labels, k.shape[0], points_per_image)
+    keys = k.detach().t().to(dtype)  # D×M
+    bank = keys.contiguous() if queue is None else torch.cat([keys, queue.detach().to(dtype)], 1)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        out: torch.Tensor = _BankCrossEntropy.apply(q.to(dtype) / temperature, bank, labels, mask)
+    return out

@@ -12,9 +12,10 @@ Shuffle-BN: under ``torch.distributed`` the key batch is shuffled across ranks e
 MoCo's ``_batch_shuffle_ddp``. On one process a shuffle alone changes nothing (BatchNorm sees the
 same set of samples), so, like the official MoCo single-GPU demo, every ``BatchNorm2d`` of both
 encoders becomes a :class:`~collapsekit.models.split_bn.SplitBatchNorm2d` that normalises
-``shuffle_bn_splits`` interleaved sub-batches (sample ``n`` in sub-batch ``n mod S``) separately,
-and the key batch is randomly permuted before the key forward and restored after it. ZCA layers
-follow the same rule (per sub-batch on one process, per rank under DDP).
+``shuffle_bn_splits`` sub-batches separately (query sample ``n`` in sub-batch ``n mod S``, as the
+distributed sampler would shard it), and the key batch is randomly permuted before the key forward
+and restored after it. ZCA layers follow the same rule (per sub-batch on one process, per rank
+under DDP).
 
 The queues start as random unit vectors (as in MoCo); :meth:`MoCo.prefill_queues` replaces them
 by real keys before the first update, so no step trains against noise.
@@ -31,8 +32,13 @@ from torch import nn
 
 from collapsekit.models.builder import Encoder, ModelConfig, build_encoder
 from collapsekit.models.distributed import broadcast, concat_all_gather, is_dist, rank, world_size
-from collapsekit.models.local import local_info_nce, overlap_grid, sample_local_features
-from collapsekit.models.split_bn import convert_split_bn
+from collapsekit.models.local import (
+    local_info_nce,
+    local_info_nce_loss,
+    overlap_grid,
+    sample_local_features,
+)
+from collapsekit.models.split_bn import convert_split_bn, split_order
 
 __all__ = [
     "MoCo",
@@ -183,6 +189,11 @@ class MoCo(nn.Module):
 
     Args:
         cfg: the :class:`~collapsekit.models.builder.ModelConfig`.
+        fused_local_loss: compute the local loss with
+            :func:`~collapsekit.models.local.local_info_nce_loss` (one autograd node, about half
+            the time) instead of the plain :func:`~collapsekit.models.local.local_info_nce`; the
+            same value and gradient to float rounding. A speed switch, not part of the model
+            (``TrainConfig.fused_local_loss``).
 
     Attributes:
         encoder_q: the trained :class:`~collapsekit.models.builder.Encoder`.
@@ -193,9 +204,10 @@ class MoCo(nn.Module):
     In eval mode (e.g. a validation loss) the key encoder and the queues are left untouched.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, *, fused_local_loss: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
+        self.fused_local_loss = fused_local_loss
         self.encoder_q: Encoder = build_encoder(cfg)
         if cfg.shuffle_bn_splits > 1:
             convert_split_bn(self.encoder_q, cfg.shuffle_bn_splits)
@@ -217,7 +229,7 @@ class MoCo(nn.Module):
             :class:`MoCoOutput`.
         """
         cfg = self.cfg
-        local_q, final_q = self.encoder_q.feature_maps(batch["view1"])
+        local_q, final_q = self._query_forward(batch["view1"])
         q = F.normalize(self.encoder_q.project(final_q), dim=1)
         with torch.no_grad():
             if self.training:
@@ -262,6 +274,20 @@ class MoCo(nn.Module):
         if self.local_queue is not None and local_keys is not None:
             self.local_queue.enqueue(local_keys.all_valid_points)
 
+    def _query_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query local and final feature maps, in batch order.
+
+        With split normalisation the encoder sees the batch in :func:`split_order`, so the
+        layers' contiguous sub-batches are the samples ``n ≡ r (mod S)`` (what rank ``r`` of
+        ``S`` would get from the distributed sampler).
+        """
+        if self.cfg.shuffle_bn_splits == 1:
+            return self.encoder_q.feature_maps(x)
+        order = split_order(x.shape[0], self.cfg.shuffle_bn_splits, x.device)
+        inv = torch.argsort(order)
+        local_map, final = self.encoder_q.feature_maps(x[order])
+        return local_map[inv], final[inv]
+
     @torch.no_grad()
     def _key_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Key local feature map and normalised key ``(B, proj_dim)``, with shuffle-BN.
@@ -277,7 +303,9 @@ class MoCo(nn.Module):
             if self.cfg.uses_local:
                 local_map = _batch_unshuffle_ddp(local_map, idx_unshuffle)
         elif self.cfg.shuffle_bn_splits > 1:
+            # a random permutation; its interleaved sub-batches become the layers' blocks
             perm = torch.randperm(x.shape[0], device=x.device)
+            perm = perm[split_order(x.shape[0], self.cfg.shuffle_bn_splits, x.device)]
             inv = torch.argsort(perm)
             local_map, final = enc.feature_maps(x[perm])
             local_map, k = local_map[inv], enc.project(final)[inv]
@@ -320,12 +348,23 @@ class MoCo(nn.Module):
         n_points = zq.shape[1]
         # this rank's positives start after the valid points of the ranks before it
         offset = int(concat_all_gather(valid.to(torch.uint8))[: rank() * valid.shape[0]].sum())
+        zq_valid, zk = zq[valid].reshape(-1, cfg.local_dim), keys.all_valid_points
+        per_image = None if cfg.local_same_image_negatives else n_points
+        if self.fused_local_loss:  # copies the queue itself (it is updated before backward)
+            return local_info_nce_loss(
+                zq_valid,
+                zk,
+                self.local_queue.queue,
+                cfg.temperature,
+                offset=offset * n_points,
+                points_per_image=per_image,
+            )
         loss, _, _ = local_info_nce(
-            zq[valid].reshape(-1, cfg.local_dim),
-            keys.all_valid_points,
-            self.local_queue.queue.clone().detach(),
+            zq_valid,
+            zk,
+            self.local_queue.queue.clone().detach(),  # updated in place before backward
             cfg.temperature,
             offset=offset * n_points,
-            points_per_image=None if cfg.local_same_image_negatives else n_points,
+            points_per_image=per_image,
         )
         return loss

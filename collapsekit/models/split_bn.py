@@ -3,10 +3,16 @@
 Under ``torch.distributed`` MoCo shuffles the key batch across ranks so that a query and its
 positive key are normalised with different statistics (He et al., CVPR 2020, §3.3). On one process a
 shuffle alone changes nothing, so, like the official MoCo single-GPU demo, normalisation layers
-compute their training statistics over ``num_splits`` interleaved sub-batches (sample ``n`` in
-sub-batch ``n mod S``) and the key batch is permuted first. :func:`convert_split_bn` applies the
-rule to every BatchNorm2d *and* every ZCA whitening layer of a module: whitening statistics shared
-by a whole batch would reintroduce the shortcut shuffle-BN removes.
+compute their training statistics over ``num_splits`` sub-batches and the key batch is permuted
+first. :func:`convert_split_bn` applies the rule to every BatchNorm2d *and* every ZCA whitening
+layer of a module: whitening statistics shared by a whole batch would reintroduce the shortcut
+shuffle-BN removes.
+
+The layers split a batch into ``S`` *contiguous* blocks (sample ``n`` of ``B`` in sub-batch
+``⌊n S / B⌋``): each block is a view in any memory format (contiguous or ``channels_last``), so the
+native BatchNorm kernel runs on it without a copy. :class:`~collapsekit.models.moco.MoCo` orders
+the batch with :func:`split_order` before its encoders, so a sample's sub-batch there is
+``n mod S``, the samples one of ``S`` ranks would get from the distributed sampler.
 """
 
 from __future__ import annotations
@@ -21,16 +27,31 @@ from torch import nn
 from collapsekit.models.distributed import is_dist
 from collapsekit.models.zca import ZCAWhitening
 
-__all__ = ["SplitBatchNorm2d", "convert_split_bn"]
+__all__ = ["SplitBatchNorm2d", "convert_split_bn", "split_order"]
+
+
+def split_order(
+    batch_size: int, num_splits: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """The permutation that makes interleaved sub-batches contiguous blocks.
+
+    ``x[split_order(B, S)]`` lists samples ``0, S, 2S, …, 1, 1 + S, …``: its ``r``-th block of
+    ``B / S`` rows holds the samples ``n ≡ r (mod S)``. ``S`` is reduced to ``gcd(S, B)`` like the
+    split layers do; ``argsort`` of the result undoes it.
+    """
+    s = math.gcd(num_splits, batch_size)
+    return torch.arange(batch_size, device=device).view(batch_size // s, s).t().reshape(-1)
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics come from ``num_splits`` sub-batches separately.
 
-    Sample ``n`` is normalised with the statistics of the samples ``n' ≡ n (mod num_splits)``; the
-    running statistics are the average over sub-batches. Eval mode, ``num_splits = 1`` and
-    ``torch.distributed`` runs (where each rank's batch is the sub-batch) behave like plain
-    ``BatchNorm2d``. Same parameters, buffers and state-dict keys as ``BatchNorm2d``.
+    The batch of ``B`` is cut into ``S = gcd(num_splits, B)`` contiguous blocks (sample ``n`` in
+    sub-batch ``⌊n S / B⌋``), each normalised by the native BatchNorm kernel with its own
+    statistics (no copy in either memory format); the running statistics are the average over
+    sub-batches. Eval mode, ``num_splits = 1`` and ``torch.distributed`` runs (where each rank's
+    batch is the sub-batch) behave like plain ``BatchNorm2d``. Same parameters, buffers and
+    state-dict keys as ``BatchNorm2d``.
     """
 
     def __init__(self, num_features: int, num_splits: int = 2, **kwargs: Any) -> None:
@@ -46,22 +67,25 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         assert self.running_mean is not None and self.running_var is not None
         assert self.num_batches_tracked is not None
-        n, c, h, w = x.shape
         self.num_batches_tracked.add_(1)
         momentum = (
             self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
         )
-        mean_s = self.running_mean.repeat(s)
-        var_s = self.running_var.repeat(s)
-        weight = self.weight.repeat(s) if self.weight is not None else None
-        bias = self.bias.repeat(s) if self.bias is not None else None
-        out = F.batch_norm(
-            x.reshape(n // s, c * s, h, w), mean_s, var_s, weight, bias, True, momentum, self.eps
+        # each block updates its own copy of the running statistics; they are averaged after
+        means = [self.running_mean.clone() for _ in range(s)]
+        variances = [self.running_var.clone() for _ in range(s)]
+        out = torch.cat(
+            [
+                F.batch_norm(
+                    block, mean, var, self.weight, self.bias, True, momentum, self.eps
+                )  # block: a view of B/S samples
+                for block, mean, var in zip(x.split(x.shape[0] // s), means, variances, strict=True)
+            ]
         )
         with torch.no_grad():
-            self.running_mean.copy_(mean_s.view(s, c).mean(0))
-            self.running_var.copy_(var_s.view(s, c).mean(0))
-        return out.reshape(n, c, h, w)
+            self.running_mean.copy_(torch.stack(means).mean(0))
+            self.running_var.copy_(torch.stack(variances).mean(0))
+        return out
 
 
 def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:

@@ -25,8 +25,9 @@ Two ways to form ``Σ^{-1/2}``:
   on ill-conditioned or high-dimensional groups (see ``benchmarks/train_step.py``).
 
 Math runs in float32 (float64 for float64 input) with autocast disabled. Statistics are never
-shared by a query and its positive key: with ``num_splits = S`` the layer whitens ``S`` interleaved
-sub-batches separately on one process, and under ``torch.distributed`` each rank whitens its own
+shared by a query and its positive key: with ``num_splits = S`` the layer whitens ``S`` sub-batches
+(contiguous blocks, like :class:`~collapsekit.models.split_bn.SplitBatchNorm2d`) separately on one
+process, and under ``torch.distributed`` each rank whitens its own
 batch (MoCo shuffles keys across ranks), the same rule as shuffle-BN. Whole-batch statistics would
 let the positive key share the query batch's whitening while queued negatives do not — the
 shortcut shuffle-BN exists to remove. In eval mode the layer whitens with ``(Σ_run + εI)^{-1/2}``
@@ -143,8 +144,9 @@ class ZCAWhitening(nn.Module):
         momentum: running-statistics momentum (as in BatchNorm: weight of the new batch).
         affine: learn a per-channel scale (init 1) and shift (init 0) applied after whitening.
         ns_iters: Newton–Schulz iterations ``T``.
-        num_splits: in train mode on one process, whiten ``num_splits`` interleaved sub-batches
-            (sample ``n`` in sub-batch ``n mod S``) with their own statistics, exactly like
+        num_splits: in train mode on one process, whiten ``num_splits`` sub-batches (contiguous
+            blocks: sample ``n`` of ``B`` in sub-batch ``⌊n S / B⌋``) with their own statistics,
+            exactly like
             :class:`~collapsekit.models.split_bn.SplitBatchNorm2d` (MoCo's shuffle-BN emulation:
             a positive key must not share the query batch's statistics). Under
             ``torch.distributed`` every rank whitens its own batch (keys are shuffled across ranks).
@@ -261,8 +263,8 @@ class ZCAWhitening(nn.Module):
         s = 1 if is_dist() or not self.training else math.gcd(self.num_splits, b)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf = x.to(dtype)
-            # sample n -> sub-batch n mod s; rows of one sub-batch: (C, m) with m = (B/s)·H·W
-            xs = xf.reshape(b // s, s, c, -1).permute(1, 2, 0, 3).reshape(s, c, -1)
+            # sample n -> sub-batch n // (B/s); rows of one sub-batch: (C, m) with m = (B/s)·H·W
+            xs = xf.reshape(s, b // s, c, -1).permute(0, 2, 1, 3).reshape(s, c, -1)
             m = xs.shape[-1]
             if self.training:
                 mean = xs.mean(dim=2)  # s × C
@@ -281,6 +283,11 @@ class ZCAWhitening(nn.Module):
                 y = torch.baddbmm(bias.reshape(s * g, d, 1), w.reshape(s * g, d, d), xc)
             else:
                 y = w.reshape(s * g, d, d) @ xc
-            # back to (B, C, H, W): undo the sub-batch interleave
-            y = y.reshape(s, c, b // s, -1).permute(2, 0, 1, 3).reshape(b, c, *x.shape[2:])
-        return y.contiguous().to(x.dtype)
+            # back to (B, C, H, W), in the input's memory format (channels_last stays so)
+            y = y.reshape(s, c, b // s, -1)  # (s, C, B/s, H·W)
+            if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+                y = y.permute(0, 2, 3, 1).reshape(b, *x.shape[2:], c).permute(0, 3, 1, 2)
+                y = y.contiguous(memory_format=torch.channels_last)  # no copy when s > 1
+            else:
+                y = y.permute(0, 2, 1, 3).reshape(x.shape).contiguous()
+        return y.to(x.dtype)

@@ -66,6 +66,15 @@ class TrainConfig:
         keep_every_epochs: keep a periodic ``checkpoint_epochNNN.pt`` every this many epochs (0: never).
         stop_after: stop this session after this many total steps without changing the schedule
             (resume later with ``--resume``).
+        channels_last: run both encoders in the ``torch.channels_last`` memory format (on CPU
+            max-pooling and BatchNorm are several times faster in it). Speed only: the same losses
+            and gradients to float rounding (``benchmarks/step_vs_reference.py``).
+        fused_sgd: use PyTorch's fused SGD kernel (``SGD(fused=True)``) instead of its per-tensor
+            loop. Speed only.
+        fused_local_loss: compute the local InfoNCE with
+            :func:`~collapsekit.models.local.local_info_nce_loss` (one autograd node over the
+            ``(points, points + queue)`` logits, about half the time) instead of the plain
+            autograd chain. Speed only.
         model: the model (method, backbone, MoCo and ZCA settings).
     """
 
@@ -101,6 +110,9 @@ class TrainConfig:
     keep_every_epochs: int = 0
     stop_after: int | None = None
     amp: bool = True
+    channels_last: bool = True
+    fused_sgd: bool = True
+    fused_local_loss: bool = True
     model: ModelConfig = field(default_factory=_default_model)
 
     def __post_init__(self) -> None:

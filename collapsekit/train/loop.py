@@ -284,7 +284,9 @@ class _Session:
 
         # ---- model, optimiser, schedule
         torch.manual_seed(cfg.seed)
-        self.moco = MoCo(cfg.model).to(device)
+        self.moco = MoCo(cfg.model, fused_local_loss=cfg.fused_local_loss).to(device)
+        if cfg.channels_last:  # Module.to's type stubs lack memory_format
+            self.moco.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model: nn.Module = self.moco
         if ctx.distributed:
             self.model = nn.parallel.DistributedDataParallel(
@@ -292,7 +294,11 @@ class _Session:
             )
         params = [p for p in self.moco.encoder_q.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
-            params, lr=cfg.base_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay
+            params,
+            lr=cfg.base_lr,
+            momentum=cfg.sgd_momentum,
+            weight_decay=cfg.weight_decay,
+            fused=cfg.fused_sgd,
         )
         total, warmup = self.total_steps, cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

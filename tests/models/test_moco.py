@@ -19,6 +19,7 @@ from collapsekit.models import (
     ZCAWhitening,
     build_encoder,
     info_nce_logits,
+    split_order,
     update_momentum,
 )
 
@@ -133,7 +134,8 @@ def test_single_process_shuffle_bn_restores_order() -> None:
     with torch.no_grad():
         fmap, k = model._key_forward(x)
         torch.manual_seed(7)
-        perm = torch.randperm(8)
+        # the split layers' blocks of x[perm] are the interleaved sub-batches of x[randperm]
+        perm = torch.randperm(8)[split_order(8, 2)]
         ref_local, ref_map = model.encoder_k.feature_maps(x[perm])
         ref = F.normalize(model.encoder_k.project(ref_map), dim=1)[torch.argsort(perm)]
     torch.testing.assert_close(k, ref)

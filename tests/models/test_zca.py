@@ -122,20 +122,38 @@ def test_eval_mode_output_is_white_on_the_training_distribution() -> None:
     assert y.mean(0).abs().max() < 0.05
 
 
-def test_split_whitening_uses_interleaved_sub_batches() -> None:
-    # num_splits=2: sample n is whitened with the statistics of the samples n' = n (mod 2),
-    # exactly like SplitBatchNorm2d (shuffle-BN emulation on one process)
+def test_split_whitening_uses_contiguous_sub_batches() -> None:
+    # num_splits=2: samples 0-7 and 8-15 are whitened with their own statistics, exactly like
+    # SplitBatchNorm2d (shuffle-BN emulation on one process)
     x = _correlated(64, 8, seed=2, dtype=torch.float64).reshape(16, 8, 2, 2)
     layer = ZCAWhitening(8, group_size=4, num_splits=2, affine=False).double()
     y = layer(x)
     ref = ZCAWhitening(8, group_size=4, affine=False).double()
-    torch.testing.assert_close(y[0::2], ref(x[0::2]))
-    torch.testing.assert_close(y[1::2], ref(x[1::2]))
+    torch.testing.assert_close(y[:8], ref(x[:8]))
+    torch.testing.assert_close(y[8:], ref(x[8:]))
     # running statistics come from the whole batch
     rows = x.permute(0, 2, 3, 1).reshape(-1, 8)
     torch.testing.assert_close(layer.running_mean, 0.1 * rows.mean(0))
     # eval mode and a batch that the splits do not divide fall back to one set of statistics
     torch.testing.assert_close(layer(x[:5]), ref.train()(x[:5]))
+
+
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_channels_last_input_gives_the_same_output_in_channels_last(num_splits: int) -> None:
+    x = _correlated(96, 16, seed=3, dtype=torch.float64).reshape(6, 16, 4, 4)
+    layer = ZCAWhitening(16, group_size=4, num_splits=num_splits).double()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-1.0, 1.0)
+    xp = x.clone().requires_grad_()
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    yp, yc = layer(xp), layer(xc)
+    assert yp.is_contiguous() and yc.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(yp, yc)
+    grad = torch.randn_like(x)
+    yp.backward(grad)
+    yc.backward(grad)
+    torch.testing.assert_close(xp.grad, xc.grad)
 
 
 def test_old_checkpoints_with_running_whitening_load() -> None:
