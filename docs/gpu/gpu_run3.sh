@@ -12,21 +12,21 @@ nproc | tee -a "$OUT/gpu.txt"
 
 # 1. GPU tests and the torchvision export check (GPU + 1 core), while the step benchmark runs.
 (
-  OMP_NUM_THREADS=1 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider \
+  OMP_NUM_THREADS=1 timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider \
     tests/train/test_gpu.py tests/monitoring/test_monitor.py 2>&1 | tail -5 > "$OUT/gpu_tests.log"
-  OMP_NUM_THREADS=1 timeout 120 python3 docs/gpu/torchvision_export_check.py > "$OUT/torchvision_export.log" 2>&1
-  OMP_NUM_THREADS=4 timeout 90 python3 benchmarks/monitor.py --device cuda --threads 4 --repeats 5 \
+  OMP_NUM_THREADS=1 timeout 90 python3 docs/gpu/torchvision_export_check.py > "$OUT/torchvision_export.log" 2>&1
+  OMP_NUM_THREADS=4 timeout 60 python3 benchmarks/monitor.py --device cuda --threads 4 --repeats 5 \
     --out "$OUT/monitor_cuda.json" > "$OUT/monitor_cuda.log" 2>&1
 ) &
 GPU_JOB=$!
 # 2. Step time vs the plain MoCo step: 2 threads on otherwise idle cores.
-OMP_NUM_THREADS=2 timeout 200 python3 benchmarks/step_vs_reference.py --threads 2 --steps 15 \
+OMP_NUM_THREADS=2 timeout 180 python3 benchmarks/step_vs_reference.py --threads 2 --steps 15 \
   --variants all --out "$OUT/step_vs_reference_2threads.json" > "$OUT/step.log" 2>&1
 wait $GPU_JOB
 # 3. Monitor cost on quiet CPU cores (1 and 2 threads).
-timeout 100 python3 benchmarks/monitor.py --threads 1 2 --repeats 3 --out "$OUT/monitor_cpu.json" \
+timeout 80 python3 benchmarks/monitor.py --threads 1 2 --repeats 2 --out "$OUT/monitor_cpu.json" \
   > "$OUT/monitor_cpu.log" 2>&1
 # 4. Scale: 100 volumes at 512^2 x 100 slices, all cores.
-OMP_NUM_THREADS=1 timeout 330 python3 benchmarks/scale.py --volumes 100 --memory-volumes 50,100 \
+OMP_NUM_THREADS=1 timeout 290 python3 benchmarks/scale.py --volumes 100 --memory-volumes 50,100 \
   --out-dir /tmp/ck-scale --out "$OUT/scale.json" > "$OUT/scale.log" 2>&1
 tail -n 4 "$OUT"/*.log
