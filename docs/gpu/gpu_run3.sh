@@ -19,13 +19,14 @@ nproc | tee -a "$OUT/gpu.txt"
     --out "$OUT/monitor_cuda.json" > "$OUT/monitor_cuda.log" 2>&1
 ) &
 GPU_JOB=$!
-# 2. Step time vs the plain MoCo step: 2 threads on otherwise idle cores.
+# 2. Monitor cost on quiet CPU cores (1 and 2 threads), beside the other lanes (16 cores).
+timeout 80 python3 benchmarks/monitor.py --threads 1 2 --repeats 2 --out "$OUT/monitor_cpu.json" \
+  > "$OUT/monitor_cpu.log" 2>&1 &
+CPU_JOB=$!
+# 3. Step time vs the plain MoCo step: 2 threads.
 OMP_NUM_THREADS=2 timeout 180 python3 benchmarks/step_vs_reference.py --threads 2 --steps 15 \
   --variants all --out "$OUT/step_vs_reference_2threads.json" > "$OUT/step.log" 2>&1
-wait $GPU_JOB
-# 3. Monitor cost on quiet CPU cores (1 and 2 threads).
-timeout 80 python3 benchmarks/monitor.py --threads 1 2 --repeats 2 --out "$OUT/monitor_cpu.json" \
-  > "$OUT/monitor_cpu.log" 2>&1
+wait $GPU_JOB $CPU_JOB
 # 4. Scale: 100 volumes at 512^2 x 100 slices, all cores.
 OMP_NUM_THREADS=1 timeout 290 python3 benchmarks/scale.py --volumes 100 --memory-volumes 50,100 \
   --out-dir /tmp/ck-scale --out "$OUT/scale.json" > "$OUT/scale.log" 2>&1
