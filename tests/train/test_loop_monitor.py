@@ -36,6 +36,8 @@ def test_last_record_equals_the_diagnostics_of_the_final_encoder(tmp_path: Path)
 
     moco = MoCo(cfg.model)
     moco.load_state_dict(load_checkpoint(res.run_dir / "checkpoint.pt")["model"])
+    if cfg.channels_last:  # as the loop ran it: the memory format changes float32 summation order
+        moco.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     enc = moco.encoder_q.eval()
     _, held_out = load_volumes(cfg, None)
     with torch.no_grad():
