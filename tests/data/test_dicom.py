@@ -454,6 +454,7 @@ _OTHERS, _VALID = _valid_slice_bytes()
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the mangled values
 @settings(
     max_examples=100,
+    derandomize=True,  # the same 100 damaged slices in every CI run (a 1,500-example run was clean)
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
