@@ -11,6 +11,7 @@ name nor MONAI's sort by InstanceNumber gives the right volume.
 from __future__ import annotations
 
 import json
+import os
 import random
 import tempfile
 from pathlib import Path
@@ -241,7 +242,11 @@ def test_cache_key_covers_every_file_of_the_series(tmp_path):
     # rewrite one slice in place (same name and size, new pixels): the cached volume is not reused
     ds = pydicom.dcmread(files[2])
     ds.RescaleIntercept = -1000.0  # +24 HU on that slice only
+    before = files[2].stat().st_mtime_ns
     ds.save_as(files[2])
+    # File times tick coarsely (a few ms): an edit this soon after writing may keep the mtime, which
+    # no real edit does; date it 1 s later, as a later edit would be.
+    os.utime(files[2], ns=(before + 10**9, before + 10**9))
     clear_cache()
     seen: list = []
     again = load_volumes(rec, cache_dir=cache, progress=seen.append)[0]
