@@ -45,6 +45,15 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def _publish(tmp: str, path: Path) -> None:
+    """Give the finished temporary file the usual permissions (``0o666 & ~umask``, not
+    ``mkstemp``'s 0600) and move it onto ``path`` in one step (``os.replace``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", *, fsync: bool = False) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` (``os.replace``).
@@ -67,10 +76,7 @@ def atomic_write(path: str | Path, mode: str = "w", *, fsync: bool = False) -> I
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        _publish(tmp, path)
         if fsync:
             dir_fd = os.open(path.parent, os.O_RDONLY)
             try:
@@ -97,10 +103,7 @@ def save_nifti(img: Any, path: str | Path) -> Path:
     os.close(fd)
     try:
         nib.save(img, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

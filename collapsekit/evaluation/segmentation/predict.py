@@ -21,7 +21,7 @@ from collapsekit.errors import DataError
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
 from collapsekit.serialization import save_nifti
 
-__all__ = ["check_encodes", "predict_volumes", "save_prediction"]
+__all__ = ["check_encodes", "predict_volumes", "prediction_path", "save_prediction"]
 
 
 def check_encodes(
@@ -89,16 +89,20 @@ def predict_volumes(
     return out
 
 
+def prediction_path(directory: str | Path, case_id: str) -> Path:
+    """``<directory>/<case_id>_pred.nii.gz``, the case id made safe for a file name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", case_id)
+    return Path(directory) / f"{safe}_pred.nii.gz"
+
+
 def save_prediction(
     directory: str | Path, case_id: str, pred: np.ndarray, affine: np.ndarray
 ) -> Path:
     """Write ``<case_id>_pred.nii.gz`` (uint8, or int16 for ids above 255) with ``affine``."""
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    path = prediction_path(directory, case_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
     dtype = np.uint8 if int(pred.max(initial=0)) < 256 else np.int16
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", case_id)
-    path = directory / f"{safe}_pred.nii.gz"
     img = nib.Nifti1Image(pred.astype(dtype), np.asarray(affine, dtype=np.float64))
     img.header.set_data_dtype(dtype)
     return save_nifti(img, path)

@@ -28,7 +28,7 @@ from monai.metrics import compute_dice
 
 from collapsekit.data.volume import Volume
 from collapsekit.errors import DataError, InputError
-from collapsekit.evaluation.segmentation.predict import save_prediction
+from collapsekit.evaluation.segmentation.predict import prediction_path, save_prediction
 from collapsekit.outputs import writing
 
 __all__ = ["dice_per_organ", "encode_classes", "SegmentationResult", "score_predictions"]
@@ -229,7 +229,7 @@ def score_predictions(
         if save_predictions is not None:
             done = len(per_volume) - 1
             kept = f"{done} prediction file{'s' if done != 1 else ''} were written to {save_predictions}"
-            with writing(Path(save_predictions) / f"{v.case_id}_pred.nii.gz", kept=kept):
+            with writing(prediction_path(save_predictions, v.case_id), kept=kept):
                 save_prediction(save_predictions, v.case_id, pred, v.affine)
     dice: dict[str, float | None] = {}
     for o in organs:
