@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -15,7 +16,16 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["append_line", "atomic_write", "save_nifti", "to_jsonable", "write_json"]
+__all__ = [
+    "DIRECT_ALIGN",
+    "aligned_buffer",
+    "append_line",
+    "atomic_write",
+    "atomic_write_direct",
+    "save_nifti",
+    "to_jsonable",
+    "write_json",
+]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -83,6 +93,85 @@ def atomic_write(path: str | Path, mode: str = "w", *, fsync: bool = False) -> I
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+#: Alignment of ``O_DIRECT`` writes (buffer address, length and file offset): 4 KiB, the largest
+#: logical block size of common disks, so it suits every one of them.
+DIRECT_ALIGN = 4096
+
+
+def aligned_buffer(nbytes: int) -> np.ndarray:
+    """A uint8 array of ``nbytes`` rounded up to :data:`DIRECT_ALIGN`, its address aligned to it:
+    what :func:`atomic_write_direct` writes."""
+    padded = -(-max(0, nbytes) // DIRECT_ALIGN) * DIRECT_ALIGN
+    raw = np.empty(padded + DIRECT_ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % DIRECT_ALIGN
+    return raw[start : start + padded]
+
+
+def atomic_write_direct(path: str | Path, data: np.ndarray, size: int) -> bool:
+    """Write ``data[:size]`` to ``path`` as :func:`atomic_write` does, bypassing the page cache.
+
+    The file is written with ``O_DIRECT`` (the device reads the buffer itself), then truncated to
+    ``size`` and moved into place. For a large file this costs a fraction of the CPU of a buffered
+    write, whose copy into the page cache and later writeback are paid for every 4 KiB page: on an
+    ext4 virtual disk, 6 ms instead of 85 ms for a 52 MB volume (``docs/perf``). Nothing is kept in
+    the page cache, so a write-once cache of 100 GB does not evict everything else either.
+
+    Args:
+        path: the target file.
+        data: from :func:`aligned_buffer` (address and length multiples of :data:`DIRECT_ALIGN`).
+        size: the file's length; the bytes of ``data`` after it are padding.
+
+    Returns:
+        False, with nothing written and no file left, where the platform or the file system has no
+        ``O_DIRECT`` (or refuses this alignment): the caller then writes the usual way.
+
+    Raises:
+        OSError: any other failure (a full disk); the temporary file is removed and ``path`` is
+            untouched.
+    """
+    flag = getattr(os, "O_DIRECT", None)
+    view = memoryview(data).cast("B")
+    if flag is None or data.ctypes.data % DIRECT_ALIGN or len(view) % DIRECT_ALIGN:
+        return False
+    if not 0 <= size <= len(view):
+        raise ValueError(f"size {size} is outside the buffer of {len(view)} bytes")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    written = 0
+    try:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | flag)
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # EINVAL: this file system has no O_DIRECT
+                raise
+            Path(tmp).unlink(missing_ok=True)
+            return False
+        try:
+            while written < len(view):
+                n = os.write(fd, view[written:])
+                if n <= 0:
+                    raise OSError(errno.EIO, f"write returned {n}")
+                written += n
+            os.ftruncate(fd, size)
+        except OSError as e:
+            if e.errno != errno.EINVAL or written:
+                raise
+            os.close(fd)
+            fd = -1
+            Path(tmp).unlink(missing_ok=True)  # refused this alignment: the caller falls back
+            return False
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        _publish(tmp, path)
+        return True
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import mmap
 import time
@@ -48,16 +49,17 @@ from typing import Any
 import numpy as np
 
 from collapsekit.data.dicom import series_fingerprint
-from collapsekit.data.preprocess import PreprocessConfig
+from collapsekit.data.preprocess import PreprocessConfig, cast_into
 from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.errors import DataError, OutputError
-from collapsekit.serialization import atomic_write
+from collapsekit.serialization import aligned_buffer, atomic_write, atomic_write_direct
 
 __all__ = [
     "CACHE_FORMAT",
     "CACHE_IMAGE_DTYPE",
     "MappedVolume",
+    "NpyBuffer",
     "PHANTOM_VERSION",
     "QUANTISATION_ERROR",
     "cache_key",
@@ -207,24 +209,89 @@ def read_disk(cache_dir: Path, digest: str, key_json: str, case_id: str) -> Volu
         return None
 
 
-def _save_array(path: Path, array: np.ndarray) -> None:
+#: Arrays from this size on are written with ``O_DIRECT`` where the file system allows it.
+DIRECT_MIN_BYTES = 1 << 20
+
+
+class NpyBuffer:
+    """A Fortran-ordered array that lives inside the bytes of its own ``.npy`` file.
+
+    The buffer holds the ``.npy`` header, then the array's data, aligned for ``O_DIRECT``
+    (:func:`~collapsekit.serialization.aligned_buffer`), so the array can be computed in place
+    (``preprocess_record(..., allocate=NpyBuffer.allocate)``) and written with no copy.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype | type) -> None:
+        dtype = np.dtype(dtype)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header,
+            {
+                "descr": np.lib.format.dtype_to_descr(dtype),
+                "fortran_order": True,
+                "shape": tuple(int(n) for n in shape),
+            },
+        )
+        head = header.getvalue()
+        self.size = len(head) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self.buffer = aligned_buffer(self.size)
+        self.buffer[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+        self.buffer[self.size :] = 0
+        self.array = self.buffer[len(head) : self.size].view(dtype).reshape(shape, order="F")
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> NpyBuffer:
+        """A buffer holding a copy of ``array``."""
+        b = cls(array.shape, array.dtype)
+        b.array[...] = array
+        return b
+
+    def holds(self, array: np.ndarray) -> bool:
+        """Whether ``array`` is this buffer's array (the same memory, shape and dtype)."""
+        return (
+            array.shape == self.array.shape
+            and array.dtype == self.array.dtype
+            and array.flags.f_contiguous
+            and (array.size == 0 or array.ctypes.data == self.array.ctypes.data)
+        )
+
+
+def _save_array(path: Path, array: np.ndarray, buffer: NpyBuffer | None = None) -> None:
+    """``np.save`` of ``array`` in Fortran order, atomically; a large array bypasses the page cache
+    (:func:`~collapsekit.serialization.atomic_write_direct`: the same bytes, a fraction of the
+    CPU), from ``buffer`` when it holds ``array`` (no copy)."""
+    array = np.asfortranarray(array)
+    if array.nbytes >= DIRECT_MIN_BYTES:
+        if buffer is None or not buffer.holds(array):
+            buffer = NpyBuffer.of(array)
+        if atomic_write_direct(path, buffer.buffer, buffer.size):
+            return
     with atomic_write(path, "wb") as f:
-        np.save(f, np.asfortranarray(array), allow_pickle=False)
+        np.save(f, array, allow_pickle=False)
 
 
-def write_disk(cache_dir: Path, digest: str, key_json: str, volume: Volume) -> None:
+def write_disk(
+    cache_dir: Path,
+    digest: str,
+    key_json: str,
+    volume: Volume,
+    image_buffer: NpyBuffer | None = None,
+) -> None:
     """Store ``volume`` as a disk-cache entry (image as float16), each file written atomically.
 
     The arrays go first and the ``.json`` commit record last, each through a temporary file in
     ``cache_dir`` and ``os.replace``: a reader never sees a half-written file, and a writer killed
     midway leaves at most arrays without a ``.json``, which read as a miss.
 
+    ``image_buffer``: where the float16 image was computed in place (:class:`NpyBuffer`), written
+    from there with no copy.
+
     Raises:
         OutputError: the entry cannot be written (read-only directory, full disk); the message
             names the case and the directory.
     """
     try:
-        _write_entry(entry_files(cache_dir, digest), key_json, volume)
+        _write_entry(entry_files(cache_dir, digest), key_json, volume, image_buffer)
     except OSError as e:
         raise OutputError(
             f"cannot write the cache entry of case {volume.case_id} to {cache_dir}: "
@@ -232,9 +299,15 @@ def write_disk(cache_dir: Path, digest: str, key_json: str, volume: Volume) -> N
         ) from None
 
 
-def _write_entry(files: dict[str, Path], key_json: str, volume: Volume) -> None:
+def _write_entry(
+    files: dict[str, Path], key_json: str, volume: Volume, image_buffer: NpyBuffer | None
+) -> None:
     image = np.asarray(volume.image)
-    _save_array(files["image"], image.astype(CACHE_IMAGE_DTYPE))
+    if image.dtype != CACHE_IMAGE_DTYPE:  # a float32 volume (a worker asks for float16 directly)
+        image_buffer = NpyBuffer(image.shape, CACHE_IMAGE_DTYPE)
+        cast_into(image_buffer.array, image)
+        image = image_buffer.array
+    _save_array(files["image"], image, image_buffer)
     if volume.label is not None:
         _save_array(files["label"], np.asarray(volume.label))
     meta = {

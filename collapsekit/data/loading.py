@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from collapsekit.data.cache import (
+    CACHE_IMAGE_DTYPE,
     MEMORY,
+    NpyBuffer,
     cache_key,
     read_disk,
     remove_stale_temporaries,
@@ -51,6 +53,7 @@ __all__ = [
     "load_split",
     "check_dataset",
     "available_cpus",
+    "tune_allocator",
     "voxel_spacing",
 ]
 
@@ -110,9 +113,36 @@ def available_cpus() -> int:
     return max(1, cores // local_ranks)
 
 
+#: ``mallopt`` parameters of glibc (``malloc.h``).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def tune_allocator(threshold: int = 1 << 30) -> bool:
+    """Make glibc's ``malloc`` keep and reuse freed blocks up to ``threshold`` bytes.
+
+    By default glibc serves every block over 32 MiB (a decoded volume, its preprocessed image) with
+    a fresh ``mmap`` and unmaps it on ``free``, so each volume pays one page fault per 4 KiB on
+    first touch: 26,000 faults and 0.08 s of kernel time for a 512² x 100 volume, a quarter of its
+    ``.nii.gz`` decode. With ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` raised, the next
+    volume reuses the same pages. Called in each preprocessing worker (short-lived processes, whose
+    peak heap is a few volumes); a no-op returning False where the C library is not glibc.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+            and libc.mallopt(_M_TRIM_THRESHOLD, threshold)
+        )
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        return False
+
+
 def _init_worker() -> None:
     # One thread per worker: N workers on N cores, not N x N threads fighting over them.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    tune_allocator()
     import torch
 
     torch.set_num_threads(1)
@@ -135,10 +165,19 @@ def _preprocess_job(
     """
     if cache is not None and read_disk(cache, digest, key_json, record.case_id) is not None:
         return None, False
-    vol = preprocess_record(record, preprocess, phantom)
     if cache is None:
-        return vol, True
-    write_disk(cache, digest, key_json, vol)
+        return preprocess_record(record, preprocess, phantom), True
+    # For the disk cache the window writes float16 straight into the bytes of the entry's file.
+    buffers: list[NpyBuffer] = []
+
+    def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        buffers.append(NpyBuffer(shape, dtype))
+        return buffers[-1].array
+
+    vol = preprocess_record(
+        record, preprocess, phantom, image_dtype=CACHE_IMAGE_DTYPE, allocate=allocate
+    )
+    write_disk(cache, digest, key_json, vol, buffers[-1] if buffers else None)
     return None, True
 
 

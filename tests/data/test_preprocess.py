@@ -194,3 +194,93 @@ def test_window_equals_monai_scale_intensity_range_bit_for_bit() -> None:
         assert got.dtype == np.float32 and got.flags.f_contiguous
         np.testing.assert_array_equal(got, ref)
     assert _window_fortran(np.asfortranarray(hu.astype(np.int16)), -175, 250).flags.f_contiguous
+
+
+def _reference_chain(path, cfg=PreprocessConfig()):
+    """The chain as MONAI's transforms run it on the float32 volume, whole: the reference the
+    loader's native-dtype, block-wise path must equal bit for bit."""
+    import torch
+    from monai.data import MetaTensor, NibabelReader
+    from monai.transforms import EnsureChannelFirst, Orientation, ScaleIntensityRange
+
+    reader = NibabelReader()
+    data, meta = reader.get_data(reader.read(str(path)))
+    x = MetaTensor(torch.as_tensor(np.asarray(data, np.float32)), affine=meta["affine"])
+    x = EnsureChannelFirst(channel_dim="no_channel")(x)
+    x = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(x)
+    hu = x[0].numpy()
+    body = (hu > cfg.body_threshold_hu).mean(axis=(0, 1))
+    img = ScaleIntensityRange(cfg.a_min, cfg.a_max, 0.0, 1.0, clip=True)(x)[0].numpy()
+    return img, np.nonzero(body >= cfg.min_body_fraction)[0]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("flip", [False, True])
+def test_native_dtype_blockwise_path_equals_monai_float32_chain(tmp_path, nifti, dtype, flip):
+    """Whatever the file's dtype (kept through Orientation, cast a block at a time) and however it
+    is stored (a flipped LPS file), the image and the slices equal MONAI's float32 chain exactly;
+    float16 (the disk cache's dtype) is that image rounded to nearest."""
+    from collapsekit.data.preprocess import preprocess_record
+
+    rng = np.random.default_rng(3)
+    hi = 250 if dtype == np.uint8 else 1500
+    lo = 0 if dtype == np.uint8 else -1200
+    vol = rng.integers(lo, hi, size=(23, 19, 11)).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        vol = vol + rng.uniform(0, 1, size=vol.shape).astype(dtype)  # fractional HU
+    vol[:, :, 4] = lo  # an empty slice: left out (but for uint8, whose 0 HU is body)
+    aff = np.diag([0.8, 0.7, 2.5, 1.0])
+    if flip:
+        aff[0, 0], aff[1, 1] = -0.8, -0.7
+    path = nifti(tmp_path / "v.nii.gz", vol, aff)
+    ref, ref_slices = _reference_chain(path)
+    rec = CaseRecord("v", path)
+    got = preprocess_record(rec, PreprocessConfig())
+    assert got.image.dtype == np.float32 and got.image.flags.f_contiguous
+    np.testing.assert_array_equal(got.image, ref)
+    np.testing.assert_array_equal(got.slices, ref_slices)
+    assert (4 in got.slices) == (dtype == np.uint8)
+    half = preprocess_record(rec, PreprocessConfig(), image_dtype=np.float16)
+    assert half.image.dtype == np.float16 and half.image.flags.f_contiguous
+    np.testing.assert_array_equal(half.image, ref.astype(np.float16))
+    np.testing.assert_array_equal(half.slices, ref_slices)
+
+
+def test_window_blocks_span_slices_and_uneven_ends(monkeypatch):
+    """Blocks of several slices (small images) and a last, shorter block: the same image and body
+    fractions as the whole-volume computation."""
+    import collapsekit.data.preprocess as pp
+
+    rng = np.random.default_rng(1)
+    hu = np.asfortranarray(rng.integers(-1100, 1400, size=(6, 5, 13)).astype(np.int16))
+    cfg = PreprocessConfig()
+    whole = np.clip((hu.astype(np.float32) - np.float32(-175)) / np.float32(425), 0, 1)
+    for block in (30, 60, 1 << 18):  # 1 slice, 2 slices (13 = 6*2 + 1), the whole volume
+        monkeypatch.setattr(pp, "_BLOCK_ELEMENTS", block)
+        img, body = pp._window_blocks(hu, cfg)
+        np.testing.assert_array_equal(img, whole)
+        np.testing.assert_array_equal(body, (hu > -500).mean(axis=(0, 1)))
+    with pytest.raises(ConfigError, match="float32 or float16"):
+        pp._window_blocks(hu, cfg, np.float64)
+    empty, body = pp._window_blocks(np.zeros((4, 4, 0), np.int16), cfg)
+    assert empty.shape == (4, 4, 0) and body.shape == (0,)
+
+
+def test_float16_cast_through_torch_rounds_as_numpy():
+    """``cast_into``'s torch float32 -> float16 equals numpy's ``astype`` (round to nearest, ties to
+    even), subnormals and exact ties included."""
+    from collapsekit.data.preprocess import cast_into
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [
+            rng.uniform(0, 1, 200_000),
+            np.linspace(0, 1, 100_001),
+            rng.uniform(0, 1e-4, 10_000),  # float16 subnormals below 6.1e-5
+            [2.0**-25, 2.0**-24, 1 + 2.0**-11, 1 + 3 * 2.0**-11, 0.5 + 2.0**-12],  # ties
+        ]
+    ).astype(np.float32)
+    x = np.asfortranarray(x.reshape(-1, 1, 1).repeat(2, axis=2))
+    out = np.empty(x.shape, np.float16, order="F")
+    cast_into(out, x)
+    np.testing.assert_array_equal(out.view(np.uint16), x.astype(np.float16).view(np.uint16))
