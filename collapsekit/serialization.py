@@ -104,9 +104,9 @@ DIRECT_ALIGN = 4096
 
 
 def aligned_buffer(nbytes: int) -> np.ndarray:
-    """A uint8 array of ``nbytes`` rounded up to :data:`DIRECT_ALIGN`, its address aligned to it:
-    what :func:`atomic_write_direct` writes."""
-    padded = -(-max(0, nbytes) // DIRECT_ALIGN) * DIRECT_ALIGN
+    """A uint8 array of ``nbytes`` rounded up to a multiple of :data:`DIRECT_ALIGN` (one block at
+    least), its address aligned to it: what :func:`atomic_write_direct` writes."""
+    padded = max(1, -(-nbytes // DIRECT_ALIGN)) * DIRECT_ALIGN  # one block at least
     raw = np.empty(padded + DIRECT_ALIGN, dtype=np.uint8)
     start = -raw.ctypes.data % DIRECT_ALIGN
     return raw[start : start + padded]
@@ -135,7 +135,7 @@ def atomic_write_direct(path: str | Path, data: np.ndarray, size: int) -> bool:
             untouched.
     """
     flag = getattr(os, "O_DIRECT", None)
-    view = memoryview(data).cast("B")
+    view = memoryview(data.data).cast("B")
     if flag is None or data.ctypes.data % DIRECT_ALIGN or len(view) % DIRECT_ALIGN:
         return False
     if not 0 <= size <= len(view):

@@ -167,7 +167,8 @@ def _preprocess_job(
         return None, False
     if cache is None:
         return preprocess_record(record, preprocess, phantom), True
-    # For the disk cache the window writes float16 straight into the bytes of the entry's file.
+    # For the disk cache the window writes float16 straight into the bytes of the entry's file,
+    # which is written from there (O_DIRECT where the file system has it).
     buffers: list[NpyBuffer] = []
 
     def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
