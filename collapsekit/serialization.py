@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "DIRECT_ALIGN",
+    "DirectFile",
     "aligned_buffer",
     "append_line",
     "atomic_write",
@@ -112,14 +113,158 @@ def aligned_buffer(nbytes: int) -> np.ndarray:
     return raw[start : start + padded]
 
 
-def atomic_write_direct(path: str | Path, data: np.ndarray, size: int) -> bool:
-    """Write ``data[:size]`` to ``path`` as :func:`atomic_write` does, bypassing the page cache.
+class DirectFile:
+    """A file written from an aligned buffer with ``O_DIRECT``, part by part, then published atomically.
 
-    The file is written with ``O_DIRECT`` (the device reads the buffer itself), then truncated to
-    ``size`` and moved into place. For a large file this costs a fraction of the CPU of a buffered
-    write, whose copy into the page cache and later writeback are paid for every 4 KiB page: on an
-    ext4 virtual disk, 6 ms instead of 85 ms for a 52 MB volume (``docs/perf``). Nothing is kept in
-    the page cache, so a write-once cache of 100 GB does not evict everything else either.
+    The buffer (from :func:`aligned_buffer`) is written to a temporary file beside ``path`` as its
+    content becomes final (:meth:`ready`), by one background thread whose writes wait for the disk
+    while the caller computes the rest; :meth:`commit` writes what is left, truncates the file to
+    ``size`` and moves it onto ``path`` (``os.replace``, the usual permissions), as
+    :func:`atomic_write` does. Leaving the ``with`` block without :meth:`commit` (an error) removes
+    the temporary file and leaves ``path`` untouched.
+
+    Why: for a large file ``O_DIRECT`` costs a fraction of the CPU of a buffered write, whose copy
+    into the page cache and later writeback are paid for every 4 KiB page (on an ext4 virtual disk
+    6 ms instead of 85 ms for a 52 MB volume: ``benchmarks/cache_write.py``), and a write-once
+    cache of 100 GB does not evict everything else from the page cache.
+
+    Where the platform or the file system has no ``O_DIRECT`` (or refuses the alignment),
+    :attr:`direct` is False, nothing is written early, and :meth:`commit` writes the file the usual
+    way (``buffered=False`` instead makes it write nothing and return False).
+    """
+
+    #: Bytes gathered before a background write is issued.
+    CHUNK = 4 << 20
+
+    def __init__(self, path: str | Path, buffer: np.ndarray, size: int) -> None:
+        self.path = Path(path)
+        self.buffer = buffer
+        self.size = int(size)
+        self._view = memoryview(buffer.data).cast("B")
+        if not 0 <= self.size <= len(self._view):
+            raise ValueError(f"size {size} is outside the buffer of {len(self._view)} bytes")
+        self._fd = -1
+        self._tmp: str | None = None
+        self._issued = 0  # bytes handed to the writer thread
+        self._writer: Any = None
+        self._pending: list[Any] = []
+        self.direct = self._open()
+
+    def _open(self) -> bool:
+        flag = getattr(os, "O_DIRECT", None)
+        if flag is None or self.buffer.ctypes.data % DIRECT_ALIGN or len(self._view) % DIRECT_ALIGN:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        try:
+            self._fd = os.open(self._tmp, os.O_WRONLY | flag)
+        except OSError as e:
+            self._remove()
+            if e.errno != errno.EINVAL:  # EINVAL: this file system has no O_DIRECT
+                raise
+            return False
+        return True
+
+    def _write(self, start: int, end: int) -> None:
+        view = self._view[start:end]
+        done = 0
+        while done < len(view):
+            n = os.pwrite(self._fd, view[done:], start + done)
+            if n <= 0:
+                raise OSError(errno.EIO, f"write returned {n}")
+            done += n
+
+    def _issue(self, end: int) -> None:
+        if end <= self._issued:
+            return
+        if self._writer is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="direct-write")
+        self._pending.append(self._writer.submit(self._write, self._issued, end))
+        self._issued = end
+
+    def ready(self, nbytes: int) -> None:
+        """The first ``nbytes`` of the buffer are final: write their whole blocks in the background."""
+        if self.direct:
+            end = min(nbytes, len(self._view)) // DIRECT_ALIGN * DIRECT_ALIGN
+            if end - self._issued >= self.CHUNK:
+                self._issue(end)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, []
+        error: BaseException | None = None
+        for f in pending:
+            try:
+                f.result()
+            except BaseException as e:  # the first error; every write has ended after the loop
+                error = error or e
+        if error is not None:
+            raise error
+
+    def commit(self, *, buffered: bool = True) -> bool:
+        """Write the rest and publish the file; returns whether ``O_DIRECT`` wrote it.
+
+        Raises:
+            OSError: the file could not be written (a full disk); nothing is left behind and
+                ``path`` is untouched.
+        """
+        try:
+            if self.direct:
+                try:
+                    self._issue(len(self._view))
+                    self._wait()
+                    os.ftruncate(self._fd, self.size)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    self.direct = False  # refused this alignment after all: write it plainly
+                self._close()
+                if self.direct:
+                    assert self._tmp is not None
+                    _publish(self._tmp, self.path)
+                    self._tmp = None
+                    return True
+                self._remove()
+            if buffered:
+                with atomic_write(self.path, "wb") as f:
+                    f.write(self._view[: self.size])
+            return False
+        finally:
+            self.abort()
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _remove(self) -> None:
+        if self._tmp is not None:
+            Path(self._tmp).unlink(missing_ok=True)
+            self._tmp = None
+
+    def abort(self) -> None:
+        """Stop: wait for writes in flight, close and remove the temporary file (if not published)."""
+        with contextlib.suppress(BaseException):
+            self._wait()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        self._close()
+        self._remove()
+
+    def __enter__(self) -> DirectFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+def atomic_write_direct(path: str | Path, data: np.ndarray, size: int) -> bool:
+    """Write ``data[:size]`` to ``path`` atomically with ``O_DIRECT`` (see :class:`DirectFile`).
 
     Args:
         path: the target file.
@@ -131,50 +276,12 @@ def atomic_write_direct(path: str | Path, data: np.ndarray, size: int) -> bool:
         ``O_DIRECT`` (or refuses this alignment): the caller then writes the usual way.
 
     Raises:
+        ValueError: ``size`` is larger than ``data``.
         OSError: any other failure (a full disk); the temporary file is removed and ``path`` is
             untouched.
     """
-    flag = getattr(os, "O_DIRECT", None)
-    view = memoryview(data.data).cast("B")
-    if flag is None or data.ctypes.data % DIRECT_ALIGN or len(view) % DIRECT_ALIGN:
-        return False
-    if not 0 <= size <= len(view):
-        raise ValueError(f"size {size} is outside the buffer of {len(view)} bytes")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    written = 0
-    try:
-        try:
-            fd = os.open(tmp, os.O_WRONLY | flag)
-        except OSError as e:
-            if e.errno != errno.EINVAL:  # EINVAL: this file system has no O_DIRECT
-                raise
-            Path(tmp).unlink(missing_ok=True)
-            return False
-        try:
-            while written < len(view):
-                n = os.write(fd, view[written:])
-                if n <= 0:
-                    raise OSError(errno.EIO, f"write returned {n}")
-                written += n
-            os.ftruncate(fd, size)
-        except OSError as e:
-            if e.errno != errno.EINVAL or written:
-                raise
-            os.close(fd)
-            fd = -1
-            Path(tmp).unlink(missing_ok=True)  # refused this alignment: the caller falls back
-            return False
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        _publish(tmp, path)
-        return True
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with DirectFile(path, data, size) as f:
+        return f.commit(buffered=False)
 
 
 def save_nifti(img: Any, path: str | Path) -> Path:

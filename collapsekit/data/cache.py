@@ -53,11 +53,12 @@ from collapsekit.data.preprocess import PreprocessConfig, cast_into
 from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.errors import DataError, OutputError
-from collapsekit.serialization import aligned_buffer, atomic_write, atomic_write_direct
+from collapsekit.serialization import DirectFile, aligned_buffer, atomic_write
 
 __all__ = [
     "CACHE_FORMAT",
     "CACHE_IMAGE_DTYPE",
+    "EntryImage",
     "MappedVolume",
     "NpyBuffer",
     "PHANTOM_VERSION",
@@ -218,7 +219,7 @@ class NpyBuffer:
 
     The buffer holds the ``.npy`` header, then the array's data, aligned for ``O_DIRECT``
     (:func:`~collapsekit.serialization.aligned_buffer`), so the array can be computed in place
-    (``preprocess_record(..., allocate=NpyBuffer.allocate)``) and written with no copy.
+    (see :class:`EntryImage`) and written with no copy.
     """
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype | type) -> None:
@@ -233,6 +234,7 @@ class NpyBuffer:
             },
         )
         head = header.getvalue()
+        self.header_bytes = len(head)
         self.size = len(head) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         self.buffer = aligned_buffer(self.size)
         self.buffer[: len(head)] = np.frombuffer(head, dtype=np.uint8)
@@ -256,18 +258,82 @@ class NpyBuffer:
         )
 
 
-def _save_array(path: Path, array: np.ndarray, buffer: NpyBuffer | None = None) -> None:
+def _save_array(path: Path, array: np.ndarray) -> None:
     """``np.save`` of ``array`` in Fortran order, atomically; a large array bypasses the page cache
-    (:func:`~collapsekit.serialization.atomic_write_direct`: the same bytes, a fraction of the
-    CPU), from ``buffer`` when it holds ``array`` (no copy)."""
+    (:class:`~collapsekit.serialization.DirectFile`: the same bytes, a fraction of the CPU)."""
     array = np.asfortranarray(array)
     if array.nbytes >= DIRECT_MIN_BYTES:
-        if buffer is None or not buffer.holds(array):
-            buffer = NpyBuffer.of(array)
-        if atomic_write_direct(path, buffer.buffer, buffer.size):
-            return
+        npy = NpyBuffer.of(array)
+        with DirectFile(path, npy.buffer, npy.size) as f:
+            f.commit()
+        return
     with atomic_write(path, "wb") as f:
         np.save(f, array, allow_pickle=False)
+
+
+def _output_error(case_id: str, cache_dir: Path, e: OSError) -> OutputError:
+    return OutputError(
+        f"cannot write the cache entry of case {case_id} to {cache_dir}: {e.strerror or e}"
+    )
+
+
+class EntryImage:
+    """The float16 image of a cache entry, computed inside its ``.npy`` bytes and written to disk
+    while it is computed: the :class:`~collapsekit.data.preprocess.ImageSink` a preprocessing
+    worker hands to ``preprocess_record``.
+
+    :meth:`allocate` opens the entry's image file (:class:`~collapsekit.serialization.DirectFile`
+    for arrays of :data:`DIRECT_MIN_BYTES` or more), each finished block of slices goes to the
+    disk in the background (:meth:`done`), and :meth:`commit` (called by :func:`write_disk`)
+    writes the rest and publishes the file. Use it in a ``with`` block: leaving it without a
+    commit (an error) removes the temporary file.
+
+    Raises:
+        OutputError: the file cannot be written (read-only directory, full disk), naming the case.
+    """
+
+    def __init__(self, cache_dir: Path, digest: str, case_id: str) -> None:
+        self.cache_dir = cache_dir
+        self.path = entry_files(cache_dir, digest)["image"]
+        self.case_id = case_id
+        self.npy: NpyBuffer | None = None
+        self.file: DirectFile | None = None
+
+    def allocate(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        self.npy = NpyBuffer(shape, dtype)
+        if self.npy.size >= DIRECT_MIN_BYTES:
+            try:
+                self.file = DirectFile(self.path, self.npy.buffer, self.npy.size)
+            except OSError as e:
+                raise _output_error(self.case_id, self.cache_dir, e) from None
+        return self.npy.array
+
+    def done(self, z: int) -> None:
+        if self.file is not None and self.npy is not None:
+            shape = self.npy.array.shape
+            slice_bytes = int(np.prod(shape[:-1], dtype=np.int64)) * self.npy.array.itemsize
+            self.file.ready(self.npy.header_bytes + z * slice_bytes)
+
+    def holds(self, array: np.ndarray) -> bool:
+        return self.npy is not None and self.npy.holds(array)
+
+    def commit(self) -> None:
+        """Write what is left and move the file into place (``OSError`` on failure)."""
+        assert self.npy is not None
+        if self.file is not None:
+            self.file.commit()
+        else:
+            _save_array(self.path, self.npy.array)
+
+    def abort(self) -> None:
+        if self.file is not None:
+            self.file.abort()
+
+    def __enter__(self) -> EntryImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
 
 
 def write_disk(
@@ -275,7 +341,7 @@ def write_disk(
     digest: str,
     key_json: str,
     volume: Volume,
-    image_buffer: NpyBuffer | None = None,
+    image: EntryImage | None = None,
 ) -> None:
     """Store ``volume`` as a disk-cache entry (image as float16), each file written atomically.
 
@@ -283,31 +349,31 @@ def write_disk(
     ``cache_dir`` and ``os.replace``: a reader never sees a half-written file, and a writer killed
     midway leaves at most arrays without a ``.json``, which read as a miss.
 
-    ``image_buffer``: where the float16 image was computed in place (:class:`NpyBuffer`), written
-    from there with no copy.
+    ``image``: where the float16 image was computed (and partly written already): an
+    :class:`EntryImage` of this entry holding ``volume.image``, committed from there with no copy.
 
     Raises:
         OutputError: the entry cannot be written (read-only directory, full disk); the message
             names the case and the directory.
     """
     try:
-        _write_entry(entry_files(cache_dir, digest), key_json, volume, image_buffer)
+        _write_entry(entry_files(cache_dir, digest), key_json, volume, image)
     except OSError as e:
-        raise OutputError(
-            f"cannot write the cache entry of case {volume.case_id} to {cache_dir}: "
-            f"{e.strerror or e}"
-        ) from None
+        raise _output_error(volume.case_id, cache_dir, e) from None
 
 
 def _write_entry(
-    files: dict[str, Path], key_json: str, volume: Volume, image_buffer: NpyBuffer | None
+    files: dict[str, Path], key_json: str, volume: Volume, computed: EntryImage | None
 ) -> None:
     image = np.asarray(volume.image)
-    if image.dtype != CACHE_IMAGE_DTYPE:  # a float32 volume (a worker asks for float16 directly)
-        image_buffer = NpyBuffer(image.shape, CACHE_IMAGE_DTYPE)
-        cast_into(image_buffer.array, image)
-        image = image_buffer.array
-    _save_array(files["image"], image, image_buffer)
+    if computed is not None and computed.path == files["image"] and computed.holds(image):
+        computed.commit()
+    else:
+        if image.dtype != CACHE_IMAGE_DTYPE:  # a float32 volume (workers compute float16)
+            stored = np.empty(image.shape, dtype=CACHE_IMAGE_DTYPE, order="F")
+            cast_into(stored, image)
+            image = stored
+        _save_array(files["image"], image)
     if volume.label is not None:
         _save_array(files["label"], np.asarray(volume.label))
     meta = {

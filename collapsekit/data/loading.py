@@ -29,7 +29,7 @@ import numpy as np
 from collapsekit.data.cache import (
     CACHE_IMAGE_DTYPE,
     MEMORY,
-    NpyBuffer,
+    EntryImage,
     cache_key,
     read_disk,
     remove_stale_temporaries,
@@ -168,17 +168,12 @@ def _preprocess_job(
     if cache is None:
         return preprocess_record(record, preprocess, phantom), True
     # For the disk cache the window writes float16 straight into the bytes of the entry's file,
-    # which is written from there (O_DIRECT where the file system has it).
-    buffers: list[NpyBuffer] = []
-
-    def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        buffers.append(NpyBuffer(shape, dtype))
-        return buffers[-1].array
-
-    vol = preprocess_record(
-        record, preprocess, phantom, image_dtype=CACHE_IMAGE_DTYPE, allocate=allocate
-    )
-    write_disk(cache, digest, key_json, vol, buffers[-1] if buffers else None)
+    # which goes to the disk while the rest is computed (O_DIRECT where the file system has it).
+    with EntryImage(cache, digest, record.case_id) as image:
+        vol = preprocess_record(
+            record, preprocess, phantom, image_dtype=CACHE_IMAGE_DTYPE, sink=image
+        )
+        write_disk(cache, digest, key_json, vol, image)
     return None, True
 
 

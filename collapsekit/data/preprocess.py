@@ -27,10 +27,9 @@ the aim is a cost close to the ``.nii.gz`` decode itself):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -48,7 +47,7 @@ from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.errors import ConfigError, DataError
 
-__all__ = ["PreprocessConfig", "preprocess_record", "window"]
+__all__ = ["ImageSink", "PreprocessConfig", "preprocess_record", "window"]
 
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -163,8 +162,20 @@ def _as_meta(array: np.ndarray, affine: np.ndarray, *, native: bool = False):
 #: stay in the CPU cache.
 _BLOCK_ELEMENTS = 1 << 18
 
-#: ``allocate(shape, dtype)``: makes the window's output array.
-Allocator = Callable[[tuple[int, ...], np.dtype], np.ndarray]
+
+class ImageSink(Protocol):
+    """Where :func:`preprocess_record` puts the windowed image, e.g. straight into the bytes of a
+    cache file that is written while the rest is computed
+    (:class:`~collapsekit.data.cache.EntryImage`)."""
+
+    def allocate(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The output array: ``shape``, ``dtype``, Fortran order, writable."""
+        ...
+
+    def done(self, z: int) -> None:
+        """Slices ``[0, z)`` of the array are final."""
+        ...
+
 
 #: Output dtypes of the window.
 IMAGE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
@@ -183,7 +194,7 @@ def _window_blocks(
     hu: np.ndarray,
     cfg: PreprocessConfig,
     dtype: np.dtype | type = np.float32,
-    allocate: Allocator | None = None,
+    sink: ImageSink | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(image, body)``: the HU window of ``hu`` ``(H, W, Z)`` (any real dtype) as a
     Fortran-ordered ``dtype`` array, and each slice's body fraction (voxels above
@@ -192,20 +203,19 @@ def _window_blocks(
     The values are MONAI ``ScaleIntensityRange(a_min, a_max, 0, 1, clip=True)``'s on the float32
     volume, bit for bit (its operations in its order, ``x - a_min``, ``/ (a_max - a_min)``,
     ``clip``), rounded to float16 afterwards when asked; computed a block of slices at a time.
-    ``allocate(shape, dtype)`` makes the output array (Fortran order), e.g. inside the bytes of the
-    file it will be written to; default ``np.empty``.
+    ``sink``: makes the output array and hears of every finished block (default ``np.empty``).
     """
     dtype = np.dtype(dtype)
     if dtype not in IMAGE_DTYPES:
         raise ConfigError(f"image dtype must be float32 or float16, got {dtype}")
     h, w, z = hu.shape
-    if allocate is None:
+    if sink is None:
         out = np.empty(hu.shape, dtype=dtype, order="F")
     else:
-        out = allocate(hu.shape, dtype)
+        out = sink.allocate(hu.shape, dtype)
         if out.shape != hu.shape or out.dtype != dtype or not out.flags.f_contiguous:
             raise ValueError(
-                f"allocate returned {out.dtype} {out.shape}, not Fortran {dtype} {hu.shape}"
+                f"the sink made a {out.dtype} {out.shape} array, not Fortran {dtype} {hu.shape}"
             )
     body = np.zeros(z, dtype=np.float64)
     step = max(1, _BLOCK_ELEMENTS // max(1, h * w))
@@ -224,6 +234,8 @@ def _window_blocks(
         np.divide(b, span, out=b)
         np.clip(b, 0.0, 1.0, out=b)
         cast_into(out[:, :, z0:z1], b)
+        if sink is not None:
+            sink.done(z1)
     return out, body
 
 
@@ -267,14 +279,13 @@ def preprocess_record(
     phantom: PhantomConfig | None = None,
     *,
     image_dtype: np.dtype | type = np.float32,
-    allocate: Allocator | None = None,
+    sink: ImageSink | None = None,
 ) -> Volume:
     """Read and preprocess one case (no caching; see :func:`~collapsekit.data.loading.load_volumes`).
 
     ``image_dtype``: float32, or float16 (what the disk cache stores: the float32 values rounded to
-    nearest, computed without a float32 volume in between). ``allocate(shape, dtype)``: makes the
-    image array (default ``np.empty``; the disk cache computes it inside its file's buffer,
-    :class:`~collapsekit.data.cache.NpyBuffer`).
+    nearest, computed without a float32 volume in between). ``sink``: where the image is computed
+    (:class:`ImageSink`; default a new array), e.g. into the file of its cache entry.
 
     Raises:
         DataError: missing or unreadable file, bad DICOM series (see
@@ -318,7 +329,7 @@ def preprocess_record(
     if (cfg.pixdim is not None or cfg.in_plane_size is not None) and image.dtype != torch.float32:
         image = _as_meta(image.numpy(), image.affine)  # resampling interpolates in float32
     img = _spatial(image, cfg, is_label=False)
-    scaled, body = _window_blocks(img[0].numpy(), cfg, image_dtype, allocate)
+    scaled, body = _window_blocks(img[0].numpy(), cfg, image_dtype, sink)
     slices = np.nonzero(body >= cfg.min_body_fraction)[0].astype(np.int64)
     lab_out = None
     if label is not None:

@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from collapsekit.data.cache import DIRECT_MIN_BYTES, NpyBuffer, _save_array
+from collapsekit.data.cache import DIRECT_MIN_BYTES, EntryImage, NpyBuffer, _save_array
 from collapsekit.serialization import DIRECT_ALIGN, aligned_buffer, atomic_write_direct
 
 
@@ -74,12 +74,56 @@ def test_direct_write_gives_np_save_bytes_and_usual_permissions(tmp_path):
     assert m.flags.f_contiguous and np.array_equal(m, a)
 
 
-def test_buffer_written_without_a_copy(tmp_path, monkeypatch):
-    a = _image()
-    b = NpyBuffer.of(a)
+def test_entry_image_is_written_while_it_is_computed(tmp_path, monkeypatch):
+    """The worker's sink: the image is computed in the file's bytes, finished slices go to the disk
+    in the background (several O_DIRECT writes before the commit), and the file equals np.save's."""
+    a = _image(shape=(256, 256, 40))  # 5 MiB: more than one background chunk
+    writes = []
+    real_pwrite = os.pwrite
+
+    def spy(fd, data, offset):
+        writes.append((offset, len(data)))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", spy)
     monkeypatch.setattr(NpyBuffer, "of", classmethod(lambda cls, x: pytest.fail("copied")))
-    _save_array(tmp_path / "x.npy", b.array, b)
-    assert (tmp_path / "x.npy").read_bytes() == _npy_bytes(a)
+    with EntryImage(tmp_path, "d" * 32, "case1") as sink:
+        out = sink.allocate(a.shape, a.dtype)
+        for z in range(a.shape[2]):
+            out[:, :, z] = a[:, :, z]
+            sink.done(z + 1)
+        before_commit = len(writes)
+        assert sink.holds(out) and not sink.holds(a)
+        sink.commit()
+    path = tmp_path / ("d" * 32 + ".image.npy")
+    assert path.read_bytes() == _npy_bytes(a)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    if hasattr(os, "O_DIRECT"):
+        assert before_commit >= 1 and writes[0][0] == 0  # written before the commit, from the start
+        assert all(o % DIRECT_ALIGN == 0 and n % DIRECT_ALIGN == 0 for o, n in writes)
+
+
+def test_entry_image_error_leaves_nothing(tmp_path):
+    a = _image()
+    with pytest.raises(RuntimeError, match="decode failed"):
+        with EntryImage(tmp_path, "e" * 32, "case1") as sink:
+            out = sink.allocate(a.shape, a.dtype)
+            out[:, :, :10] = a[:, :, :10]
+            sink.done(10)
+            raise RuntimeError("decode failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_entry_image_on_a_read_only_cache_is_one_output_error(tmp_path, monkeypatch):
+    from collapsekit.errors import OutputError
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", refuse)
+    with pytest.raises(OutputError, match=r"cache entry of case case7 to .*: Permission denied"):
+        with EntryImage(tmp_path, "f" * 32, "case7") as sink:
+            sink.allocate((128, 96, 50), np.dtype(np.float16))
 
 
 @pytest.mark.parametrize("how", ["no_flag", "einval_open", "einval_write"])
@@ -98,16 +142,11 @@ def test_falls_back_to_a_buffered_write(tmp_path, monkeypatch, how):
 
         monkeypatch.setattr(os, "open", no_direct)
     else:
-        real_write = os.write
-        monkeypatch.setattr(
-            os,
-            "write",
-            lambda fd, data: (
-                (_ for _ in ()).throw(OSError(errno.EINVAL, "Invalid argument"))
-                if len(data) % DIRECT_ALIGN == 0 and len(data) > 2**20
-                else real_write(fd, data)
-            ),
-        )
+
+        def refuse(fd, data, offset):
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        monkeypatch.setattr(os, "pwrite", refuse)  # O_DIRECT writes are pwrite; buffered are not
     buf = aligned_buffer(a.nbytes)
     assert atomic_write_direct(tmp_path / "y.bin", buf, a.nbytes) is False
     assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file
@@ -122,10 +161,10 @@ def test_full_disk_raises_and_keeps_the_old_file(tmp_path, monkeypatch):
     _save_array(tmp_path / "x.npy", old)
     before = (tmp_path / "x.npy").read_bytes()
 
-    def full(fd, data):
+    def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(OSError, match="No space left"):
         _save_array(tmp_path / "x.npy", _image(dtype=np.float16) * 0)
     assert (tmp_path / "x.npy").read_bytes() == before
