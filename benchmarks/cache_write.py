@@ -28,7 +28,8 @@ def busy_seconds() -> float:
 
 
 def measure(kind: str, root: Path, a: np.ndarray, files: int, settle: float) -> dict[str, float]:
-    from collapsekit.data.cache import NpyBuffer, _save_array
+    from collapsekit.data.cache import NpyBuffer
+    from collapsekit.serialization import DirectFile
 
     root.mkdir(parents=True, exist_ok=True)
     buf = NpyBuffer.of(a)
@@ -38,7 +39,8 @@ def measure(kind: str, root: Path, a: np.ndarray, files: int, settle: float) -> 
             with open(root / f"{i}.npy", "wb") as f:
                 np.save(f, a, allow_pickle=False)
         else:
-            _save_array(root / f"{i}.npy", buf.array, buf)
+            with DirectFile(root / f"{i}.npy", buf.buffer, buf.size) as out:
+                out.commit()
     wall, c1 = time.perf_counter() - t0, busy_seconds()
     time.sleep(settle)
     c2 = busy_seconds()
@@ -63,9 +65,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("needs Linux (/proc/stat)")
     a = np.asfortranarray(np.random.default_rng(0).uniform(0, 1, (512, 512, 100)), np.float16)
     runs: dict[str, list[dict[str, float]]] = {"buffered": [], "direct": []}
-    for _ in range(args.repeats):
-        for kind in runs:
-            runs[kind].append(measure(kind, args.dir / kind, a, args.files, args.settle))
+    created = not args.dir.exists()
+    try:
+        for _ in range(args.repeats):
+            for kind in runs:
+                runs[kind].append(measure(kind, args.dir / kind, a, args.files, args.settle))
+    finally:
+        if created:
+            shutil.rmtree(args.dir, ignore_errors=True)
     med = {k: float(np.median([r["cpu_ms_per_file"] for r in v])) for k, v in runs.items()}
     result = {
         "dir": str(args.dir),

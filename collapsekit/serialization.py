@@ -125,7 +125,7 @@ class DirectFile:
 
     Why: for a large file ``O_DIRECT`` costs a fraction of the CPU of a buffered write, whose copy
     into the page cache and later writeback are paid for every 4 KiB page (on an ext4 virtual disk
-    6 ms instead of 85 ms for a 52 MB volume: ``benchmarks/cache_write.py``), and a write-once
+    4 ms instead of 119 ms of CPU for a 52 MB volume: ``benchmarks/cache_write.py``), and a write-once
     cache of 100 GB does not evict everything else from the page cache.
 
     Where the platform or the file system has no ``O_DIRECT`` (or refuses the alignment),
