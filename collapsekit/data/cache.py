@@ -41,6 +41,7 @@ import hashlib
 import io
 import json
 import mmap
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ __all__ = [
     "QUANTISATION_ERROR",
     "cache_key",
     "clear_cache",
+    "direct_writes",
     "entry_files",
     "memory_cache_info",
     "read_disk",
@@ -214,6 +216,14 @@ def read_disk(cache_dir: Path, digest: str, key_json: str, case_id: str) -> Volu
 DIRECT_MIN_BYTES = 1 << 20
 
 
+def direct_writes() -> bool:
+    """Whether large entry files are written with ``O_DIRECT``: yes, unless the environment variable
+    ``COLLAPSEKIT_CACHE_DIRECT`` is ``0``, ``false``, ``no`` or ``off`` (e.g. for a network file
+    system where ``O_DIRECT`` writes are synchronous round trips)."""
+    value = os.environ.get("COLLAPSEKIT_CACHE_DIRECT", "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
 class NpyBuffer:
     """A Fortran-ordered array that lives inside the bytes of its own ``.npy`` file.
 
@@ -262,7 +272,7 @@ def _save_array(path: Path, array: np.ndarray) -> None:
     """``np.save`` of ``array`` in Fortran order, atomically; a large array bypasses the page cache
     (:class:`~collapsekit.serialization.DirectFile`: the same bytes, a fraction of the CPU)."""
     array = np.asfortranarray(array)
-    if array.nbytes >= DIRECT_MIN_BYTES:
+    if array.nbytes >= DIRECT_MIN_BYTES and direct_writes():
         npy = NpyBuffer.of(array)
         with DirectFile(path, npy.buffer, npy.size) as f:
             f.commit()
@@ -301,7 +311,7 @@ class EntryImage:
 
     def allocate(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         self.npy = NpyBuffer(shape, dtype)
-        if self.npy.size >= DIRECT_MIN_BYTES:
+        if self.npy.size >= DIRECT_MIN_BYTES and direct_writes():
             try:
                 self.file = DirectFile(self.path, self.npy.buffer, self.npy.size)
             except OSError as e:
@@ -322,8 +332,9 @@ class EntryImage:
         assert self.npy is not None
         if self.file is not None:
             self.file.commit()
-        else:
-            _save_array(self.path, self.npy.array)
+        else:  # small, or O_DIRECT turned off: an ordinary atomic write of the same bytes
+            with atomic_write(self.path, "wb") as f:
+                f.write(memoryview(self.npy.buffer.data)[: self.npy.size])
 
     def abort(self) -> None:
         if self.file is not None:

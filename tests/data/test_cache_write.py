@@ -208,3 +208,26 @@ def test_tune_allocator_reuses_volume_sized_blocks():
         )
         out[tuned] = int(proc.stdout.strip())
     assert out["0"] >= 16_000 and out["1"] < 1_000
+
+
+@pytest.mark.parametrize("value", ["0", "off"])
+def test_direct_writes_can_be_turned_off(tmp_path, monkeypatch, value):
+    """``COLLAPSEKIT_CACHE_DIRECT=0``: no O_DIRECT open, the same file."""
+    monkeypatch.setenv("COLLAPSEKIT_CACHE_DIRECT", value)
+    real_open = os.open
+
+    def no_direct(path, flags, *args):
+        assert not flags & getattr(os, "O_DIRECT", 0), "O_DIRECT used although turned off"
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    a = _image()
+    _save_array(tmp_path / "x.npy", a)
+    with EntryImage(tmp_path, "a" * 32, "case1") as sink:
+        sink.allocate(a.shape, a.dtype)[...] = a
+        sink.done(a.shape[2])
+        assert sink.file is None
+        sink.commit()
+    for name in ("x.npy", "a" * 32 + ".image.npy"):
+        assert (tmp_path / name).read_bytes() == _npy_bytes(a)
+    assert len(list(tmp_path.iterdir())) == 2
