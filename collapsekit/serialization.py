@@ -22,7 +22,6 @@ __all__ = [
     "aligned_buffer",
     "append_line",
     "atomic_write",
-    "atomic_write_direct",
     "save_nifti",
     "to_jsonable",
     "write_json",
@@ -106,7 +105,7 @@ DIRECT_ALIGN = 4096
 
 def aligned_buffer(nbytes: int) -> np.ndarray:
     """A uint8 array of ``nbytes`` rounded up to a multiple of :data:`DIRECT_ALIGN` (one block at
-    least), its address aligned to it: what :func:`atomic_write_direct` writes."""
+    least), its address aligned to it: what :class:`DirectFile` writes."""
     padded = max(1, -(-nbytes // DIRECT_ALIGN)) * DIRECT_ALIGN  # one block at least
     raw = np.empty(padded + DIRECT_ALIGN, dtype=np.uint8)
     start = -raw.ctypes.data % DIRECT_ALIGN
@@ -261,27 +260,6 @@ class DirectFile:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()
-
-
-def atomic_write_direct(path: str | Path, data: np.ndarray, size: int) -> bool:
-    """Write ``data[:size]`` to ``path`` atomically with ``O_DIRECT`` (see :class:`DirectFile`).
-
-    Args:
-        path: the target file.
-        data: from :func:`aligned_buffer` (address and length multiples of :data:`DIRECT_ALIGN`).
-        size: the file's length; the bytes of ``data`` after it are padding.
-
-    Returns:
-        False, with nothing written and no file left, where the platform or the file system has no
-        ``O_DIRECT`` (or refuses this alignment): the caller then writes the usual way.
-
-    Raises:
-        ValueError: ``size`` is larger than ``data``.
-        OSError: any other failure (a full disk); the temporary file is removed and ``path`` is
-            untouched.
-    """
-    with DirectFile(path, data, size) as f:
-        return f.commit(buffered=False)
 
 
 def save_nifti(img: Any, path: str | Path) -> Path:

@@ -268,17 +268,25 @@ class NpyBuffer:
         )
 
 
-def _save_array(path: Path, array: np.ndarray) -> None:
-    """``np.save`` of ``array`` in Fortran order, atomically; a large array bypasses the page cache
-    (:class:`~collapsekit.serialization.DirectFile`: the same bytes, a fraction of the CPU)."""
-    array = np.asfortranarray(array)
-    if array.nbytes >= DIRECT_MIN_BYTES and direct_writes():
-        npy = NpyBuffer.of(array)
+def _direct(nbytes: int) -> bool:
+    return nbytes >= DIRECT_MIN_BYTES and direct_writes()
+
+
+def _write_npy(path: Path, npy: NpyBuffer) -> None:
+    """Write the ``.npy`` file held by ``npy`` atomically: with ``O_DIRECT`` when it is large
+    (:class:`~collapsekit.serialization.DirectFile`: a fraction of the CPU), else the usual way."""
+    if _direct(npy.size):
         with DirectFile(path, npy.buffer, npy.size) as f:
             f.commit()
-        return
-    with atomic_write(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
+    else:
+        with atomic_write(path, "wb") as f:
+            f.write(memoryview(npy.buffer.data)[: npy.size])
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    """``np.save`` of ``array`` in Fortran order, atomically (the same file for volumes; see
+    :func:`_write_npy`)."""
+    _write_npy(path, NpyBuffer.of(np.asfortranarray(array)))
 
 
 def _output_error(case_id: str, cache_dir: Path, e: OSError) -> OutputError:
@@ -311,7 +319,7 @@ class EntryImage:
 
     def allocate(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         self.npy = NpyBuffer(shape, dtype)
-        if self.npy.size >= DIRECT_MIN_BYTES and direct_writes():
+        if _direct(self.npy.size):
             try:
                 self.file = DirectFile(self.path, self.npy.buffer, self.npy.size)
             except OSError as e:
@@ -332,9 +340,8 @@ class EntryImage:
         assert self.npy is not None
         if self.file is not None:
             self.file.commit()
-        else:  # small, or O_DIRECT turned off: an ordinary atomic write of the same bytes
-            with atomic_write(self.path, "wb") as f:
-                f.write(memoryview(self.npy.buffer.data)[: self.npy.size])
+        else:  # small, or O_DIRECT turned off
+            _write_npy(self.path, self.npy)
 
     def abort(self) -> None:
         if self.file is not None:

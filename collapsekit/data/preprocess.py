@@ -239,12 +239,6 @@ def _window_blocks(
     return out, body
 
 
-def _window_fortran(hu: np.ndarray, a_min: float, a_max: float) -> np.ndarray:
-    """``clip((hu - a_min) / (a_max - a_min), 0, 1)`` in float32 into a Fortran-ordered array:
-    MONAI ``ScaleIntensityRange``'s operations in its order (the same float32 values)."""
-    return _window_blocks(hu, PreprocessConfig(a_min=a_min, a_max=a_max))[0]
-
-
 def _spatial(x, cfg: PreprocessConfig, is_label: bool):
     """Channel-first, RAS, optional in-plane resampling/resizing. ``x``: MetaTensor ``(H, W, Z)``."""
 

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from collapsekit.data.cache import DIRECT_MIN_BYTES, EntryImage, NpyBuffer, _save_array
-from collapsekit.serialization import DIRECT_ALIGN, aligned_buffer, atomic_write_direct
+from collapsekit.serialization import DIRECT_ALIGN, DirectFile, aligned_buffer
+
+
+def atomic_write_direct(path, buf, size) -> bool:
+    """An O_DIRECT write or nothing: False where O_DIRECT is refused."""
+    with DirectFile(path, buf, size) as f:
+        return f.commit(buffered=False)
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:

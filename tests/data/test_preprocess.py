@@ -183,7 +183,10 @@ def test_window_equals_monai_scale_intensity_range_bit_for_bit() -> None:
     the same values as ``ScaleIntensityRange(clip=True)``, into a Fortran-ordered array."""
     from monai.transforms import ScaleIntensityRange
 
-    from collapsekit.data.preprocess import _window_fortran
+    from collapsekit.data.preprocess import _window_blocks
+
+    def _window_fortran(hu, a_min, a_max):
+        return _window_blocks(hu, PreprocessConfig(a_min=a_min, a_max=a_max))[0]
 
     rng = np.random.default_rng(0)
     hu = np.asfortranarray(rng.uniform(-1200, 1500, size=(33, 17, 9)).astype(np.float32))
