@@ -9,7 +9,7 @@ a. **Cold preprocessing throughput**: ``load_volumes(..., cache_dir=..., workers
    disk cache, in volumes/s, against the *limit* = the single-process ``.nii.gz`` decode rate
    (nibabel, ``np.asanyarray(img.dataobj)``, on ``--decode-sample`` files) × W. Target ≥ 0.8×.
    The decode is timed with the allocator setting every preprocessing worker runs with
-   (``collapsekit.data.loading.tune_allocator``: volume-sized blocks are reused instead of being
+   (``collapsekit.data._workers.tune_allocator``: volume-sized blocks are reused instead of being
    unmapped and faulted in again), which makes it faster, so the ratio counts only what
    preprocessing adds; the decode of a plain process is reported too
    (``plain_allocator_volumes_per_s``, ``ratio_to_plain_allocator_decode``).
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    from collapsekit.data.loading import available_cpus, tune_allocator
+    from collapsekit.data._workers import available_cpus, tune_allocator
 
     cpus = available_cpus()
     if args.loader_workers is None:

@@ -122,7 +122,7 @@ def check_cmd(
     """Validate a dataset and print volumes per split, usable slices, label ids, spacing and shapes
     (and, for DICOM series in a folder, their count, slices and spacing)."""
     from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS
-    from collapsekit.data.loading import check_dataset
+    from collapsekit.data.validate import check_dataset
 
     with rich_progress(quiet or json_out) as progress, data_loading(preprocess_workers, cache_dir):
         report = check_dataset(dataset, data_dir, progress=progress)

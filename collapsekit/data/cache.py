@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import mmap
 import os
@@ -49,19 +48,19 @@ from typing import Any
 
 import numpy as np
 
+from collapsekit.data._direct_io import DirectFile, NpyBuffer
 from collapsekit.data.dicom import series_fingerprint
 from collapsekit.data.preprocess import PreprocessConfig, cast_into
 from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.errors import DataError, OutputError
-from collapsekit.serialization import DirectFile, aligned_buffer, atomic_write
+from collapsekit.serialization import atomic_write
 
 __all__ = [
     "CACHE_FORMAT",
     "CACHE_IMAGE_DTYPE",
     "EntryImage",
     "MappedVolume",
-    "NpyBuffer",
     "PHANTOM_VERSION",
     "QUANTISATION_ERROR",
     "cache_key",
@@ -224,57 +223,13 @@ def direct_writes() -> bool:
     return value not in ("0", "false", "no", "off")
 
 
-class NpyBuffer:
-    """A Fortran-ordered array that lives inside the bytes of its own ``.npy`` file.
-
-    The buffer holds the ``.npy`` header, then the array's data, aligned for ``O_DIRECT``
-    (:func:`~collapsekit.serialization.aligned_buffer`), so the array can be computed in place
-    (see :class:`EntryImage`) and written with no copy.
-    """
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype | type) -> None:
-        dtype = np.dtype(dtype)
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            header,
-            {
-                "descr": np.lib.format.dtype_to_descr(dtype),
-                "fortran_order": True,
-                "shape": tuple(int(n) for n in shape),
-            },
-        )
-        head = header.getvalue()
-        self.header_bytes = len(head)
-        self.size = len(head) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        self.buffer = aligned_buffer(self.size)
-        self.buffer[: len(head)] = np.frombuffer(head, dtype=np.uint8)
-        self.buffer[self.size :] = 0
-        self.array = self.buffer[len(head) : self.size].view(dtype).reshape(shape, order="F")
-
-    @classmethod
-    def of(cls, array: np.ndarray) -> NpyBuffer:
-        """A buffer holding a copy of ``array``."""
-        b = cls(array.shape, array.dtype)
-        b.array[...] = array
-        return b
-
-    def holds(self, array: np.ndarray) -> bool:
-        """Whether ``array`` is this buffer's array (the same memory, shape and dtype)."""
-        return (
-            array.shape == self.array.shape
-            and array.dtype == self.array.dtype
-            and array.flags.f_contiguous
-            and (array.size == 0 or array.ctypes.data == self.array.ctypes.data)
-        )
-
-
 def _direct(nbytes: int) -> bool:
     return nbytes >= DIRECT_MIN_BYTES and direct_writes()
 
 
 def _write_npy(path: Path, npy: NpyBuffer) -> None:
     """Write the ``.npy`` file held by ``npy`` atomically: with ``O_DIRECT`` when it is large
-    (:class:`~collapsekit.serialization.DirectFile`: a fraction of the CPU), else the usual way."""
+    (:class:`~collapsekit.data._direct_io.DirectFile`: a fraction of the CPU), else the usual way."""
     if _direct(npy.size):
         with DirectFile(path, npy.buffer, npy.size) as f:
             f.commit()
@@ -300,7 +255,7 @@ class EntryImage:
     while it is computed: the :class:`~collapsekit.data.preprocess.ImageSink` a preprocessing
     worker hands to ``preprocess_record``.
 
-    :meth:`allocate` opens the entry's image file (:class:`~collapsekit.serialization.DirectFile`
+    :meth:`allocate` opens the entry's image file (:class:`~collapsekit.data._direct_io.DirectFile`
     for arrays of :data:`DIRECT_MIN_BYTES` or more), each finished block of slices goes to the
     disk in the background (:meth:`done`), and :meth:`commit` (called by :func:`write_disk`)
     writes the rest and publishes the file. Use it in a ``with`` block: leaving it without a

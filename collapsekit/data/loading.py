@@ -10,22 +10,19 @@ crosses a pipe; without one the volume is sent back and kept in the in-memory ca
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from collapsekit.data._workers import available_cpus, rank_order, worker_pool
 from collapsekit.data.cache import (
     CACHE_IMAGE_DTYPE,
     MEMORY,
@@ -35,12 +32,9 @@ from collapsekit.data.cache import (
     remove_stale_temporaries,
     write_disk,
 )
-from collapsekit.data.dicom import series_summary
-from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS
 from collapsekit.data.layouts import discover
 from collapsekit.data.preprocess import PreprocessConfig, preprocess_record
 from collapsekit.data.spec import PhantomConfig
-from collapsekit.data.validate import check_label_map, check_labelled
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.errors import CollapsekitError, ConfigError, DataError, OutputError
 from collapsekit.options import look_up_option
@@ -51,9 +45,6 @@ __all__ = [
     "load_defaults",
     "load_volumes",
     "load_split",
-    "check_dataset",
-    "available_cpus",
-    "tune_allocator",
     "voxel_spacing",
 ]
 
@@ -98,57 +89,6 @@ def load_defaults(
         _DEFAULTS.reset(token)
 
 
-def available_cpus() -> int:
-    """CPU cores for this process's preprocessing workers: the cores it may run on (its affinity
-    mask where the OS has one), divided among the ranks torchrun started on this node
-    (``$LOCAL_WORLD_SIZE``), at least 1."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    try:
-        local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local_ranks = 1
-    return max(1, cores // local_ranks)
-
-
-#: ``mallopt`` parameters of glibc (``malloc.h``).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def tune_allocator(threshold: int = 1 << 30) -> bool:
-    """Make glibc's ``malloc`` keep and reuse freed blocks up to ``threshold`` bytes.
-
-    By default glibc serves every block over 32 MiB (a decoded volume, its preprocessed image) with
-    a fresh ``mmap`` and unmaps it on ``free``, so each volume pays one page fault per 4 KiB on
-    first touch: 26,000 faults and 0.08 s of kernel time for a 512² x 100 volume, a quarter of its
-    ``.nii.gz`` decode. With ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` raised, the next
-    volume reuses the same pages. Called in each preprocessing worker (short-lived processes, whose
-    peak heap is a few volumes); a no-op returning False where the C library is not glibc.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(
-            libc.mallopt(_M_MMAP_THRESHOLD, threshold)
-            and libc.mallopt(_M_TRIM_THRESHOLD, threshold)
-        )
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
-        return False
-
-
-def _init_worker() -> None:
-    # One thread per worker: N workers on N cores, not N x N threads fighting over them.
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
-    tune_allocator()
-    import torch
-
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-
-
 def _preprocess_job(
     record: CaseRecord,
     preprocess: PreprocessConfig,
@@ -175,34 +115,6 @@ def _preprocess_job(
         )
         write_disk(cache, digest, key_json, vol, image)
     return None, True
-
-
-def _rank_order(jobs: list[tuple[str, CaseRecord]]) -> list[tuple[str, CaseRecord]]:
-    """Jobs rotated by torchrun's ``$RANK`` / ``$WORLD_SIZE``: rank r of R starts at job r·n/R.
-
-    Ranks sharing a cache directory then preprocess disjoint parts first and find the rest already
-    written (each job checks the cache before decoding), instead of all decoding the same volume.
-    """
-    try:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return jobs
-    if world <= 1 or not 0 <= rank < world:
-        return jobs
-    k = len(jobs) * rank // world
-    return jobs[k:] + jobs[:k]
-
-
-def _pool(workers: int) -> ProcessPoolExecutor:
-    ctx: BaseContext
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        server = multiprocessing.get_context("forkserver")
-        # The server imports torch and MONAI once; every later worker forks from it in ~10 ms.
-        server.set_forkserver_preload(["collapsekit.data.loading"])
-        ctx = server
-    else:
-        ctx = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
 
 
 @dataclass
@@ -326,7 +238,7 @@ def load_volumes(
             out[i] = vol
             meter.advance(records[i].case_id, cached=not computed)
 
-    jobs = _rank_order([(d, records[pos[0]]) for d, pos in todo.items()])
+    jobs = rank_order([(d, records[pos[0]]) for d, pos in todo.items()])
     if cache is not None and jobs:
         try:
             cache.mkdir(parents=True, exist_ok=True)
@@ -368,7 +280,7 @@ def _run_pool(
     The first error stops everything: queued jobs are cancelled, the pool is shut down, and a
     collapsekit error from a worker is re-raised as itself without the worker's traceback.
     """
-    pool = _pool(workers)
+    pool = worker_pool(workers)
     running: dict[Future[tuple[Volume | None, bool]], tuple[str, CaseRecord]] = {}
     try:
         for digest, rec in jobs:
@@ -435,84 +347,3 @@ def load_split(
 def voxel_spacing(affine: np.ndarray) -> np.ndarray:
     """Voxel size (mm) along each array axis: the column norms of the affine's ``3x3`` block."""
     return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
-
-
-def check_dataset(
-    dataset: str,
-    data_dir: str | Path | None = None,
-    phantom: PhantomConfig | None = None,
-    preprocess: PreprocessConfig = PreprocessConfig(),
-    progress: ProgressCallback | None = None,
-    *,
-    cache_dir: str | Path | None = None,
-    workers: int | None = None,
-) -> dict[str, Any]:
-    """Load every case of a dataset and summarise it (``cache_dir``, ``workers``: see :func:`load_volumes`).
-
-    Returns:
-        ``{"dataset", "root", "volumes": {"training", "validation", "test"}, "slices": {"training",
-        "validation", "test", "total"} (usable slices), "labels": sorted foreground label ids present,
-        "spacing": {"min": [x, y, z], "max": [...]}, "shape": {"min": [H, W, Z], "max": [...]}}``;
-        spacing and shape are of the preprocessed volumes; ``"dicom"``: the DICOM series among them
-        (:func:`~collapsekit.data.dicom.series_summary`: series count, slices, spacing).
-        Every label map is checked against the dataset's class set
-        (:func:`~collapsekit.data.validate.check_label_map`); ``"segmentation"`` (``btcv`` and
-        ``phantom``, else ``None``): ``{"usable", "reason"}``, the verdict of the probe's and
-        fine-tuning's own split check (:func:`~collapsekit.data.validate.check_labelled`: labels
-        on every training and validation case, a non-empty validation split with an organ in it),
-        so ``data check`` and ``probe`` never disagree.
-
-    Raises:
-        LayoutError, DataError, ConfigError: the first problem found (a label value outside the
-        class set included).
-    """
-    index = discover(dataset, data_dir, phantom)
-    volumes: dict[str, list[Volume]] = {}
-    for split in ("training", "validation", "test"):
-        volumes[split] = load_volumes(
-            index.split(split),
-            preprocess,
-            phantom=index.phantom,
-            cache_dir=cache_dir,
-            workers=workers,
-            progress=progress,
-        )
-    every = [v for vs in volumes.values() for v in vs]
-    # Every label map against the dataset's class set (BTCV's 13 organs for btcv and the phantom):
-    # a value outside it is corrupt data, for any use.
-    class_set = {"abdomenct1k": ABDOMENCT1K_LABELS, "btcv": BTCV_LABELS, "phantom": BTCV_LABELS}
-    labels: set[int] = set()
-    for split, vs in volumes.items():
-        for v in vs:
-            if v.label is not None:
-                labels.update(check_label_map(v, split, class_set.get(index.dataset)) - {0})
-    segmentation: dict[str, Any] | None = None
-    if index.dataset in ("btcv", "phantom"):
-        # Whether the probe and fine-tuning can use the splits: their own validator decides.
-        try:
-            check_labelled(
-                volumes["training"], volumes["validation"], BTCV_LABELS, what="linear probe"
-            )
-            segmentation = {"usable": True, "reason": None}
-        except DataError as e:
-            segmentation = {"usable": False, "reason": str(e)}
-    slices = {k: int(sum(len(v.slices) for v in vs)) for k, vs in volumes.items()}
-    slices["total"] = sum(slices.values())
-    records = [r for split in ("training", "validation", "test") for r in index.split(split)]
-    dicom = [v for v, r in zip(every, records, strict=True) if r.series_uid is not None]
-    spacing = np.array([voxel_spacing(v.affine) for v in every])
-    shape = np.array([v.image.shape for v in every])
-    return {
-        "dataset": index.dataset,
-        "root": None if index.root is None else str(index.root),
-        "volumes": index.counts(),
-        "slices": slices,
-        "labels": sorted(labels),
-        "spacing": {
-            "min": [round(float(x), 4) for x in spacing.min(0)],
-            "max": [round(float(x), 4) for x in spacing.max(0)],
-        },
-        "shape": {"min": [int(x) for x in shape.min(0)], "max": [int(x) for x in shape.max(0)]},
-        "dicom": series_summary(dicom),
-        "segmentation": segmentation,
-    }

@@ -94,7 +94,7 @@ class TrainResult:
     finished: bool = False
 
 
-def load_volumes(
+def load_training_volumes(
     cfg: TrainConfig, progress: ProgressCallback | None
 ) -> tuple[list[Volume], list[Volume]]:
     """Training and monitor volumes; without a validation split the last volumes are held out."""
@@ -246,7 +246,7 @@ class _Session:
         device = self.device = ctx.device
 
         # ---- data
-        train_vols, monitor_vols = load_volumes(cfg, progress)
+        train_vols, monitor_vols = load_training_volumes(cfg, progress)
         slices = SliceDataset(train_vols)
         if len(slices) < cfg.batch_size:
             raise TrainingError(

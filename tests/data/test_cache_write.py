@@ -13,8 +13,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from collapsekit.data.cache import DIRECT_MIN_BYTES, EntryImage, NpyBuffer, _save_array
-from collapsekit.serialization import DIRECT_ALIGN, DirectFile, aligned_buffer
+from collapsekit.data._direct_io import DIRECT_ALIGN, DirectFile, NpyBuffer, aligned_buffer
+from collapsekit.data.cache import DIRECT_MIN_BYTES, EntryImage, _save_array
 
 
 def atomic_write_direct(path, buf, size) -> bool:
@@ -194,7 +194,7 @@ def test_tune_allocator_reuses_volume_sized_blocks():
     code = textwrap.dedent(
         """
         import resource, sys
-        from collapsekit.data.loading import tune_allocator
+        from collapsekit.data._workers import tune_allocator
         if sys.argv[1] == "1":
             assert tune_allocator()
         def faults():

@@ -77,7 +77,7 @@ def test_auto_workers_stay_in_process_for_small_work(btcv, monkeypatch):
     def no_pool(*a, **k):
         raise AssertionError("a pool was started")
 
-    monkeypatch.setattr(loading, "_pool", no_pool)
+    monkeypatch.setattr(loading, "worker_pool", no_pool)
     ref = load_volumes(btcv)
     assert len(ref) == 4
     clear_cache()
