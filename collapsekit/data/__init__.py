@@ -15,7 +15,6 @@ from collapsekit.data.cache import clear_cache, memory_cache_info
 from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS, BTCV_TO_ABDOMENCT1K
 from collapsekit.data.layouts import DATASETS, SPLITS, DatasetIndex, discover
 from collapsekit.data.loading import load_split, load_volumes, voxel_spacing
-from collapsekit.data.validate import check_dataset
 from collapsekit.data.phantom import generate_phantom, write_phantom_dataset
 from collapsekit.data.preprocess import PreprocessConfig, window
 from collapsekit.data.slices import (
@@ -32,6 +31,7 @@ from collapsekit.data.spec import (
     eval_phantom,
     phantom_case_seed,
 )
+from collapsekit.data.validate import check_dataset
 from collapsekit.data.volume import CaseRecord, Volume, radiological_view
 
 __all__ = [
