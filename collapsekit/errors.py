@@ -3,7 +3,7 @@
 Each also derives from the built-in exception a Python user would catch for the same mistake, so
 ``except ValueError`` sees a bad option, bad data, bad embeddings or a bad checkpoint, and
 ``except OSError`` an output that cannot be written: ``InputError``, ``ConfigError``,
-``DataError`` (and ``LayoutError``) and ``CheckpointError`` are ``ValueError``\s, ``OutputError``
+``DataError`` (and ``LayoutError``) and ``CheckpointError`` subclass ``ValueError``, ``OutputError``
 is an ``OSError`` (with ``errno`` None: the message says what happened).
 """
 
