@@ -144,10 +144,16 @@ def _epoch_child(args: argparse.Namespace) -> None:
     """Subprocess body of (b): load cached volumes, run one DataLoader epoch, print JSON."""
     import torch
 
-    from collapsekit.data import TwoViewTransform, discover, load_volumes, pretrain_dataset
+    from collapsekit.data import (
+        LoadOptions,
+        TwoViewTransform,
+        discover,
+        load_volumes,
+        pretrain_dataset,
+    )
 
     records = discover("abdomenct1k", args.data_dir).split("all")[: args.child_volumes]
-    volumes = load_volumes(records, cache_dir=args.cache_dir, workers=0)
+    volumes = load_volumes(records, options=LoadOptions(cache_dir=args.cache_dir, workers=0))
     ds = pretrain_dataset(volumes, TwoViewTransform(size=args.view_size))
     loader = torch.utils.data.DataLoader(
         ds,
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from collapsekit.data import discover, load_volumes
+    from collapsekit.data import LoadOptions, discover, load_volumes
     from collapsekit.data.cache import CACHE_IMAGE_DTYPE, clear_cache
 
     workers = args.workers or cpus
@@ -278,11 +284,16 @@ def main(argv: list[str] | None = None) -> None:
 
         # The same work as one worker's (decode, preprocess, write the entry), in this process.
         clear_cache()
-        load_volumes(records[:1], cache_dir=args.out_dir / "cache-first", workers=0)  # first calls
+        load_volumes(
+            records[:1], options=LoadOptions(cache_dir=args.out_dir / "cache-first", workers=0)
+        )  # first calls
         shutil.rmtree(args.out_dir / "cache-first")
         clear_cache()
         t0 = time.perf_counter()
-        load_volumes(records[: len(sample)], cache_dir=args.out_dir / "cache-single", workers=0)
+        load_volumes(
+            records[: len(sample)],
+            options=LoadOptions(cache_dir=args.out_dir / "cache-single", workers=0),
+        )
         single = {"volumes": len(sample), "seconds": time.perf_counter() - t0}
         single["volumes_per_s"] = single["volumes"] / single["seconds"]
         shutil.rmtree(args.out_dir / "cache-single")
@@ -291,7 +302,9 @@ def main(argv: list[str] | None = None) -> None:
         # Start the worker pool's forkserver once (it imports torch and MONAI: seconds, once per
         # process) on two volumes, so (a) times the steady state that 1,000 volumes would see.
         t0 = time.perf_counter()
-        load_volumes(records[:2], cache_dir=args.out_dir / "cache-warm", workers=2)
+        load_volumes(
+            records[:2], options=LoadOptions(cache_dir=args.out_dir / "cache-warm", workers=2)
+        )
         pool_start = time.perf_counter() - t0
         shutil.rmtree(args.out_dir / "cache-warm")
         clear_cache()
@@ -305,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
                 shutil.rmtree(cache)
             clear_cache()
             t0 = time.perf_counter()
-            volumes = load_volumes(records, cache_dir=cache, workers=workers)
+            volumes = load_volumes(records, options=LoadOptions(cache_dir=cache, workers=workers))
             seconds = time.perf_counter() - t0
             rate = len(volumes) / seconds
             repeats.append(

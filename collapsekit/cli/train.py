@@ -9,15 +9,8 @@ import typer
 from rich.table import Table
 
 from collapsekit.cli.app import app
-from collapsekit.cli.common import (
-    CacheDirOpt,
-    PreprocessWorkersOpt,
-    console,
-    data_loading,
-    err_console,
-    handle_errors,
-    rich_progress,
-)
+from collapsekit.cli.common import console, err_console, handle_errors, load_options, rich_progress
+from collapsekit.cli.options import CacheDirOpt, PreprocessWorkersOpt
 
 #: What ``--help`` shows as each option's default: ``TrainConfig``'s value (the ``default`` budget).
 #: Written out so that ``--help`` does not import torch; tests/cli/test_help.py checks each against
@@ -157,14 +150,13 @@ def train(
 
     Works under torchrun: `torchrun --nproc_per_node 2 -m collapsekit train ...`.
     """
-    import os
-
     from collapsekit.train.config import config_from_dict, load_config
     from collapsekit.train.loop import train as run_training
     from collapsekit.train.tensorboard import require_tensorboard
 
     if tensorboard:
         require_tensorboard()  # one clear line before any work
+    loading = load_options(cache_dir, preprocess_workers)
     overrides = dict(
         dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,
@@ -177,6 +169,8 @@ def train(
         device=device,
         num_workers=workers,
         cache_dir=str(cache_dir) if cache_dir else None,
+        preprocess_workers=preprocess_workers,
+        cache_direct_io=None if loading.direct_io else False,  # $COLLAPSEKIT_CACHE_DIRECT=0
         stop_after=stop_after,
         checkpoint_every=checkpoint_every,
         model={"method": method, "arch": backbone},
@@ -190,10 +184,10 @@ def train(
         from collapsekit.runs.rundir import resolve_latest
 
         out = resolve_latest()
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = loading.rank == 0
     if not quiet and is_main and not resume:
         _print_config(cfg)
-    with rich_progress(quiet or not is_main) as progress, data_loading(preprocess_workers, None):
+    with rich_progress(quiet or not is_main) as progress:
         result = run_training(
             cfg, out, resume=resume, overwrite=overwrite, progress=progress, tensorboard=tensorboard
         )

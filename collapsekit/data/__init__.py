@@ -14,7 +14,7 @@ from collapsekit.data.augment import TwoViewTransform, crop_grid, resized_crop, 
 from collapsekit.data.cache import clear_cache, memory_cache_info
 from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS, BTCV_TO_ABDOMENCT1K
 from collapsekit.data.layouts import DATASETS, SPLITS, DatasetIndex, discover
-from collapsekit.data.loading import load_split, load_volumes, voxel_spacing
+from collapsekit.data.loading import LoadOptions, load_split, load_volumes, voxel_spacing
 from collapsekit.data.phantom import generate_phantom, write_phantom_dataset
 from collapsekit.data.preprocess import PreprocessConfig, window
 from collapsekit.data.slices import (
@@ -52,6 +52,7 @@ __all__ = [
     "SliceDataset",
     "TwoViewTransform",
     "discover",
+    "LoadOptions",
     "load_volumes",
     "load_split",
     "check_dataset",

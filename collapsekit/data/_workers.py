@@ -15,19 +15,15 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def available_cpus() -> int:
+def available_cpus(local_ranks: int = 1) -> int:
     """CPU cores for this process's preprocessing workers: the cores it may run on (its affinity
-    mask where the OS has one), divided among the ranks torchrun started on this node
-    (``$LOCAL_WORLD_SIZE``), at least 1."""
+    mask where the OS has one), divided among the ``local_ranks`` processes on this node (torchrun's
+    ``LOCAL_WORLD_SIZE``), at least 1."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
-    try:
-        local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local_ranks = 1
-    return max(1, cores // local_ranks)
+    return max(1, cores // max(1, local_ranks))
 
 
 #: ``mallopt`` parameters of glibc (``malloc.h``).
@@ -66,19 +62,15 @@ def init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
-def rank_order(jobs: list[T]) -> list[T]:
-    """Jobs rotated by torchrun's ``$RANK`` / ``$WORLD_SIZE``: rank r of R starts at job r·n/R.
+def rank_order(jobs: list[T], rank: int = 0, world_size: int = 1) -> list[T]:
+    """Jobs rotated for process ``rank`` of ``world_size``: rank r of R starts at job r·n/R.
 
     Ranks sharing a cache directory then preprocess disjoint parts first and find the rest already
     written (each job checks the cache before decoding), instead of all decoding the same volume.
     """
-    try:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
+    if world_size <= 1 or not 0 <= rank < world_size:
         return jobs
-    if world <= 1 or not 0 <= rank < world:
-        return jobs
-    k = len(jobs) * rank // world
+    k = len(jobs) * rank // world_size
     return jobs[k:] + jobs[:k]
 
 

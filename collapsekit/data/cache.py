@@ -40,7 +40,6 @@ import dataclasses
 import hashlib
 import json
 import mmap
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +64,6 @@ __all__ = [
     "QUANTISATION_ERROR",
     "cache_key",
     "clear_cache",
-    "direct_writes",
     "entry_files",
     "memory_cache_info",
     "read_disk",
@@ -215,22 +213,11 @@ def read_disk(cache_dir: Path, digest: str, key_json: str, case_id: str) -> Volu
 DIRECT_MIN_BYTES = 1 << 20
 
 
-def direct_writes() -> bool:
-    """Whether large entry files are written with ``O_DIRECT``: yes, unless the environment variable
-    ``COLLAPSEKIT_CACHE_DIRECT`` is ``0``, ``false``, ``no`` or ``off`` (e.g. for a network file
-    system where ``O_DIRECT`` writes are synchronous round trips)."""
-    value = os.environ.get("COLLAPSEKIT_CACHE_DIRECT", "1").strip().lower()
-    return value not in ("0", "false", "no", "off")
-
-
-def _direct(nbytes: int) -> bool:
-    return nbytes >= DIRECT_MIN_BYTES and direct_writes()
-
-
-def _write_npy(path: Path, npy: NpyBuffer) -> None:
-    """Write the ``.npy`` file held by ``npy`` atomically: with ``O_DIRECT`` when it is large
-    (:class:`~collapsekit.data._direct_io.DirectFile`: a fraction of the CPU), else the usual way."""
-    if _direct(npy.size):
+def _write_npy(path: Path, npy: NpyBuffer, direct: bool = True) -> None:
+    """Write the ``.npy`` file held by ``npy`` atomically: with ``O_DIRECT`` when it is large and
+    ``direct`` (:class:`~collapsekit.data._direct_io.DirectFile`: a fraction of the CPU), else the
+    usual way."""
+    if direct and npy.size >= DIRECT_MIN_BYTES:
         with DirectFile(path, npy.buffer, npy.size) as f:
             f.commit()
     else:
@@ -238,10 +225,10 @@ def _write_npy(path: Path, npy: NpyBuffer) -> None:
             f.write(memoryview(npy.buffer.data)[: npy.size])
 
 
-def _save_array(path: Path, array: np.ndarray) -> None:
+def _save_array(path: Path, array: np.ndarray, direct: bool = True) -> None:
     """``np.save`` of ``array`` in Fortran order, atomically (the same file for volumes; see
     :func:`_write_npy`)."""
-    _write_npy(path, NpyBuffer.of(np.asfortranarray(array)))
+    _write_npy(path, NpyBuffer.of(np.asfortranarray(array)), direct)
 
 
 def _output_error(case_id: str, cache_dir: Path, e: OSError) -> OutputError:
@@ -259,14 +246,16 @@ class EntryImage:
     for arrays of :data:`DIRECT_MIN_BYTES` or more), each finished block of slices goes to the
     disk in the background (:meth:`done`), and :meth:`commit` (called by :func:`write_disk`)
     writes the rest and publishes the file. Use it in a ``with`` block: leaving it without a
-    commit (an error) removes the temporary file.
+    commit (an error) removes the temporary file. ``direct=False`` writes the usual way (no
+    ``O_DIRECT``: network file systems, where each such write is a synchronous round trip).
 
     Raises:
         OutputError: the file cannot be written (read-only directory, full disk), naming the case.
     """
 
-    def __init__(self, cache_dir: Path, digest: str, case_id: str) -> None:
+    def __init__(self, cache_dir: Path, digest: str, case_id: str, *, direct: bool = True) -> None:
         self.cache_dir = cache_dir
+        self.direct = direct
         self.path = entry_files(cache_dir, digest)["image"]
         self.case_id = case_id
         self.npy: NpyBuffer | None = None
@@ -274,7 +263,7 @@ class EntryImage:
 
     def allocate(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         self.npy = NpyBuffer(shape, dtype)
-        if _direct(self.npy.size):
+        if self.direct and self.npy.size >= DIRECT_MIN_BYTES:
             try:
                 self.file = DirectFile(self.path, self.npy.buffer, self.npy.size)
             except OSError as e:
@@ -296,7 +285,7 @@ class EntryImage:
         if self.file is not None:
             self.file.commit()
         else:  # small, or O_DIRECT turned off
-            _write_npy(self.path, self.npy)
+            _write_npy(self.path, self.npy, direct=False)
 
     def abort(self) -> None:
         if self.file is not None:
@@ -315,6 +304,8 @@ def write_disk(
     key_json: str,
     volume: Volume,
     image: EntryImage | None = None,
+    *,
+    direct: bool = True,
 ) -> None:
     """Store ``volume`` as a disk-cache entry (image as float16), each file written atomically.
 
@@ -324,19 +315,25 @@ def write_disk(
 
     ``image``: where the float16 image was computed (and partly written already): an
     :class:`EntryImage` of this entry holding ``volume.image``, committed from there with no copy.
+    ``direct``: write large arrays with ``O_DIRECT`` where the file system allows it (see
+    :class:`EntryImage`).
 
     Raises:
         OutputError: the entry cannot be written (read-only directory, full disk); the message
             names the case and the directory.
     """
     try:
-        _write_entry(entry_files(cache_dir, digest), key_json, volume, image)
+        _write_entry(entry_files(cache_dir, digest), key_json, volume, image, direct)
     except OSError as e:
         raise _output_error(volume.case_id, cache_dir, e) from None
 
 
 def _write_entry(
-    files: dict[str, Path], key_json: str, volume: Volume, computed: EntryImage | None
+    files: dict[str, Path],
+    key_json: str,
+    volume: Volume,
+    computed: EntryImage | None,
+    direct: bool,
 ) -> None:
     image = np.asarray(volume.image)
     if computed is not None and computed.path == files["image"] and computed.holds(image):
@@ -346,9 +343,9 @@ def _write_entry(
             stored = np.empty(image.shape, dtype=CACHE_IMAGE_DTYPE, order="F")
             cast_into(stored, image)
             image = stored
-        _save_array(files["image"], image)
+        _save_array(files["image"], image, direct)
     if volume.label is not None:
-        _save_array(files["label"], np.asarray(volume.label))
+        _save_array(files["label"], np.asarray(volume.label), direct)
     meta = {
         "key": key_json,
         "case": volume.case_id,

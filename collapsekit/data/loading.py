@@ -11,11 +11,9 @@ crosses a pipe; without one the volume is sent back and kept in the in-memory ca
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, T
 
 __all__ = [
     "POOL_MIN_SECONDS",
-    "load_defaults",
+    "LoadOptions",
     "load_volumes",
     "load_split",
     "voxel_spacing",
@@ -54,39 +52,56 @@ POOL_MIN_SECONDS = 4.0
 
 
 @dataclass(frozen=True)
-class _LoadDefaults:
-    workers: int | None = None
-    cache_dir: Path | None = None
+class LoadOptions:
+    """How (not what) volumes are loaded: the disk cache, the worker processes, the ranks.
 
+    None of these change a single number of the loaded volumes; they are runtime settings, passed
+    explicitly from the entry point (the CLI builds one from ``--cache-dir``,
+    ``--preprocess-workers`` and the environment) down to :func:`load_volumes`. The library reads
+    no environment variable for them.
 
-_DEFAULTS: ContextVar[_LoadDefaults] = ContextVar(
-    "collapsekit_load_defaults",
-    default=_LoadDefaults(),  # noqa: B039 - frozen, so sharing it is safe
-)
+    Args:
+        cache_dir: directory of the disk cache of preprocessed volumes (created if missing;
+            ``~`` expanded); ``None``: the in-memory cache only.
+        workers: preprocessing worker processes. ``None``: every available core, and a pool is
+            started only when the serial work left (timed on the first volume) exceeds
+            :data:`POOL_MIN_SECONDS`. ``0`` or ``1``: in this process. ``N >= 2``: a pool of
+            ``min(N, volumes to decode)`` workers.
+        direct_io: write large cache entries with ``O_DIRECT`` where the file system allows it
+            (a fraction of the CPU of a buffered write); ``False`` for network file systems, where
+            each such write is a synchronous round trip (the CLI: ``COLLAPSEKIT_CACHE_DIRECT=0``).
+        rank, world_size: this process among the processes sharing the cache directory (torchrun's
+            ``RANK``/``WORLD_SIZE``): rank r of R starts at the r/R-th volume, so ranks split the
+            preprocessing instead of each decoding every volume.
+        local_world_size: processes on this node (torchrun's ``LOCAL_WORLD_SIZE``); ``workers=None``
+            uses this process's share of the cores.
 
-
-@contextmanager
-def load_defaults(
-    *, workers: int | None = None, cache_dir: str | Path | None = None
-) -> Iterator[None]:
-    """Defaults for ``workers`` and ``cache_dir`` of every :func:`load_volumes` call inside the block.
-
-    What the CLI's ``--preprocess-workers`` and ``--cache-dir`` set around a command, so options
-    that change how (not what) data is loaded reach the loader without being threaded through
-    every evaluation function. Explicit arguments of :func:`load_volumes` win; ``None`` leaves
-    the enclosing default.
+    Raises:
+        ConfigError: ``workers < 0``, ``world_size``/``local_world_size`` < 1 or ``rank`` outside
+            ``0 .. world_size-1``.
     """
-    cur = _DEFAULTS.get()
-    token = _DEFAULTS.set(
-        _LoadDefaults(
-            workers=cur.workers if workers is None else workers,
-            cache_dir=cur.cache_dir if cache_dir is None else Path(cache_dir).expanduser(),
-        )
-    )
-    try:
-        yield
-    finally:
-        _DEFAULTS.reset(token)
+
+    cache_dir: Path | None = None
+    workers: int | None = None
+    direct_io: bool = True
+    rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(
+                f"preprocess workers must be >= 0 (0: in this process), got {self.workers}"
+            )
+        if self.world_size < 1 or self.local_world_size < 1:
+            raise ConfigError(
+                f"world_size and local_world_size must be >= 1, got {self.world_size} and "
+                f"{self.local_world_size}"
+            )
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"rank must be in 0..{self.world_size - 1}, got {self.rank}")
 
 
 def _preprocess_job(
@@ -96,6 +111,7 @@ def _preprocess_job(
     cache: Path | None,
     digest: str,
     key_json: str,
+    direct: bool = True,
 ) -> tuple[Volume | None, bool]:
     """Worker body: preprocess one case -> ``(volume, computed)``.
 
@@ -109,11 +125,11 @@ def _preprocess_job(
         return preprocess_record(record, preprocess, phantom), True
     # For the disk cache the window writes float16 straight into the bytes of the entry's file,
     # which goes to the disk while the rest is computed (O_DIRECT where the file system has it).
-    with EntryImage(cache, digest, record.case_id) as image:
+    with EntryImage(cache, digest, record.case_id, direct=direct) as image:
         vol = preprocess_record(
             record, preprocess, phantom, image_dtype=CACHE_IMAGE_DTYPE, sink=image
         )
-        write_disk(cache, digest, key_json, vol, image)
+        write_disk(cache, digest, key_json, vol, image, direct=direct)
     return None, True
 
 
@@ -139,33 +155,21 @@ class _Meter:
         emit(self.progress, TaskAdvanced("load", 1, info))
 
 
-def _resolve_workers(workers: int | None) -> tuple[int, bool]:
-    """``(number of workers, explicit)``; ``None`` means every available core, chosen adaptively."""
-    if workers is None:
-        workers = _DEFAULTS.get().workers
-    if workers is None:
-        return available_cpus(), False
-    if workers < 0:
-        raise ConfigError(f"preprocess workers must be >= 0 (0: in this process), got {workers}")
-    return int(workers), True
-
-
 def load_volumes(
     records: Sequence[CaseRecord],
     preprocess: PreprocessConfig = PreprocessConfig(),
     *,
     phantom: PhantomConfig | None = None,
-    cache_dir: str | Path | None = None,
-    workers: int | None = None,
+    options: LoadOptions = LoadOptions(),
     progress: ProgressCallback | None = None,
 ) -> list[Volume]:
     """Read and preprocess cases, each decoded at most once per process (and per cache directory).
 
-    Lookup order: the process-wide memory cache, then the disk cache in ``cache_dir``, then the
+    Lookup order: the process-wide memory cache, then the disk cache in ``options.cache_dir``, then the
     file (or the phantom generator). See :mod:`collapsekit.data.cache` for the key: a changed file
     (size or mtime) or a changed :class:`PreprocessConfig` never reuses an old entry.
 
-    With ``cache_dir`` every returned volume is the memory-mapped disk entry (image float16, at
+    With a cache directory every returned volume is the memory-mapped disk entry (image float16, at
     most :data:`~collapsekit.data.cache.QUANTISATION_ERROR` from the float32 of the uncached
     path; labels exact), also right after it was computed, so a cold and a warm run see the same
     numbers and resident memory does not grow with the number of volumes. Without it volumes are
@@ -175,17 +179,12 @@ def load_volumes(
         records: cases from :func:`~collapsekit.data.layouts.discover`.
         preprocess: windowing, resampling and slice selection.
         phantom: phantom configuration for records without a file (default :class:`PhantomConfig`).
-        cache_dir: directory of the disk cache (created if missing); ``None``: the enclosing
-            :func:`load_defaults`, else memory only.
-        workers: preprocessing worker processes. ``None``: the enclosing :func:`load_defaults`,
-            else every available core, and a pool is started only when the serial work left
-            (timed on the first volume) exceeds :data:`POOL_MIN_SECONDS`. ``0`` or ``1``: in this
-            process. ``N >= 2``: a pool of ``min(N, volumes to decode)`` workers.
+        options: the cache directory, worker processes and ranks (:class:`LoadOptions`).
         progress: receives ``TaskStarted/TaskAdvanced/TaskFinished`` for task ``"load"``; each advance
             carries ``{"case": id, "cached": bool}`` and, for decoded volumes, ``"vol/s"``.
 
-    Under torchrun (``$RANK``, ``$WORLD_SIZE``) each rank starts at a different point of the list
-    and every job looks in the disk cache again just before decoding, so ranks sharing a cache
+    With several ranks (``options.rank``, ``options.world_size``) each rank starts at a different
+    point of the list and every job looks in the disk cache again just before decoding, so ranks sharing a cache
     directory split the work instead of each decoding every volume.
 
     Returns:
@@ -195,13 +194,12 @@ def load_volumes(
         DataError: a missing, unreadable, 2D/4D, mismatched or non-integer-label file (the message
             names it; raised as the same one-line error whether it happened in a worker or not,
             and the pool is shut down), or a worker process that died (e.g. out of memory).
-        ConfigError: ``workers < 0``.
         OutputError: the cache directory or an entry cannot be written (read-only, full disk).
     """
-    n_workers, explicit = _resolve_workers(workers)
-    if cache_dir is None:
-        cache_dir = _DEFAULTS.get().cache_dir
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else None
+    explicit = options.workers is not None
+    n_workers = options.workers if explicit else available_cpus(options.local_world_size)
+    assert n_workers is not None
+    cache, direct = options.cache_dir, options.direct_io
     out: list[Volume | None] = [None] * len(records)
     todo: dict[str, list[int]] = {}  # digest -> positions of the records that need it
     keys: dict[str, str] = {}
@@ -238,7 +236,9 @@ def load_volumes(
             out[i] = vol
             meter.advance(records[i].case_id, cached=not computed)
 
-    jobs = rank_order([(d, records[pos[0]]) for d, pos in todo.items()])
+    jobs = rank_order(
+        [(d, records[pos[0]]) for d, pos in todo.items()], options.rank, options.world_size
+    )
     if cache is not None and jobs:
         try:
             cache.mkdir(parents=True, exist_ok=True)
@@ -249,7 +249,7 @@ def load_volumes(
     while jobs and not explicit:  # time one decode here, then decide whether a pool pays
         t0 = time.perf_counter()
         digest, rec = jobs.pop(0)
-        result = _preprocess_job(rec, preprocess, phantom, cache, digest, keys[digest])
+        result = _preprocess_job(rec, preprocess, phantom, cache, digest, keys[digest], direct)
         done(digest, result)
         if result[1]:
             serial = (time.perf_counter() - t0) * len(jobs)
@@ -258,10 +258,11 @@ def load_volumes(
             break
     n_workers = min(n_workers, len(jobs))
     if n_workers >= 2:
-        _run_pool(jobs, n_workers, preprocess, phantom, cache, keys, done)
+        _run_pool(jobs, n_workers, preprocess, phantom, cache, keys, done, direct)
     else:
         for digest, rec in jobs:
-            done(digest, _preprocess_job(rec, preprocess, phantom, cache, digest, keys[digest]))
+            job = _preprocess_job(rec, preprocess, phantom, cache, digest, keys[digest], direct)
+            done(digest, job)
     emit(progress, TaskFinished("load", {"volumes": len(out), "decoded": meter.decoded}))
     return [v for v in out if v is not None]
 
@@ -274,6 +275,7 @@ def _run_pool(
     cache: Path | None,
     keys: dict[str, str],
     done: Any,
+    direct: bool,
 ) -> None:
     """Preprocess ``jobs`` on ``workers`` processes, calling ``done(digest, result)`` as each ends.
 
@@ -285,7 +287,7 @@ def _run_pool(
     try:
         for digest, rec in jobs:
             fut = pool.submit(
-                _preprocess_job, rec, preprocess, phantom, cache, digest, keys[digest]
+                _preprocess_job, rec, preprocess, phantom, cache, digest, keys[digest], direct
             )
             running[fut] = (digest, rec)
         while running:
@@ -317,8 +319,7 @@ def load_split(
     preprocess: PreprocessConfig = PreprocessConfig(),
     *,
     phantom: PhantomConfig | None = None,
-    cache_dir: str | Path | None = None,
-    workers: int | None = None,
+    options: LoadOptions = LoadOptions(),
     progress: ProgressCallback | None = None,
 ) -> list[Volume]:
     """``discover`` + ``load_volumes`` for one split.
@@ -327,7 +328,7 @@ def load_split(
         dataset, data_dir, phantom: as in :func:`~collapsekit.data.layouts.discover`.
         split: ``training``, ``validation``, ``test`` or ``all`` (every case with an image, e.g.
             for pretraining; labels are loaded where they exist).
-        preprocess, cache_dir, workers, progress: as in :func:`load_volumes`.
+        preprocess, options, progress: as in :func:`load_volumes`.
 
     Raises:
         LayoutError, DataError, ConfigError: see ``discover`` and ``load_volumes``.
@@ -338,8 +339,7 @@ def load_split(
         index.split(split),
         preprocess,
         phantom=index.phantom,
-        cache_dir=cache_dir,
-        workers=workers,
+        options=options,
         progress=progress,
     )
 

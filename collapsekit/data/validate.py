@@ -18,7 +18,7 @@ import numpy as np
 from collapsekit.data.dicom import series_summary
 from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS
 from collapsekit.data.layouts import discover
-from collapsekit.data.loading import load_volumes, voxel_spacing
+from collapsekit.data.loading import LoadOptions, load_volumes, voxel_spacing
 from collapsekit.data.preprocess import PreprocessConfig
 from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import Volume
@@ -136,10 +136,10 @@ def check_dataset(
     preprocess: PreprocessConfig = PreprocessConfig(),
     progress: ProgressCallback | None = None,
     *,
-    cache_dir: str | Path | None = None,
-    workers: int | None = None,
+    options: LoadOptions = LoadOptions(),
 ) -> dict[str, Any]:
-    """Load every case of a dataset and summarise it (``cache_dir``, ``workers``: see :func:`load_volumes`).
+    """Load every case of a dataset and summarise it (``options``: see
+    :func:`~collapsekit.data.loading.load_volumes`).
 
     Returns:
         ``{"dataset", "root", "volumes": {"training", "validation", "test"}, "slices": {"training",
@@ -165,8 +165,7 @@ def check_dataset(
             index.split(split),
             preprocess,
             phantom=index.phantom,
-            cache_dir=cache_dir,
-            workers=workers,
+            options=options,
             progress=progress,
         )
     every = [v for vs in volumes.values() for v in vs]
