@@ -72,7 +72,8 @@ TARGET_RATIO = 0.8
 def _write_case(root: str, i: int, size: int, slices: int, seed: int) -> None:
     import nibabel as nib
 
-    from collapsekit.data import generate_phantom, phantom_case_seed
+    from collapsekit.data import generate_phantom
+    from collapsekit.data.spec import phantom_case_seed
 
     image, _, affine = generate_phantom(phantom_case_seed(seed, i), size, slices)
     part = Path(root) / f"AbdomenCT-1K-ImagePart{1 + i // 400}"  # 3 parts for ~1,000 cases

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -191,8 +191,12 @@ def train(
         result = run_training(
             cfg, out, resume=resume, overwrite=overwrite, progress=progress, tensorboard=tensorboard
         )
-    if quiet or not is_main:
-        return
+    if not quiet and is_main:
+        _print_result(result, tensorboard)
+
+
+def _print_result(result: Any, tensorboard: bool) -> None:
+    """The run's outcome: state, the last metrics record, where the spectrum is, what next."""
     last = result.history[-1] if result.history else {}
     state = "finished" if result.finished else f"stopped at step {result.step}/{result.total_steps}"
     console.print(f"[green]{state}[/] — run directory [bold]{result.run_dir}[/]")

@@ -32,6 +32,10 @@ file in the cache directory and moved into place with ``os.replace``, data files
 it only if the ``.json`` exists, its stored key equals the expected key (a cache written by another
 preprocessing configuration, or a hash collision, is never read) and the arrays' shapes and dtypes
 match it. Anything else is a miss and is recomputed.
+
+The public API is ``__all__`` (:func:`clear_cache`, :func:`memory_cache_info` and two constants);
+the entry functions (``cache_key``, ``read_disk``, ``write_disk``, ``EntryImage``, ...) are shared
+by the data layer's own modules and are not part of it.
 """
 
 from __future__ import annotations
@@ -55,23 +59,7 @@ from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.errors import DataError, OutputError
 from collapsekit.serialization import atomic_write
 
-__all__ = [
-    "CACHE_FORMAT",
-    "CACHE_IMAGE_DTYPE",
-    "EntryImage",
-    "MappedVolume",
-    "PHANTOM_VERSION",
-    "QUANTISATION_ERROR",
-    "cache_key",
-    "clear_cache",
-    "entry_files",
-    "memory_cache_info",
-    "read_disk",
-    "read_slice",
-    "remove_stale_temporaries",
-    "write_disk",
-    "MEMORY",
-]
+__all__ = ["CACHE_IMAGE_DTYPE", "QUANTISATION_ERROR", "clear_cache", "memory_cache_info"]
 
 #: Bump when the preprocessing code or the on-disk format changes what is stored.
 CACHE_FORMAT = 2

@@ -38,13 +38,7 @@ from collapsekit.errors import CollapsekitError, ConfigError, DataError, OutputE
 from collapsekit.options import look_up_option
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
 
-__all__ = [
-    "POOL_MIN_SECONDS",
-    "LoadOptions",
-    "load_volumes",
-    "load_split",
-    "voxel_spacing",
-]
+__all__ = ["LoadOptions", "load_volumes", "load_split"]
 
 #: With ``workers=None`` a pool is started only when the serial work left is estimated to take
 #: longer than this (starting workers and importing torch in them costs a few seconds).

@@ -25,7 +25,7 @@ from collapsekit.data.volume import Volume
 from collapsekit.errors import DataError
 from collapsekit.progress import ProgressCallback
 
-__all__ = ["label_values", "check_label_map", "check_labelled", "check_dataset"]
+__all__ = ["check_dataset", "check_label_map", "check_labelled"]
 
 
 def label_values(lab: np.ndarray) -> set[int]:

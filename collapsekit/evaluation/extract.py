@@ -36,14 +36,7 @@ from collapsekit.progress import (
 )
 from collapsekit.runs.models import LoadedModel
 
-__all__ = [
-    "CALIBRATION_SLICES",
-    "Embeddings",
-    "MODES",
-    "extract_embeddings",
-    "recalibrate_baseline",
-    "pixel_vectors",
-]
+__all__ = ["Embeddings", "extract_embeddings", "pixel_vectors", "recalibrate_baseline"]
 
 MODES = ("backbone", "head", "dense")
 
