@@ -10,7 +10,7 @@ from rich.table import Table
 
 from collapsekit.cli.app import app
 from collapsekit.cli.common import console, err_console, handle_errors, load_options, rich_progress
-from collapsekit.cli.options import CacheDirOpt, PreprocessWorkersOpt
+from collapsekit.cli.options import CacheDirOpt, DataDirOpt, PreprocessWorkersOpt, QuietOpt
 
 #: What ``--help`` shows as each option's default: ``TrainConfig``'s value (the ``default`` budget).
 #: Written out so that ``--help`` does not import torch; tests/cli/test_help.py checks each against
@@ -44,9 +44,7 @@ def train(
             show_default=HELP_DEFAULTS["dataset"], help="phantom | abdomenct1k | btcv | folder"
         ),
     ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", readable=False, help="Dataset root on disk.")
-    ] = None,
+    data_dir: DataDirOpt = None,
     budget: Annotated[
         str | None,
         typer.Option(
@@ -140,9 +138,7 @@ def train(
             "the spectrum figure at each monitor step (needs collapsekit[tensorboard]).",
         ),
     ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")
-    ] = False,
+    quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
