@@ -51,8 +51,9 @@ class TrainConfig:
         device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
         cache_dir: directory of the disk cache of preprocessed volumes (``None``: in memory);
             with ``preprocess_workers`` and ``cache_direct_io`` the
-            :class:`~collapsekit.data.LoadOptions` of the training data (runtime settings: they
-            change no number, and ``--resume`` takes the given ones).
+            :class:`~collapsekit.data.LoadOptions` of the training data. None of the three
+            changes a number; a resumed run keeps its ``cache_dir`` and takes the given
+            ``preprocess_workers`` and ``cache_direct_io``.
         preprocess_workers: processes that preprocess volumes (``None``: every available core).
         cache_direct_io: write cache entries with ``O_DIRECT`` where the file system allows it
             (the CLI sets it from ``$COLLAPSEKIT_CACHE_DIRECT``).

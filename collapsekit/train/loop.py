@@ -84,7 +84,6 @@ RUNTIME_FIELDS = (
     "num_workers",
     "device",
     "checkpoint_every",
-    "cache_dir",
     "preprocess_workers",
     "cache_direct_io",
 )
