@@ -28,8 +28,7 @@ def busy_seconds() -> float:
 
 
 def measure(kind: str, root: Path, a: np.ndarray, files: int, settle: float) -> dict[str, float]:
-    from collapsekit.data.cache import NpyBuffer
-    from collapsekit.serialization import DirectFile
+    from collapsekit.data._direct_io import DirectFile, NpyBuffer
 
     root.mkdir(parents=True, exist_ok=True)
     buf = NpyBuffer.of(a)

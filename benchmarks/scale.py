@@ -9,7 +9,7 @@ a. **Cold preprocessing throughput**: ``load_volumes(..., cache_dir=..., workers
    disk cache, in volumes/s, against the *limit* = the single-process ``.nii.gz`` decode rate
    (nibabel, ``np.asanyarray(img.dataobj)``, on ``--decode-sample`` files) × W. Target ≥ 0.8×.
    The decode is timed with the allocator setting every preprocessing worker runs with
-   (``collapsekit.data.loading.tune_allocator``: volume-sized blocks are reused instead of being
+   (``collapsekit.data._workers.tune_allocator``: volume-sized blocks are reused instead of being
    unmapped and faulted in again), which makes it faster, so the ratio counts only what
    preprocessing adds; the decode of a plain process is reported too
    (``plain_allocator_volumes_per_s``, ``ratio_to_plain_allocator_decode``).
@@ -72,7 +72,8 @@ TARGET_RATIO = 0.8
 def _write_case(root: str, i: int, size: int, slices: int, seed: int) -> None:
     import nibabel as nib
 
-    from collapsekit.data import generate_phantom, phantom_case_seed
+    from collapsekit.data import generate_phantom
+    from collapsekit.data.spec import phantom_case_seed
 
     image, _, affine = generate_phantom(phantom_case_seed(seed, i), size, slices)
     part = Path(root) / f"AbdomenCT-1K-ImagePart{1 + i // 400}"  # 3 parts for ~1,000 cases
@@ -144,10 +145,16 @@ def _epoch_child(args: argparse.Namespace) -> None:
     """Subprocess body of (b): load cached volumes, run one DataLoader epoch, print JSON."""
     import torch
 
-    from collapsekit.data import TwoViewTransform, discover, load_volumes, pretrain_dataset
+    from collapsekit.data import (
+        LoadOptions,
+        TwoViewTransform,
+        discover,
+        load_volumes,
+        pretrain_dataset,
+    )
 
     records = discover("abdomenct1k", args.data_dir).split("all")[: args.child_volumes]
-    volumes = load_volumes(records, cache_dir=args.cache_dir, workers=0)
+    volumes = load_volumes(records, options=LoadOptions(cache_dir=args.cache_dir, workers=0))
     ds = pretrain_dataset(volumes, TwoViewTransform(size=args.view_size))
     loader = torch.utils.data.DataLoader(
         ds,
@@ -243,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    from collapsekit.data.loading import available_cpus, tune_allocator
+    from collapsekit.data._workers import available_cpus, tune_allocator
 
     cpus = available_cpus()
     if args.loader_workers is None:
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from collapsekit.data import discover, load_volumes
+    from collapsekit.data import LoadOptions, discover, load_volumes
     from collapsekit.data.cache import CACHE_IMAGE_DTYPE, clear_cache
 
     workers = args.workers or cpus
@@ -278,11 +285,16 @@ def main(argv: list[str] | None = None) -> None:
 
         # The same work as one worker's (decode, preprocess, write the entry), in this process.
         clear_cache()
-        load_volumes(records[:1], cache_dir=args.out_dir / "cache-first", workers=0)  # first calls
+        load_volumes(
+            records[:1], options=LoadOptions(cache_dir=args.out_dir / "cache-first", workers=0)
+        )  # first calls
         shutil.rmtree(args.out_dir / "cache-first")
         clear_cache()
         t0 = time.perf_counter()
-        load_volumes(records[: len(sample)], cache_dir=args.out_dir / "cache-single", workers=0)
+        load_volumes(
+            records[: len(sample)],
+            options=LoadOptions(cache_dir=args.out_dir / "cache-single", workers=0),
+        )
         single = {"volumes": len(sample), "seconds": time.perf_counter() - t0}
         single["volumes_per_s"] = single["volumes"] / single["seconds"]
         shutil.rmtree(args.out_dir / "cache-single")
@@ -291,7 +303,9 @@ def main(argv: list[str] | None = None) -> None:
         # Start the worker pool's forkserver once (it imports torch and MONAI: seconds, once per
         # process) on two volumes, so (a) times the steady state that 1,000 volumes would see.
         t0 = time.perf_counter()
-        load_volumes(records[:2], cache_dir=args.out_dir / "cache-warm", workers=2)
+        load_volumes(
+            records[:2], options=LoadOptions(cache_dir=args.out_dir / "cache-warm", workers=2)
+        )
         pool_start = time.perf_counter() - t0
         shutil.rmtree(args.out_dir / "cache-warm")
         clear_cache()
@@ -305,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                 shutil.rmtree(cache)
             clear_cache()
             t0 = time.perf_counter()
-            volumes = load_volumes(records, cache_dir=cache, workers=workers)
+            volumes = load_volumes(records, options=LoadOptions(cache_dir=cache, workers=workers))
             seconds = time.perf_counter() - t0
             rate = len(volumes) / seconds
             repeats.append(

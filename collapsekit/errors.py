@@ -1,4 +1,11 @@
-"""Errors a user can act on. The CLI prints their message in one red line and exits 2."""
+"""Errors a user can act on. The CLI prints their message in one red line and exits 2.
+
+Each also derives from the built-in exception a Python user would catch for the same mistake, so
+``except ValueError`` sees a bad option, bad data, bad embeddings or a bad checkpoint, and
+``except OSError`` an output that cannot be written: ``InputError``, ``ConfigError``,
+``DataError`` (and ``LayoutError``) and ``CheckpointError`` subclass ``ValueError``, ``OutputError``
+is an ``OSError`` (with ``errno`` None: the message says what happened).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ class CollapsekitError(Exception):
     """Base class of every error caused by user input (bad file, bad option, bad data)."""
 
 
-class DataError(CollapsekitError):
+class DataError(CollapsekitError, ValueError):
     """A volume, label map or dataset that cannot be used (missing, corrupt, wrong shape)."""
 
 
@@ -27,15 +34,15 @@ class LayoutError(DataError):
     """A data directory whose structure does not match the expected dataset layout."""
 
 
-class CheckpointError(CollapsekitError):
+class CheckpointError(CollapsekitError, ValueError):
     """A checkpoint that cannot be loaded safely or is not recognised."""
 
 
-class InputError(CollapsekitError):
+class InputError(CollapsekitError, ValueError):
     """Bad embeddings or arrays given to a diagnostic (shape, dtype, NaN, too few rows)."""
 
 
-class ConfigError(CollapsekitError):
+class ConfigError(CollapsekitError, ValueError):
     """An invalid option or configuration value."""
 
 
@@ -43,7 +50,7 @@ class TrainingError(CollapsekitError):
     """Training stopped for a reason the user should know (NaN loss, batch larger than data)."""
 
 
-class OutputError(CollapsekitError):
+class OutputError(CollapsekitError, OSError):
     """An output that cannot be written (read-only, a file in the way, full disk) or that would
     replace a file the command did not write."""
 

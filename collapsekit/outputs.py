@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from collapsekit.errors import OutputError
+from collapsekit.errors import CollapsekitError, OutputError
 
 __all__ = [
     "check_writable_dir",
@@ -72,6 +72,8 @@ def os_error_in(exc: BaseException) -> OSError | None:
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
+        if isinstance(e, CollapsekitError):  # an OutputError is an OSError, but already says it all
+            return None
         if isinstance(e, OSError):
             return e
         seen.add(id(e))

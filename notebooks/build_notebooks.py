@@ -56,14 +56,16 @@ print(RUN, "finished:", result.finished, "last loss:", round(result.losses[-1], 
     new_code_cell(
         """\
 from collapsekit.data import PhantomConfig, load_split
-from collapsekit.evaluation import extract_embeddings
+from collapsekit.evaluation import extract_embeddings, recalibrate_baseline
 from collapsekit.runs import load_model
 
 volumes = load_split(
     "phantom", split="all", phantom=PhantomConfig(cases=4 if QUICK else 16, seed=123, validation=0)
 )
-models = [load_model(RUN), load_model("random:resnet18")]
 size = 64 if QUICK else 128
+# random:ARCH gets its BatchNorm statistics re-estimated on the data (the honest baseline);
+# a trained model is returned as it is
+models = [recalibrate_baseline(load_model(s), volumes, size) for s in (RUN, "random:resnet18")]
 embeddings = [extract_embeddings(m, volumes, image_size=size, samples=128 if QUICK else 1024) for m in models]
 [(e.name, e.z.shape) for e in embeddings]"""
     ),
@@ -111,7 +113,7 @@ NB2 = [
         """\
 from collapsekit.data import PhantomConfig, load_split
 from collapsekit.diagnostics import pairwise_cosine_stats
-from collapsekit.evaluation import extract_embeddings, pixel_vectors
+from collapsekit.evaluation import extract_embeddings, pixel_vectors, recalibrate_baseline
 from collapsekit.runs import load_model
 from collapsekit.plotting import plot_similarity
 
@@ -120,8 +122,9 @@ volumes = load_split(
 )
 pixels, vol_ids = pixel_vectors(volumes, samples=128 if QUICK else 1024, size=64)
 pix = pairwise_cosine_stats(pixels, groups=vol_ids, name="pixels (64x64)")
-model = load_model("random:resnet18")
-emb = extract_embeddings(model, volumes, image_size=64 if QUICK else 128, samples=128 if QUICK else 1024)
+size = 64 if QUICK else 128
+model = recalibrate_baseline(load_model("random:resnet18"), volumes, size)  # BN stats from the data
+emb = extract_embeddings(model, volumes, image_size=size, samples=128 if QUICK else 1024)
 sim = pairwise_cosine_stats(emb.z, groups=emb.volume, name="random ResNet-18 embedding")
 print(f"pixel-space cosine: mean {pix.mean:.3f}; embedding cosine: mean {sim.mean:.3f}")
 fig, ax = plot_similarity([pix, sim])"""

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from collapsekit.cli.app import app
-from collapsekit.cli.common import console, handle_errors, rich_progress
+from collapsekit.cli.common import console, handle_errors, load_options, rich_progress
+from collapsekit.cli.options import CacheDirOpt, DeviceOpt, PreprocessWorkersOpt, QuietOpt
 
 
 @app.command()
@@ -45,7 +46,7 @@ def ablate(
     out: Annotated[Path, typer.Option(help="Results directory (re-run to resume).")] = Path(
         "runs/ablation"
     ),
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOpt = "auto",
     tensorboard: Annotated[
         bool,
         typer.Option(
@@ -54,9 +55,9 @@ def ablate(
             "`tensorboard --logdir <out>/tb` overlays the methods (needs collapsekit[tensorboard]).",
         ),
     ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")
-    ] = False,
+    quiet: QuietOpt = False,
+    preprocess_workers: PreprocessWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Pretrain every method, diagnose and probe each, and write report.md + results.json + figures."""
     from collapsekit.experiments.ablation import AblationConfig, run_ablation
@@ -82,7 +83,13 @@ def ablate(
         overrides=overrides,
     )
     with rich_progress(quiet) as progress:
-        results = run_ablation(cfg, out, progress=progress, tensorboard=tensorboard)
+        results = run_ablation(
+            cfg,
+            out,
+            progress=progress,
+            tensorboard=tensorboard,
+            loading=load_options(cache_dir, preprocess_workers),
+        )
     if quiet:
         return
     table = Table(title=f"Ablation ({results['config']['budget']} budget, {seeds} seed(s))")

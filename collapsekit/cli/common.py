@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -32,13 +32,14 @@ from collapsekit.outputs import os_error_in
 from collapsekit.progress import Message, ProgressEvent, TaskAdvanced, TaskFinished, TaskStarted
 from collapsekit.serialization import to_jsonable
 
+if TYPE_CHECKING:
+    from collapsekit.data import LoadOptions
+
 __all__ = [
-    "CacheDirOpt",
-    "PreprocessWorkersOpt",
     "console",
-    "data_loading",
     "err_console",
     "handle_errors",
+    "load_options",
     "rich_progress",
     "print_json",
     "to_jsonable",
@@ -71,36 +72,34 @@ _USER_ERRNOS = {
     errno.ENOTDIR,
     errno.ENAMETOOLONG,
 }
-#: ``--preprocess-workers`` of every command that loads volumes (``--workers`` of ``train`` is
-#: the DataLoader's).
-PreprocessWorkersOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--preprocess-workers",
-        min=0,
-        help="Processes that read and preprocess volumes (default: all cores, shared by the "
-        "local torchrun ranks; 0: in this process).",
-    ),
-]
-#: ``--cache-dir``: the memory-mapped preprocessed-volume cache (also ``$COLLAPSEKIT_CACHE_DIR``).
-CacheDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache-dir",
-        envvar="COLLAPSEKIT_CACHE_DIR",
-        help="Directory of the on-disk cache of preprocessed volumes (float16, memory-mapped: "
-        "memory stays bounded for any number of volumes). Default: in memory only.",
-    ),
-]
 
 
-@contextmanager
-def data_loading(workers: int | None, cache_dir: Path | None) -> Iterator[None]:
-    """Apply ``--preprocess-workers`` and ``--cache-dir`` to every volume loaded in the block."""
-    from collapsekit.data.loading import load_defaults
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, str(default)))
+    except ValueError:
+        return default
 
-    with load_defaults(workers=workers, cache_dir=cache_dir):
-        yield
+
+def load_options(cache_dir: Path | None = None, workers: int | None = None) -> LoadOptions:
+    """How this command loads volumes: ``--cache-dir`` and ``--preprocess-workers``, plus the
+    environment, read here once and passed down explicitly: torchrun's ``RANK``, ``WORLD_SIZE``
+    and ``LOCAL_WORLD_SIZE``, and ``COLLAPSEKIT_CACHE_DIRECT`` (``0``, ``false``, ``no`` or
+    ``off``: no ``O_DIRECT`` cache writes, e.g. on a network file system where each one is a
+    synchronous round trip)."""
+    from collapsekit.data import LoadOptions
+
+    world = max(1, _env_int("WORLD_SIZE", 1))
+    rank = _env_int("RANK", 0)
+    direct = os.environ.get("COLLAPSEKIT_CACHE_DIRECT", "1").strip().lower()
+    return LoadOptions(
+        cache_dir=cache_dir,
+        workers=workers,
+        direct_io=direct not in ("0", "false", "no", "off"),
+        rank=rank if 0 <= rank < world else 0,
+        world_size=world,
+        local_world_size=max(1, _env_int("LOCAL_WORLD_SIZE", 1)),
+    )
 
 
 def handle_errors(fn: F) -> F:

@@ -10,14 +10,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from collapsekit.cli.app import App, app
-from collapsekit.cli.common import (
+from collapsekit.cli.common import console, handle_errors, load_options, print_json, rich_progress
+from collapsekit.cli.options import (
     CacheDirOpt,
+    DataDirOpt,
+    DatasetOpt,
+    JsonOpt,
     PreprocessWorkersOpt,
-    console,
-    data_loading,
-    handle_errors,
-    print_json,
-    rich_progress,
+    QuietOpt,
 )
 
 __all__ = ["data_app"]
@@ -65,10 +65,8 @@ def phantom_cmd(
             help="Write into a non-empty directory (replaces only the phantom's files).",
         ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the dataset counts as JSON only.")
-    ] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Write phantom CT volumes (int16 HU) and BTCV-id label maps in a real dataset layout."""
     from collapsekit.data.phantom import write_phantom_dataset
@@ -105,27 +103,21 @@ def phantom_cmd(
 @data_app.command("check")
 @handle_errors
 def check_cmd(
-    dataset: Annotated[
-        str, typer.Option("--dataset", "-d", help="phantom, btcv, abdomenct1k or folder.")
-    ] = "phantom",
-    data_dir: Annotated[
-        Path | None,
-        typer.Option("--data-dir", readable=False, help="Dataset directory (not for the phantom)."),
-    ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object and nothing else.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    dataset: DatasetOpt = "phantom",
+    data_dir: DataDirOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Validate a dataset and print volumes per split, usable slices, label ids, spacing and shapes
     (and, for DICOM series in a folder, their count, slices and spacing)."""
     from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS
-    from collapsekit.data.loading import check_dataset
+    from collapsekit.data.validate import check_dataset
 
-    with rich_progress(quiet or json_out) as progress, data_loading(preprocess_workers, cache_dir):
-        report = check_dataset(dataset, data_dir, progress=progress)
+    loading = load_options(cache_dir, preprocess_workers)
+    with rich_progress(quiet or json_out) as progress:
+        report = check_dataset(dataset, data_dir, progress=progress, options=loading)
     if json_out:
         print_json(report)
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -11,15 +11,26 @@ from rich.table import Table
 
 from collapsekit.cli.app import app
 from collapsekit.cli.common import (
-    CacheDirOpt,
-    PreprocessWorkersOpt,
     console,
-    data_loading,
     handle_errors,
+    load_options,
     print_json,
     rich_progress,
 )
-from collapsekit.outputs import writing
+from collapsekit.cli.options import (
+    CacheDirOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    OverwriteOpt,
+    PreprocessWorkersOpt,
+    QuietOpt,
+)
+
+if TYPE_CHECKING:
+    from collapsekit.evaluation.report import DataSpec, SimilarityReport, SpectrumReport
 
 InputsArg = Annotated[
     list[str],
@@ -28,31 +39,22 @@ InputsArg = Annotated[
         show_default=False,
     ),
 ]
-DatasetOpt = Annotated[str, typer.Option(help="phantom | btcv | abdomenct1k | folder")]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", readable=False, help="Dataset root on disk.")
-]
 SamplesOpt = Annotated[int, typer.Option(min=2, help="Slices to embed (evenly spaced).")]
-ImageSizeOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--image-size",
-        min=32,
-        help="Slice size fed to models (default: the checkpoint's, else 128).",
-    ),
-]
-DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | auto")]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print the JSON result to stdout and nothing else.")
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-OverwriteOpt = Annotated[
-    bool,
-    typer.Option("--overwrite", help="Replace the output files if they already exist in --out."),
-]
 DropOpt = Annotated[
     bool, typer.Option("--drop-nonfinite", help="Drop rows with NaN/inf instead of failing.")
 ]
+_OUT_DEFAULT = "RUN/diagnostics for one run, else ./diagnostics"
+
+
+def _data(dataset: str, data_dir: Path | None, samples: int, image_size: int | None) -> DataSpec:
+    from collapsekit.evaluation.report import DataSpec
+
+    return DataSpec(
+        dataset=dataset,
+        data_dir=str(data_dir) if data_dir else None,
+        samples=samples,
+        image_size=image_size,
+    )
 
 
 @app.command()
@@ -74,10 +76,7 @@ def spectrum(
     image_size: ImageSizeOpt = None,
     out: Annotated[
         Path | None,
-        typer.Option(
-            help="Where spectrum.png and spectrum.json go.",
-            show_default="RUN/diagnostics for one run, else ./diagnostics",
-        ),
+        typer.Option(help="Where spectrum.png and spectrum.json go.", show_default=_OUT_DEFAULT),
     ] = None,
     device: DeviceOpt = "auto",
     drop_nonfinite: DropOpt = False,
@@ -90,58 +89,39 @@ def spectrum(
     """Singular spectrum, effective rank, α-ReQ and friends of embeddings (Jing et al. 2022)."""
     from collapsekit.devices import resolve_device
     from collapsekit.errors import ConfigError
-    from collapsekit.evaluation.report import DataSpec, spectrum_analysis
-    from collapsekit.plotting import plot_spectrum, save_figure
-    from collapsekit.serialization import write_json
+    from collapsekit.evaluation.report import write_spectrum_report
 
     if dense and head:
         raise ConfigError("--dense and --head are exclusive")
-    mode = "dense" if dense else "head" if head else "backbone"
-    out = _out_dir(out, inputs)
-    _check_outputs(out, "spectrum", overwrite)
-    data = DataSpec(
-        dataset=dataset,
-        data_dir=str(data_dir) if data_dir else None,
-        samples=samples,
-        image_size=image_size,
-    )
-    with rich_progress(quiet or json_out) as progress, data_loading(preprocess_workers, cache_dir):
-        results = spectrum_analysis(
+    with rich_progress(quiet or json_out) as progress:
+        report = write_spectrum_report(
             inputs,
-            data,
-            mode=mode,
+            out,
+            _data(dataset, data_dir, samples, image_size),
+            mode="dense" if dense else "head" if head else "backbone",
             normalize=normalize,
             device=resolve_device(device),
             drop_nonfinite=drop_nonfinite,
+            overwrite=overwrite,
+            loading=load_options(cache_dir, preprocess_workers),
             progress=progress,
         )
-    payload = {"mode": mode, "normalized": normalize, "results": [r.to_dict() for r in results]}
-    with writing(out / "spectrum.json", "nothing was written"):
-        write_json(payload, out / "spectrum.json")
-    fig, _ = plot_spectrum(results, title=f"Embedding spectrum ({mode})")
-    with writing(out / "spectrum.png", f"{out / 'spectrum.json'} was written"):
-        save_figure(fig, out / "spectrum.png")
     if json_out:
-        print_json(payload)
-        return
-    suffix = ", L2-normalised" if normalize else ""
-    table = Table(title=f"Embedding spectrum ({mode}{suffix})", box=box.SIMPLE_HEAD)
-    for col in (
-        "input",
-        "N×D",
-        "λ-rank",
-        "erank",
-        "RankMe",
-        "α (R²)",
-        "std L2",
-        "top1/10%",
-        "rank",
-    ):
-        if col == "input":
-            table.add_column(col, min_width=12, overflow="fold")
-        else:
-            table.add_column(col, justify="right", no_wrap=True)
-    notes = []
+        print_json(report.to_dict())
+    else:
+        _render_spectrum(report)
+
+
+_SPECTRUM_COLUMNS = ("N×D", "λ-rank", "erank", "RankMe", "α (R²)", "std L2", "top1/10%", "rank")
+
+
+def _render_spectrum(report: SpectrumReport) -> None:
+    results = report.results
+    suffix = ", L2-normalised" if report.normalized else ""
+    table = Table(title=f"Embedding spectrum ({report.mode}{suffix})", box=box.SIMPLE_HEAD)
+    table.add_column("input", min_width=12, overflow="fold")
+    for col in _SPECTRUM_COLUMNS:
+        table.add_column(col, justify="right", no_wrap=True)
     for r in results:
         table.add_row(
             r.name,
@@ -154,10 +134,6 @@ def spectrum(
             f"{100 * r.top1_variance:.1f}/{100 * r.top10_variance:.1f}",
             f"{r.numerical_rank}/{r.rank_bound}",
         )
-        if r.d > r.n - 1:
-            notes.append(
-                f"{r.name}: D={r.d} > N-1={r.n - 1}, so every rank is bounded by N-1 = {r.n - 1}"
-            )
     console.print(table)
     console.print(
         "λ-rank: effective rank of the covariance eigenvalues (shows collapse); erank: of the "
@@ -165,13 +141,17 @@ def spectrum(
         "rank: numerical rank / its bound min(D, N-1); top1/10%: variance in the leading directions.",
         style="dim",
     )
-    for n in notes:
-        console.print(f"[yellow]note:[/] {n}")
+    for r in results:
+        if r.d > r.n - 1:
+            console.print(
+                f"[yellow]note:[/] {r.name}: D={r.d} > N-1={r.n - 1}, so every rank is bounded "
+                f"by N-1 = {r.n - 1}"
+            )
     console.print(
         "std L2 ≈ 1/√D for healthy embeddings, → 0 when collapsed "
         f"(1/√D = {1 / results[0].d ** 0.5:.4f} for D={results[0].d})."
     )
-    console.print(f"wrote {out / 'spectrum.png'} and {out / 'spectrum.json'}")
+    console.print(f"wrote {report.figure_path} and {report.json_path}")
 
 
 @app.command()
@@ -188,8 +168,7 @@ def similarity(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Where similarity.png and similarity.json go.",
-            show_default="RUN/diagnostics for one run, else ./diagnostics",
+            help="Where similarity.png and similarity.json go.", show_default=_OUT_DEFAULT
         ),
     ] = None,
     device: DeviceOpt = "auto",
@@ -202,50 +181,35 @@ def similarity(
 ) -> None:
     """Inter-image cosine similarity of embeddings (same vs different volume) and of pixels."""
     from collapsekit.devices import resolve_device
-    from collapsekit.evaluation.report import DataSpec, similarity_analysis
-    from collapsekit.plotting import plot_similarity, save_figure
-    from collapsekit.serialization import write_json
+    from collapsekit.evaluation.report import write_similarity_report
 
-    out = _out_dir(out, inputs)
-    _check_outputs(out, "similarity", overwrite)
-    data = DataSpec(
-        dataset=dataset,
-        data_dir=str(data_dir) if data_dir else None,
-        samples=samples,
-        image_size=image_size,
-    )
-    with rich_progress(quiet or json_out) as progress, data_loading(preprocess_workers, cache_dir):
-        results = similarity_analysis(
+    with rich_progress(quiet or json_out) as progress:
+        report = write_similarity_report(
             inputs,
-            data,
+            out,
+            _data(dataset, data_dir, samples, image_size),
             pixels=pixels,
             device=resolve_device(device),
             drop_nonfinite=drop_nonfinite,
+            overwrite=overwrite,
+            loading=load_options(cache_dir, preprocess_workers),
             progress=progress,
         )
-    payload = {"results": [r.to_dict() for r in results]}
-    with writing(out / "similarity.json", "nothing was written"):
-        write_json(payload, out / "similarity.json")
-    fig, _ = plot_similarity(results)
-    with writing(out / "similarity.png", f"{out / 'similarity.json'} was written"):
-        save_figure(fig, out / "similarity.png")
     if json_out:
-        print_json(payload)
-        return
+        print_json(report.to_dict())
+    else:
+        _render_similarity(report)
+
+
+_SIMILARITY_COLUMNS = ("pairs", "mean", "std", "median", "q05", "q95")
+
+
+def _render_similarity(report: SimilarityReport) -> None:
     table = Table(title="Inter-image cosine similarity")
-    for col in (
-        "input",
-        "pairs",
-        "mean",
-        "std",
-        "median",
-        "q05",
-        "q95",
-        "same volume",
-        "different volume",
-    ):
-        table.add_column(col, justify="left" if col == "input" else "right")
-    for r in results:
+    table.add_column("input", justify="left")
+    for col in (*_SIMILARITY_COLUMNS, "same volume", "different volume"):
+        table.add_column(col, justify="right")
+    for r in report.results:
         d = r.to_dict()
         same = d.get("same_volume") or {}
         diff = d.get("different_volume") or {}
@@ -262,19 +226,4 @@ def similarity(
             f"{diff['mean']:.3f}" if diff else "-",
         )
     console.print(table)
-    console.print(f"wrote {out / 'similarity.png'} and {out / 'similarity.json'}")
-
-
-def _out_dir(out: Path | None, inputs: list[str]) -> Path:
-    from collapsekit.runs.rundir import diagnostics_dir
-
-    return out if out is not None else diagnostics_dir(inputs)
-
-
-def _check_outputs(out: Path, stem: str, overwrite: bool) -> None:
-    """Before any work: ``out`` is writable and ``<stem>.png``/``.json`` there are not replaced
-    unless ``--overwrite`` (they may be another run's results)."""
-    from collapsekit.outputs import check_writable_dir, refuse_overwrite
-
-    check_writable_dir(out, "--out")
-    refuse_overwrite([out / f"{stem}.png", out / f"{stem}.json"], overwrite=overwrite)
+    console.print(f"wrote {report.figure_path} and {report.json_path}")

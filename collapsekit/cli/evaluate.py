@@ -9,17 +9,20 @@ import typer
 from rich.table import Table
 
 from collapsekit.cli.app import app
-from collapsekit.cli.common import (
+from collapsekit.cli.common import console, handle_errors, load_options, print_json, rich_progress
+from collapsekit.cli.options import (
     CacheDirOpt,
+    DataDirOpt,
+    DeviceOpt,
+    EvalDatasetOpt,
+    ImageSizeOpt,
+    JsonOpt,
     PreprocessWorkersOpt,
-    console,
-    data_loading,
-    handle_errors,
-    print_json,
-    rich_progress,
+    QuietOpt,
 )
 
 if TYPE_CHECKING:
+    from collapsekit.data import LoadOptions
     from collapsekit.data.volume import Volume
     from collapsekit.evaluation.segmentation.scoring import SegmentationResult
     from collapsekit.progress import ProgressCallback
@@ -33,16 +36,7 @@ CheckpointsArg = Annotated[
         show_default=False,
     ),
 ]
-DatasetOpt = Annotated[str, typer.Option(help="phantom (built in) | btcv (needs --data-dir).")]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", readable=False, help="BTCV root (dataset_0.json or RawData/)."),
-]
 EpochsOpt = Annotated[int, typer.Option(min=1, help="Epochs over the training slices.")]
-ImageSizeOpt = Annotated[
-    int | None,
-    typer.Option("--image-size", min=32, help="Slice size (default: the checkpoint's, else 128)."),
-]
 FractionOpt = Annotated[
     float,
     typer.Option(
@@ -63,7 +57,6 @@ SavePredOpt = Annotated[
         "--save-predictions", help="Write <case>_pred.nii.gz label maps here (per checkpoint)."
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the subset, shuffling and head init.")]
 PhantomCasesOpt = Annotated[
     int,
@@ -75,17 +68,13 @@ PhantomSizeOpt = Annotated[
     int, typer.Option("--phantom-size", min=8, help="Phantom in-plane size.")
 ]
 PhantomSlicesOpt = Annotated[int, typer.Option("--phantom-slices", min=1, help="Phantom slices.")]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print the JSON result to stdout and nothing else.")
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
 @app.command()
 @handle_errors
 def probe(
     checkpoints: CheckpointsArg = None,
-    dataset: DatasetOpt = "phantom",
+    dataset: EvalDatasetOpt = "phantom",
     data_dir: DataDirOpt = None,
     epochs: EpochsOpt = 20,
     image_size: ImageSizeOpt = None,
@@ -112,7 +101,7 @@ def probe(
 ) -> None:
     """Linear probe (1×1 conv on the frozen final feature map) scored by per-organ 3D Dice."""
     from collapsekit.devices import resolve_device
-    from collapsekit.evaluation.extract import calibrate_baseline
+    from collapsekit.evaluation.extract import recalibrate_baseline
     from collapsekit.evaluation.segmentation.probe import ProbeConfig, linear_probe
 
     specs = _specs(checkpoints)
@@ -120,11 +109,11 @@ def probe(
     _check_predictions_dir(save_predictions)
     dev = resolve_device(device)
     results: list[SegmentationResult] = []
+    loading = load_options(cache_dir, preprocess_workers)
     with rich_progress(quiet or json_out) as progress:
-        with data_loading(preprocess_workers, cache_dir):
-            train, val, labels = _load_data(
-                dataset, data_dir, phantom_cases, phantom_size, phantom_slices, progress
-            )
+        train, val, labels = _load_data(
+            dataset, data_dir, (phantom_cases, phantom_size, phantom_slices), loading, progress
+        )
         for spec in specs:
             model = _load(spec, dev)
             cfg = ProbeConfig(
@@ -137,7 +126,7 @@ def probe(
                 cache=cache,
                 **_given(batch_size=batch_size, lr=lr),
             )
-            calibrate_baseline(model, train, cfg.image_size, progress)
+            model = recalibrate_baseline(model, train, cfg.image_size, progress)
             results.append(
                 linear_probe(
                     model.backbone,
@@ -165,7 +154,7 @@ def finetune(
             show_default=False,
         ),
     ] = None,
-    dataset: DatasetOpt = "phantom",
+    dataset: EvalDatasetOpt = "phantom",
     data_dir: DataDirOpt = None,
     decoder: Annotated[str, typer.Option(help="Segmentation decoder: unet.")] = "unet",
     epochs: EpochsOpt = 20,
@@ -184,10 +173,12 @@ def finetune(
     phantom_slices: PhantomSlicesOpt = 48,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    preprocess_workers: PreprocessWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Fine-tune the pretrained encoder under a MONAI UNet decoder; per-organ 3D Dice."""
     from collapsekit.devices import resolve_device
-    from collapsekit.evaluation.extract import calibrate_baseline
+    from collapsekit.evaluation.extract import recalibrate_baseline
     from collapsekit.evaluation.segmentation.finetune import FinetuneConfig
     from collapsekit.evaluation.segmentation.finetune import finetune as run_finetune
 
@@ -195,9 +186,10 @@ def finetune(
     _check_specs([spec], "finetune")
     _check_predictions_dir(save_predictions)
     dev = resolve_device(device)
+    loading = load_options(cache_dir, preprocess_workers)
     with rich_progress(quiet or json_out) as progress:
         train, val, labels = _load_data(
-            dataset, data_dir, phantom_cases, phantom_size, phantom_slices, progress
+            dataset, data_dir, (phantom_cases, phantom_size, phantom_slices), loading, progress
         )
         model = _load(spec, dev)
         cfg = FinetuneConfig(
@@ -209,7 +201,7 @@ def finetune(
             seed=seed,
             **_given(batch_size=batch_size, lr=lr),
         )
-        calibrate_baseline(model, train, cfg.image_size, progress)
+        model = recalibrate_baseline(model, train, cfg.image_size, progress)
         result = run_finetune(
             model.backbone,
             train,
@@ -283,22 +275,25 @@ def _image_size(model: LoadedModel, requested: int | None, progress: ProgressCal
 def _load_data(
     dataset: str,
     data_dir: Path | None,
-    phantom_cases: int,
-    phantom_size: int,
-    phantom_slices: int,
+    phantom_shape: tuple[int, int, int],
+    loading: LoadOptions,
     progress: ProgressCallback,
 ) -> tuple[list[Volume], list[Volume], dict[int, str]]:
-    """Training and validation volumes with labels (BTCV ids for both datasets)."""
+    """Training and validation volumes with labels (BTCV ids for both datasets); the phantom is
+    ``phantom_shape`` = (cases, in-plane size, slices)."""
     from collapsekit.data import BTCV_LABELS, eval_phantom, load_split
     from collapsekit.options import look_up_option
 
     dataset = look_up_option(dataset, ("phantom", "btcv"), "dataset")
     phantom = None
     if dataset == "phantom":
-        phantom = eval_phantom(cases=phantom_cases, size=phantom_size, slices=phantom_slices)
+        cases, size, slices = phantom_shape
+        phantom = eval_phantom(cases=cases, size=size, slices=slices)
     root = str(data_dir) if data_dir is not None else None
-    train = load_split(dataset, root, "training", phantom=phantom, progress=progress)
-    val = load_split(dataset, root, "validation", phantom=phantom, progress=progress)
+    train, val = (
+        load_split(dataset, root, split, phantom=phantom, options=loading, progress=progress)
+        for split in ("training", "validation")
+    )
     return list(train), list(val), dict(BTCV_LABELS)
 
 

@@ -9,6 +9,7 @@ import typer
 
 from collapsekit.cli.app import app
 from collapsekit.cli.common import console, handle_errors, print_json
+from collapsekit.cli.options import JsonOpt
 
 
 @app.command()
@@ -34,9 +35,7 @@ def export(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT if it already exists.")
     ] = False,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the JSON result to stdout and nothing else.")
-    ] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Write the pretrained backbone alone (no projector, heads, queues or optimiser).
 

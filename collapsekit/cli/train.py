@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from collapsekit.cli.app import app
-from collapsekit.cli.common import (
-    CacheDirOpt,
-    PreprocessWorkersOpt,
-    console,
-    data_loading,
-    err_console,
-    handle_errors,
-    rich_progress,
-)
+from collapsekit.cli.common import console, err_console, handle_errors, load_options, rich_progress
+from collapsekit.cli.options import CacheDirOpt, DataDirOpt, PreprocessWorkersOpt, QuietOpt
 
 #: What ``--help`` shows as each option's default: ``TrainConfig``'s value (the ``default`` budget).
 #: Written out so that ``--help`` does not import torch; tests/cli/test_help.py checks each against
@@ -51,9 +44,7 @@ def train(
             show_default=HELP_DEFAULTS["dataset"], help="phantom | abdomenct1k | btcv | folder"
         ),
     ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", readable=False, help="Dataset root on disk.")
-    ] = None,
+    data_dir: DataDirOpt = None,
     budget: Annotated[
         str | None,
         typer.Option(
@@ -147,9 +138,7 @@ def train(
             "the spectrum figure at each monitor step (needs collapsekit[tensorboard]).",
         ),
     ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")
-    ] = False,
+    quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -157,14 +146,13 @@ def train(
 
     Works under torchrun: `torchrun --nproc_per_node 2 -m collapsekit train ...`.
     """
-    import os
-
     from collapsekit.train.config import config_from_dict, load_config
     from collapsekit.train.loop import train as run_training
     from collapsekit.train.tensorboard import require_tensorboard
 
     if tensorboard:
         require_tensorboard()  # one clear line before any work
+    loading = load_options(cache_dir, preprocess_workers)
     overrides = dict(
         dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,
@@ -177,6 +165,8 @@ def train(
         device=device,
         num_workers=workers,
         cache_dir=str(cache_dir) if cache_dir else None,
+        preprocess_workers=preprocess_workers,
+        cache_direct_io=None if loading.direct_io else False,  # $COLLAPSEKIT_CACHE_DIRECT=0
         stop_after=stop_after,
         checkpoint_every=checkpoint_every,
         model={"method": method, "arch": backbone},
@@ -190,15 +180,19 @@ def train(
         from collapsekit.runs.rundir import resolve_latest
 
         out = resolve_latest()
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = loading.rank == 0
     if not quiet and is_main and not resume:
         _print_config(cfg)
-    with rich_progress(quiet or not is_main) as progress, data_loading(preprocess_workers, None):
+    with rich_progress(quiet or not is_main) as progress:
         result = run_training(
             cfg, out, resume=resume, overwrite=overwrite, progress=progress, tensorboard=tensorboard
         )
-    if quiet or not is_main:
-        return
+    if not quiet and is_main:
+        _print_result(result, tensorboard)
+
+
+def _print_result(result: Any, tensorboard: bool) -> None:
+    """The run's outcome: state, the last metrics record, where the spectrum is, what next."""
     last = result.history[-1] if result.history else {}
     state = "finished" if result.finished else f"stopped at step {result.step}/{result.total_steps}"
     console.print(f"[green]{state}[/] — run directory [bold]{result.run_dir}[/]")

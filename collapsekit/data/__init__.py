@@ -10,11 +10,11 @@ Typical use::
 
 from __future__ import annotations
 
-from collapsekit.data.augment import TwoViewTransform, crop_grid, resized_crop, sample_crop_box
+from collapsekit.data.augment import TwoViewTransform
 from collapsekit.data.cache import clear_cache, memory_cache_info
 from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS, BTCV_TO_ABDOMENCT1K
-from collapsekit.data.layouts import DATASETS, SPLITS, DatasetIndex, discover
-from collapsekit.data.loading import check_dataset, load_split, load_volumes, voxel_spacing
+from collapsekit.data.layouts import DATASETS, DatasetIndex, discover
+from collapsekit.data.loading import LoadOptions, load_split, load_volumes
 from collapsekit.data.phantom import generate_phantom, write_phantom_dataset
 from collapsekit.data.preprocess import PreprocessConfig, window
 from collapsekit.data.slices import (
@@ -25,17 +25,12 @@ from collapsekit.data.slices import (
     select_slices,
     slice_tensor,
 )
-from collapsekit.data.spec import (
-    EVAL_PHANTOM_SEED,
-    PhantomConfig,
-    eval_phantom,
-    phantom_case_seed,
-)
+from collapsekit.data.spec import PhantomConfig, eval_phantom
+from collapsekit.data.validate import check_dataset
 from collapsekit.data.volume import CaseRecord, Volume, radiological_view
 
 __all__ = [
     "DATASETS",
-    "SPLITS",
     "BTCV_LABELS",
     "ABDOMENCT1K_LABELS",
     "BTCV_TO_ABDOMENCT1K",
@@ -45,27 +40,22 @@ __all__ = [
     "slice_tensor",
     "DatasetIndex",
     "PhantomConfig",
-    "EVAL_PHANTOM_SEED",
     "eval_phantom",
     "PreprocessConfig",
     "SliceDataset",
     "TwoViewTransform",
     "discover",
+    "LoadOptions",
     "load_volumes",
     "load_split",
     "check_dataset",
     "generate_phantom",
-    "phantom_case_seed",
     "write_phantom_dataset",
     "pretrain_dataset",
-    "resized_crop",
-    "crop_grid",
-    "sample_crop_box",
     "resize_slice",
     "resize_label",
     "radiological_view",
     "window",
-    "voxel_spacing",
     "clear_cache",
     "memory_cache_info",
 ]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from collapsekit.errors import ConfigError
 
-__all__ = ["TwoViewTransform", "resized_crop", "sample_crop_box", "crop_grid"]
+__all__ = ["TwoViewTransform"]
 
 
 def crop_grid(

@@ -32,16 +32,18 @@ file in the cache directory and moved into place with ``os.replace``, data files
 it only if the ``.json`` exists, its stored key equals the expected key (a cache written by another
 preprocessing configuration, or a hash collision, is never read) and the arrays' shapes and dtypes
 match it. Anything else is a miss and is recomputed.
+
+The public API is ``__all__`` (:func:`clear_cache`, :func:`memory_cache_info` and two constants);
+the entry functions (``cache_key``, ``read_disk``, ``write_disk``, ``EntryImage``, ...) are shared
+by the data layer's own modules and are not part of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import mmap
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,32 +51,15 @@ from typing import Any
 
 import numpy as np
 
+from collapsekit.data._direct_io import DirectFile, NpyBuffer
 from collapsekit.data.dicom import series_fingerprint
 from collapsekit.data.preprocess import PreprocessConfig, cast_into
 from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.errors import DataError, OutputError
-from collapsekit.serialization import DirectFile, aligned_buffer, atomic_write
+from collapsekit.serialization import atomic_write
 
-__all__ = [
-    "CACHE_FORMAT",
-    "CACHE_IMAGE_DTYPE",
-    "EntryImage",
-    "MappedVolume",
-    "NpyBuffer",
-    "PHANTOM_VERSION",
-    "QUANTISATION_ERROR",
-    "cache_key",
-    "clear_cache",
-    "direct_writes",
-    "entry_files",
-    "memory_cache_info",
-    "read_disk",
-    "read_slice",
-    "remove_stale_temporaries",
-    "write_disk",
-    "MEMORY",
-]
+__all__ = ["CACHE_IMAGE_DTYPE", "QUANTISATION_ERROR", "clear_cache", "memory_cache_info"]
 
 #: Bump when the preprocessing code or the on-disk format changes what is stored.
 CACHE_FORMAT = 2
@@ -216,66 +201,11 @@ def read_disk(cache_dir: Path, digest: str, key_json: str, case_id: str) -> Volu
 DIRECT_MIN_BYTES = 1 << 20
 
 
-def direct_writes() -> bool:
-    """Whether large entry files are written with ``O_DIRECT``: yes, unless the environment variable
-    ``COLLAPSEKIT_CACHE_DIRECT`` is ``0``, ``false``, ``no`` or ``off`` (e.g. for a network file
-    system where ``O_DIRECT`` writes are synchronous round trips)."""
-    value = os.environ.get("COLLAPSEKIT_CACHE_DIRECT", "1").strip().lower()
-    return value not in ("0", "false", "no", "off")
-
-
-class NpyBuffer:
-    """A Fortran-ordered array that lives inside the bytes of its own ``.npy`` file.
-
-    The buffer holds the ``.npy`` header, then the array's data, aligned for ``O_DIRECT``
-    (:func:`~collapsekit.serialization.aligned_buffer`), so the array can be computed in place
-    (see :class:`EntryImage`) and written with no copy.
-    """
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype | type) -> None:
-        dtype = np.dtype(dtype)
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            header,
-            {
-                "descr": np.lib.format.dtype_to_descr(dtype),
-                "fortran_order": True,
-                "shape": tuple(int(n) for n in shape),
-            },
-        )
-        head = header.getvalue()
-        self.header_bytes = len(head)
-        self.size = len(head) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        self.buffer = aligned_buffer(self.size)
-        self.buffer[: len(head)] = np.frombuffer(head, dtype=np.uint8)
-        self.buffer[self.size :] = 0
-        self.array = self.buffer[len(head) : self.size].view(dtype).reshape(shape, order="F")
-
-    @classmethod
-    def of(cls, array: np.ndarray) -> NpyBuffer:
-        """A buffer holding a copy of ``array``."""
-        b = cls(array.shape, array.dtype)
-        b.array[...] = array
-        return b
-
-    def holds(self, array: np.ndarray) -> bool:
-        """Whether ``array`` is this buffer's array (the same memory, shape and dtype)."""
-        return (
-            array.shape == self.array.shape
-            and array.dtype == self.array.dtype
-            and array.flags.f_contiguous
-            and (array.size == 0 or array.ctypes.data == self.array.ctypes.data)
-        )
-
-
-def _direct(nbytes: int) -> bool:
-    return nbytes >= DIRECT_MIN_BYTES and direct_writes()
-
-
-def _write_npy(path: Path, npy: NpyBuffer) -> None:
-    """Write the ``.npy`` file held by ``npy`` atomically: with ``O_DIRECT`` when it is large
-    (:class:`~collapsekit.serialization.DirectFile`: a fraction of the CPU), else the usual way."""
-    if _direct(npy.size):
+def _write_npy(path: Path, npy: NpyBuffer, direct: bool = True) -> None:
+    """Write the ``.npy`` file held by ``npy`` atomically: with ``O_DIRECT`` when it is large and
+    ``direct`` (:class:`~collapsekit.data._direct_io.DirectFile`: a fraction of the CPU), else the
+    usual way."""
+    if direct and npy.size >= DIRECT_MIN_BYTES:
         with DirectFile(path, npy.buffer, npy.size) as f:
             f.commit()
     else:
@@ -283,10 +213,10 @@ def _write_npy(path: Path, npy: NpyBuffer) -> None:
             f.write(memoryview(npy.buffer.data)[: npy.size])
 
 
-def _save_array(path: Path, array: np.ndarray) -> None:
+def _save_array(path: Path, array: np.ndarray, direct: bool = True) -> None:
     """``np.save`` of ``array`` in Fortran order, atomically (the same file for volumes; see
     :func:`_write_npy`)."""
-    _write_npy(path, NpyBuffer.of(np.asfortranarray(array)))
+    _write_npy(path, NpyBuffer.of(np.asfortranarray(array)), direct)
 
 
 def _output_error(case_id: str, cache_dir: Path, e: OSError) -> OutputError:
@@ -300,18 +230,20 @@ class EntryImage:
     while it is computed: the :class:`~collapsekit.data.preprocess.ImageSink` a preprocessing
     worker hands to ``preprocess_record``.
 
-    :meth:`allocate` opens the entry's image file (:class:`~collapsekit.serialization.DirectFile`
+    :meth:`allocate` opens the entry's image file (:class:`~collapsekit.data._direct_io.DirectFile`
     for arrays of :data:`DIRECT_MIN_BYTES` or more), each finished block of slices goes to the
     disk in the background (:meth:`done`), and :meth:`commit` (called by :func:`write_disk`)
     writes the rest and publishes the file. Use it in a ``with`` block: leaving it without a
-    commit (an error) removes the temporary file.
+    commit (an error) removes the temporary file. ``direct=False`` writes the usual way (no
+    ``O_DIRECT``: network file systems, where each such write is a synchronous round trip).
 
     Raises:
         OutputError: the file cannot be written (read-only directory, full disk), naming the case.
     """
 
-    def __init__(self, cache_dir: Path, digest: str, case_id: str) -> None:
+    def __init__(self, cache_dir: Path, digest: str, case_id: str, *, direct: bool = True) -> None:
         self.cache_dir = cache_dir
+        self.direct = direct
         self.path = entry_files(cache_dir, digest)["image"]
         self.case_id = case_id
         self.npy: NpyBuffer | None = None
@@ -319,7 +251,7 @@ class EntryImage:
 
     def allocate(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         self.npy = NpyBuffer(shape, dtype)
-        if _direct(self.npy.size):
+        if self.direct and self.npy.size >= DIRECT_MIN_BYTES:
             try:
                 self.file = DirectFile(self.path, self.npy.buffer, self.npy.size)
             except OSError as e:
@@ -341,7 +273,7 @@ class EntryImage:
         if self.file is not None:
             self.file.commit()
         else:  # small, or O_DIRECT turned off
-            _write_npy(self.path, self.npy)
+            _write_npy(self.path, self.npy, direct=False)
 
     def abort(self) -> None:
         if self.file is not None:
@@ -360,6 +292,8 @@ def write_disk(
     key_json: str,
     volume: Volume,
     image: EntryImage | None = None,
+    *,
+    direct: bool = True,
 ) -> None:
     """Store ``volume`` as a disk-cache entry (image as float16), each file written atomically.
 
@@ -369,19 +303,25 @@ def write_disk(
 
     ``image``: where the float16 image was computed (and partly written already): an
     :class:`EntryImage` of this entry holding ``volume.image``, committed from there with no copy.
+    ``direct``: write large arrays with ``O_DIRECT`` where the file system allows it (see
+    :class:`EntryImage`).
 
     Raises:
         OutputError: the entry cannot be written (read-only directory, full disk); the message
             names the case and the directory.
     """
     try:
-        _write_entry(entry_files(cache_dir, digest), key_json, volume, image)
+        _write_entry(entry_files(cache_dir, digest), key_json, volume, image, direct)
     except OSError as e:
         raise _output_error(volume.case_id, cache_dir, e) from None
 
 
 def _write_entry(
-    files: dict[str, Path], key_json: str, volume: Volume, computed: EntryImage | None
+    files: dict[str, Path],
+    key_json: str,
+    volume: Volume,
+    computed: EntryImage | None,
+    direct: bool,
 ) -> None:
     image = np.asarray(volume.image)
     if computed is not None and computed.path == files["image"] and computed.holds(image):
@@ -391,9 +331,9 @@ def _write_entry(
             stored = np.empty(image.shape, dtype=CACHE_IMAGE_DTYPE, order="F")
             cast_into(stored, image)
             image = stored
-        _save_array(files["image"], image)
+        _save_array(files["image"], image, direct)
     if volume.label is not None:
-        _save_array(files["label"], np.asarray(volume.label))
+        _save_array(files["label"], np.asarray(volume.label), direct)
     meta = {
         "key": key_json,
         "case": volume.case_id,

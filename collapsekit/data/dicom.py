@@ -47,15 +47,7 @@ from pydicom.multival import MultiValue
 from collapsekit.data.volume import Volume
 from collapsekit.errors import DataError
 
-__all__ = [
-    "DicomSeries",
-    "is_dicom_file",
-    "list_series",
-    "find_series",
-    "read_series",
-    "series_fingerprint",
-    "series_summary",
-]
+__all__ = ["DicomSeries", "find_series", "read_series", "series_summary"]
 
 #: File suffixes taken as DICOM even without the ``DICM`` preamble (a cut file must not be skipped).
 DICOM_SUFFIXES = (".dcm", ".dicom")

@@ -19,15 +19,7 @@ from collapsekit.data.volume import CaseRecord
 from collapsekit.errors import ConfigError, DataError, LayoutError
 from collapsekit.options import look_up_option
 
-__all__ = [
-    "DATASETS",
-    "SPLITS",
-    "BTCV_RAW_VALIDATION",
-    "DatasetIndex",
-    "discover",
-    "BTCV_LAYOUT_HELP",
-    "ABDOMENCT1K_LAYOUT_HELP",
-]
+__all__ = ["DATASETS", "DatasetIndex", "discover"]
 
 #: Dataset names :func:`discover` understands.
 DATASETS = ("phantom", "btcv", "abdomenct1k", "folder")

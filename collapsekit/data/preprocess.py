@@ -47,7 +47,7 @@ from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.errors import ConfigError, DataError
 
-__all__ = ["ImageSink", "PreprocessConfig", "preprocess_record", "window"]
+__all__ = ["PreprocessConfig", "preprocess_record", "window"]
 
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 

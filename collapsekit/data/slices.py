@@ -26,12 +26,10 @@ from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError, DataError, InputError
 
 __all__ = [
-    "letterbox",
-    "unletterbox",
     "SliceDataset",
     "pretrain_dataset",
-    "resize_slice",
     "resize_label",
+    "resize_slice",
     "select_slices",
     "slice_tensor",
 ]

@@ -17,13 +17,7 @@ from dataclasses import dataclass
 
 from collapsekit.errors import ConfigError
 
-__all__ = [
-    "EVAL_PHANTOM_SEED",
-    "PhantomConfig",
-    "eval_phantom",
-    "default_validation_cases",
-    "phantom_case_seed",
-]
+__all__ = ["EVAL_PHANTOM_SEED", "PhantomConfig", "eval_phantom", "phantom_case_seed"]
 
 
 @dataclass(frozen=True)

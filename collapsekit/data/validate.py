@@ -1,4 +1,5 @@
-"""The one validator of labelled CT volumes, used by ``data check``, the probe and fine-tuning.
+"""The one validator of labelled CT volumes, used by ``data check`` (:func:`check_dataset`), the probe
+and fine-tuning.
 
 ``data check`` and the segmentation evaluation must agree on what a usable labelled dataset is: a
 label map per case with the image's shape, integer values, every value in the dataset's class set
@@ -9,13 +10,22 @@ per rule, here, so a dataset that passes ``data check`` is never rejected by ``p
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from collapsekit.data.dicom import series_summary
+from collapsekit.data.labels import ABDOMENCT1K_LABELS, BTCV_LABELS
+from collapsekit.data.layouts import discover
+from collapsekit.data.loading import LoadOptions, load_volumes, voxel_spacing
+from collapsekit.data.preprocess import PreprocessConfig
+from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import Volume
 from collapsekit.errors import DataError
+from collapsekit.progress import ProgressCallback
 
-__all__ = ["label_values", "check_label_map", "check_labelled"]
+__all__ = ["check_dataset", "check_label_map", "check_labelled"]
 
 
 def label_values(lab: np.ndarray) -> set[int]:
@@ -117,3 +127,83 @@ def check_labelled(
         raise DataError(
             "no organ of the label set appears in any validation volume: nothing to score"
         )
+
+
+def check_dataset(
+    dataset: str,
+    data_dir: str | Path | None = None,
+    phantom: PhantomConfig | None = None,
+    preprocess: PreprocessConfig = PreprocessConfig(),
+    progress: ProgressCallback | None = None,
+    *,
+    options: LoadOptions = LoadOptions(),
+) -> dict[str, Any]:
+    """Load every case of a dataset and summarise it (``options``: see
+    :func:`~collapsekit.data.loading.load_volumes`).
+
+    Returns:
+        ``{"dataset", "root", "volumes": {"training", "validation", "test"}, "slices": {"training",
+        "validation", "test", "total"} (usable slices), "labels": sorted foreground label ids present,
+        "spacing": {"min": [x, y, z], "max": [...]}, "shape": {"min": [H, W, Z], "max": [...]}}``;
+        spacing and shape are of the preprocessed volumes; ``"dicom"``: the DICOM series among them
+        (:func:`~collapsekit.data.dicom.series_summary`: series count, slices, spacing).
+        Every label map is checked against the dataset's class set
+        (:func:`~collapsekit.data.validate.check_label_map`); ``"segmentation"`` (``btcv`` and
+        ``phantom``, else ``None``): ``{"usable", "reason"}``, the verdict of the probe's and
+        fine-tuning's own split check (:func:`~collapsekit.data.validate.check_labelled`: labels
+        on every training and validation case, a non-empty validation split with an organ in it),
+        so ``data check`` and ``probe`` never disagree.
+
+    Raises:
+        LayoutError, DataError, ConfigError: the first problem found (a label value outside the
+        class set included).
+    """
+    index = discover(dataset, data_dir, phantom)
+    volumes: dict[str, list[Volume]] = {}
+    for split in ("training", "validation", "test"):
+        volumes[split] = load_volumes(
+            index.split(split),
+            preprocess,
+            phantom=index.phantom,
+            options=options,
+            progress=progress,
+        )
+    every = [v for vs in volumes.values() for v in vs]
+    # Every label map against the dataset's class set (BTCV's 13 organs for btcv and the phantom):
+    # a value outside it is corrupt data, for any use.
+    class_set = {"abdomenct1k": ABDOMENCT1K_LABELS, "btcv": BTCV_LABELS, "phantom": BTCV_LABELS}
+    labels: set[int] = set()
+    for split, vs in volumes.items():
+        for v in vs:
+            if v.label is not None:
+                labels.update(check_label_map(v, split, class_set.get(index.dataset)) - {0})
+    segmentation: dict[str, Any] | None = None
+    if index.dataset in ("btcv", "phantom"):
+        # Whether the probe and fine-tuning can use the splits: their own validator decides.
+        try:
+            check_labelled(
+                volumes["training"], volumes["validation"], BTCV_LABELS, what="linear probe"
+            )
+            segmentation = {"usable": True, "reason": None}
+        except DataError as e:
+            segmentation = {"usable": False, "reason": str(e)}
+    slices = {k: int(sum(len(v.slices) for v in vs)) for k, vs in volumes.items()}
+    slices["total"] = sum(slices.values())
+    records = [r for split in ("training", "validation", "test") for r in index.split(split)]
+    dicom = [v for v, r in zip(every, records, strict=True) if r.series_uid is not None]
+    spacing = np.array([voxel_spacing(v.affine) for v in every])
+    shape = np.array([v.image.shape for v in every])
+    return {
+        "dataset": index.dataset,
+        "root": None if index.root is None else str(index.root),
+        "volumes": index.counts(),
+        "slices": slices,
+        "labels": sorted(labels),
+        "spacing": {
+            "min": [round(float(x), 4) for x in spacing.min(0)],
+            "max": [round(float(x), 4) for x in spacing.max(0)],
+        },
+        "shape": {"min": [int(x) for x in shape.min(0)], "max": [int(x) for x in shape.max(0)]},
+        "dicom": series_summary(dicom),
+        "segmentation": segmentation,
+    }

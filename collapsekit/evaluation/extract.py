@@ -12,6 +12,8 @@ identity path followed by ReLU, so it is not trivially white and is reported as 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,15 +34,9 @@ from collapsekit.progress import (
     TaskStarted,
     emit,
 )
+from collapsekit.runs.models import LoadedModel
 
-__all__ = [
-    "CALIBRATION_SLICES",
-    "Embeddings",
-    "MODES",
-    "calibrate_baseline",
-    "extract_embeddings",
-    "pixel_vectors",
-]
+__all__ = ["Embeddings", "extract_embeddings", "pixel_vectors", "recalibrate_baseline"]
 
 MODES = ("backbone", "head", "dense")
 
@@ -48,30 +44,43 @@ MODES = ("backbone", "head", "dense")
 CALIBRATION_SLICES = 1024
 
 
-def calibrate_baseline(
-    model: Any,
+def recalibrate_baseline(
+    model: LoadedModel,
     volumes: Sequence[Volume],
     image_size: int,
     progress: ProgressCallback | None = None,
-) -> None:
-    """Recalibrate the BatchNorm statistics of a model flagged ``calibrate_bn`` (``random:ARCH``)
-    on ``volumes``, once; a no-op for any other model.
+) -> LoadedModel:
+    """The random baseline ``model`` with its BatchNorm statistics re-estimated on ``volumes``.
 
     Raw init statistics (mean 0, variance 1) mean no normalisation in eval mode, which inflates
     pairwise cosines and distorts spectra and probes; the honest random baseline re-estimates them
-    on the data (no weight changes). The model's name gets " (BN recalibrated)".
+    on the data (:func:`~collapsekit.models.recalibrate_batch_norm` over
+    :data:`CALIBRATION_SLICES` evenly spaced slices; no weight changes). Call it on a model that
+    :func:`~collapsekit.runs.models.load_model` returned for ``random:ARCH`` (``calibrate_bn``
+    set) before extracting embeddings or probing; other models are returned as they are.
+
+    Returns:
+        A new :class:`~collapsekit.runs.models.LoadedModel` named ``"<name> (BN recalibrated)"``
+        with a recalibrated copy of the backbone and ``calibrate_bn`` False; ``model`` itself is
+        not changed.
     """
-    if not getattr(model, "calibrate_bn", False):
-        return
+    if not model.calibrate_bn:
+        return model
     index = select_slices(volumes, CALIBRATION_SLICES)
     images = slice_tensor(volumes, index, image_size)
-    recalibrate_batch_norm(model.backbone, images)
-    model.calibrate_bn = False
-    model.name = f"{model.name} (BN recalibrated)"
+    backbone = copy.deepcopy(model.backbone)
+    recalibrate_batch_norm(backbone, images)
+    calibrated = dataclasses.replace(
+        model,
+        name=f"{model.name} (BN recalibrated)",
+        backbone=backbone,
+        calibrate_bn=False,
+    )
     emit(
         progress,
-        Message(f"{model.name}: BatchNorm statistics re-estimated on {len(index)} slices"),
+        Message(f"{calibrated.name}: BatchNorm statistics re-estimated on {len(index)} slices"),
     )
+    return calibrated
 
 
 @dataclass
@@ -133,9 +142,18 @@ def extract_embeddings(
 
     Returns:
         :class:`Embeddings`.
+
+    Raises:
+        InputError: ``model`` is a random baseline whose BatchNorm statistics were not
+            re-estimated yet (call :func:`recalibrate_baseline` first), or ``mode="head"`` for a
+            model without a projector.
     """
     mode = look_up_option(mode, MODES, "embedding mode")
-    calibrate_baseline(model, volumes, image_size, progress)
+    if getattr(model, "calibrate_bn", False):
+        raise InputError(
+            f"{model.name} is a random baseline whose BatchNorm statistics are raw init: call "
+            "recalibrate_baseline(model, volumes, image_size) first (or load random-raw:ARCH)"
+        )
     backbone, encoder = _model_parts(model)
     if mode == "head" and encoder is None:
         raise InputError("--head needs a collapsekit checkpoint (this model has no projector)")

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from collapsekit.data import BTCV_LABELS, discover, eval_phantom, load_split
+from collapsekit.data import BTCV_LABELS, LoadOptions, discover, eval_phantom, load_split
 from collapsekit.data.preprocess import check_readable
 from collapsekit.devices import resolve_device
 from collapsekit.diagnostics import pairwise_cosine_stats, spectrum_report
 from collapsekit.diagnostics.similarity import SimilarityResult
 from collapsekit.diagnostics.spectrum import SpectrumResult
 from collapsekit.errors import ConfigError
-from collapsekit.evaluation.extract import calibrate_baseline, extract_embeddings, pixel_vectors
+from collapsekit.evaluation.extract import extract_embeddings, pixel_vectors, recalibrate_baseline
 from collapsekit.evaluation.segmentation.probe import ProbeConfig, linear_probe
 from collapsekit.options import look_up_option
 from collapsekit.outputs import writing
@@ -228,8 +228,9 @@ class AblationConfig:
         return BUDGETS[self.budget].with_overrides(self.overrides)
 
 
-def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
-    """The pretraining config of one run: a named train budget (``demo``) or the budget's keys."""
+def _train_config(cfg: AblationConfig, method: str, seed: int, loading: LoadOptions) -> Any:
+    """The pretraining config of one run: a named train budget (``demo``) or the budget's keys;
+    its volumes are loaded as ``loading`` says (cache directory, workers, O_DIRECT)."""
     budget = cfg.settings
     s = budget.to_dict()  # the settings that are set
     train_keys = ("image_size", "epochs", "steps", "batch_size", "phantom_cases")
@@ -248,6 +249,9 @@ def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
         data_dir=cfg.data_dir,
         seed=seed,
         device=cfg.device,
+        cache_dir=str(loading.cache_dir) if loading.cache_dir else None,
+        preprocess_workers=loading.workers,
+        cache_direct_io=loading.direct_io,
         # with a named train budget only explicit overrides change its training settings (the
         # budget's own phantom_cases sizes the evaluation phantom)
         **{
@@ -259,11 +263,13 @@ def _train_config(cfg: AblationConfig, method: str, seed: int) -> Any:
     )
 
 
-def _eval_volumes(cfg: AblationConfig, progress: ProgressCallback | None) -> dict[str, Any]:
+def _eval_volumes(
+    cfg: AblationConfig, progress: ProgressCallback | None, loading: LoadOptions
+) -> dict[str, Any]:
 
     # The evaluation phantom: cases unseen during pretraining.
     phantom = eval_phantom(cases=cfg.settings.phantom_cases)
-    kw: dict[str, Any] = dict(phantom=phantom, progress=progress)
+    kw: dict[str, Any] = dict(phantom=phantom, options=loading, progress=progress)
     return {
         "train": load_split(cfg.eval_dataset, cfg.eval_data_dir, "training", **kw),
         "val": load_split(cfg.eval_dataset, cfg.eval_data_dir, "validation", **kw),
@@ -360,8 +366,12 @@ def run_ablation(
     *,
     progress: ProgressCallback | None = None,
     tensorboard: bool = False,
+    loading: LoadOptions = LoadOptions(),
 ) -> dict[str, Any]:
     """Run (or resume) the ablation into ``out`` and return the ``results.json`` content.
+
+    ``loading``: how every volume is loaded, for pretraining and evaluation alike (the disk cache
+    directory, preprocessing workers, O_DIRECT writes); a runtime setting that changes no result.
 
     With ``tensorboard`` every pretraining run also writes TensorBoard events to
     ``out/tb/<method>/seed<N>``: ``tensorboard --logdir out/tb`` overlays the methods' curves.
@@ -390,7 +400,7 @@ def run_ablation(
                 for path in (record.image, record.label):
                     if path is not None and path.is_file():
                         check_readable(path)
-    vols = _eval_volumes(cfg, progress)
+    vols = _eval_volumes(cfg, progress, loading)
     runs = [(m, seed) for m in cfg.methods for seed in range(cfg.seeds)]
     emit(progress, TaskStarted("ablate", total=len(runs) + 1, description="ablation"))
 
@@ -399,9 +409,10 @@ def run_ablation(
     base_file = out / "random" / "eval.json"
     arch = cfg.settings.arch
     if not base_file.exists():
-        baseline = load_model(f"random:{arch}", device)
         # BN statistics re-estimated on the probe's training volumes (the honest baseline)
-        calibrate_baseline(baseline, vols["train"], cfg.settings.image_size, progress)
+        baseline = recalibrate_baseline(
+            load_model(f"random:{arch}", device), vols["train"], cfg.settings.image_size, progress
+        )
         ev = _evaluate(baseline, baseline.name, cfg, vols, device, progress)
         write_json(ev, base_file)
     else:
@@ -414,7 +425,7 @@ def run_ablation(
         if eval_file.exists():
             emit(progress, Message(f"reusing {eval_file}"))
         else:
-            tcfg = _train_config(cfg, method, seed)
+            tcfg = _train_config(cfg, method, seed, loading)
             resume = (run_dir / "checkpoint.pt").exists()
             tb: bool | Path = False
             if tensorboard:

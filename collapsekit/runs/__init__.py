@@ -9,8 +9,9 @@ from collapsekit.runs.checkpoint import (
     safe_torch_load,
     save_checkpoint,
 )
-from collapsekit.runs.models import LoadedModel, load_model, model_from_object
-from collapsekit.runs.rundir import default_run_dir, resolve_latest, update_latest
+from collapsekit.runs.export import ExportResult, export_backbone
+from collapsekit.runs.models import LoadedModel, load_model
+from collapsekit.runs.rundir import resolve_latest
 
 __all__ = [
     "build_checkpoint",
@@ -20,8 +21,7 @@ __all__ = [
     "safe_torch_load",
     "LoadedModel",
     "load_model",
-    "model_from_object",
-    "default_run_dir",
     "resolve_latest",
-    "update_latest",
+    "ExportResult",
+    "export_backbone",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collapsekit.train.config import TrainConfig, config_from_dict, load_config, save_config
 from collapsekit.train.loop import TrainResult, train
-from collapsekit.train.monitor import encoder_monitor, monitor_report, monitor_spaces
 
 __all__ = [
     "TrainConfig",
@@ -13,7 +12,4 @@ __all__ = [
     "load_config",
     "save_config",
     "train",
-    "encoder_monitor",
-    "monitor_report",
-    "monitor_spaces",
 ]

@@ -49,6 +49,14 @@ class TrainConfig:
         lr: base learning rate; ``None`` means MoCo's ``0.03 * batch_size / 256``.
         seed: seeds model init, data order and augmentations (runs are reproducible on CPU).
         device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
+        cache_dir: directory of the disk cache of preprocessed volumes (``None``: in memory);
+            with ``preprocess_workers`` and ``cache_direct_io`` the
+            :class:`~collapsekit.data.LoadOptions` of the training data. None of the three
+            changes a number; a resumed run keeps its ``cache_dir`` and takes the given
+            ``preprocess_workers`` and ``cache_direct_io``.
+        preprocess_workers: processes that preprocess volumes (``None``: every available core).
+        cache_direct_io: write cache entries with ``O_DIRECT`` where the file system allows it
+            (the CLI sets it from ``$COLLAPSEKIT_CACHE_DIRECT``).
         phantom_validation: phantom cases held out for the monitor (default: a third, 1 to 4).
         warmup_steps: linear learning-rate warm-up before the cosine schedule (0: none).
         crop_min_scale: smallest crop area of the two-view augmentation (MoCo v2: 0.2).
@@ -98,6 +106,8 @@ class TrainConfig:
     a_max: float = 250.0
     in_plane_size: int | None = None
     cache_dir: str | None = None
+    preprocess_workers: int | None = None
+    cache_direct_io: bool = True
     warmup_steps: int = 0
     crop_min_scale: float = 0.2
     jitter_p: float = 0.8

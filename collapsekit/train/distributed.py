@@ -25,13 +25,15 @@ __all__ = ["DistContext", "setup_distributed", "broadcast_object", "barrier", "c
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where this process sits: global ``rank`` of ``world_size``, its ``local_rank`` on its node,
-    and the device it trains on (chosen by the local rank)."""
+    """Where this process sits: global ``rank`` of ``world_size``, its ``local_rank`` of
+    ``local_world_size`` processes on its node, and the device it trains on (chosen by the local
+    rank)."""
 
     rank: int
     world_size: int
     local_rank: int
     device: torch.device
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -55,6 +57,7 @@ def setup_distributed(device: str = "auto") -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     use_cuda = resolve_device(device) == "cuda"
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
@@ -70,9 +73,14 @@ def setup_distributed(device: str = "auto") -> DistContext:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         if not use_cuda:
             # Share this node's cores between this node's processes instead of oversubscribing.
-            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+    return DistContext(
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        device=dev,
+        local_world_size=max(1, local_world),
+    )
 
 
 def broadcast_object(obj: Any, ctx: DistContext) -> Any:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from collapsekit.data import (
+    LoadOptions,
     PhantomConfig,
     PreprocessConfig,
     SliceDataset,
@@ -78,7 +79,14 @@ __all__ = ["TrainResult", "train"]
 PREFILL_EPOCH = 1_000_000
 
 # Fields of the given config that win over the stored one when resuming.
-RUNTIME_FIELDS = ("stop_after", "num_workers", "device", "checkpoint_every")
+RUNTIME_FIELDS = (
+    "stop_after",
+    "num_workers",
+    "device",
+    "checkpoint_every",
+    "preprocess_workers",
+    "cache_direct_io",
+)
 
 
 @dataclass
@@ -94,10 +102,13 @@ class TrainResult:
     finished: bool = False
 
 
-def load_volumes(
-    cfg: TrainConfig, progress: ProgressCallback | None
+def load_training_volumes(
+    cfg: TrainConfig, progress: ProgressCallback | None, ctx: DistContext | None = None
 ) -> tuple[list[Volume], list[Volume]]:
-    """Training and monitor volumes; without a validation split the last volumes are held out."""
+    """Training and monitor volumes; without a validation split the last volumes are held out.
+
+    Loaded as ``cfg`` says (cache directory, preprocessing workers, O_DIRECT) by the process
+    ``ctx`` names (ranks sharing a cache split the preprocessing)."""
     pre = PreprocessConfig(a_min=cfg.a_min, a_max=cfg.a_max, in_plane_size=cfg.in_plane_size)
     phantom = PhantomConfig(
         cases=cfg.phantom_cases,
@@ -106,7 +117,15 @@ def load_volumes(
         seed=cfg.seed,
         validation=cfg.phantom_validation,
     )
-    kw: dict[str, Any] = dict(phantom=phantom, cache_dir=cfg.cache_dir, progress=progress)
+    loading = LoadOptions(
+        cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
+        workers=cfg.preprocess_workers,
+        direct_io=cfg.cache_direct_io,
+        rank=ctx.rank if ctx else 0,
+        world_size=ctx.world_size if ctx else 1,
+        local_world_size=ctx.local_world_size if ctx else 1,
+    )
+    kw: dict[str, Any] = dict(phantom=phantom, options=loading, progress=progress)
     train_vols = load_split(cfg.dataset, cfg.data_dir, "training", pre, **kw)
     monitor_vols = load_split(cfg.dataset, cfg.data_dir, "validation", pre, **kw)
     if not monitor_vols:
@@ -246,7 +265,7 @@ class _Session:
         device = self.device = ctx.device
 
         # ---- data
-        train_vols, monitor_vols = load_volumes(cfg, progress)
+        train_vols, monitor_vols = load_training_volumes(cfg, progress, ctx)
         slices = SliceDataset(train_vols)
         if len(slices) < cfg.batch_size:
             raise TrainingError(

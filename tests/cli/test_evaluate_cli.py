@@ -136,6 +136,22 @@ def test_finetune_json() -> None:
     assert len(res["history"]) == 1 and list(res["dice"]) == list(BTCV_LABELS.values())
 
 
+def test_finetune_and_probe_write_the_disk_cache_in_cache_dir(tmp_path: Path) -> None:
+    """``--cache-dir`` reaches the loader: one entry per phantom case (3), reused by the probe."""
+    from collapsekit.data import clear_cache
+
+    clear_cache()  # as in a fresh process: the memory cache would answer first
+    cache = tmp_path / "cache"
+    args = [*TINY, "--epochs", "1", "--json", "--cache-dir", str(cache)]
+    assert runner.invoke(app, ["finetune", "random:resnet18", *args]).exit_code == 0
+    entries = sorted(p.name for p in cache.glob("*.json"))
+    assert len(entries) == 3 and len(list(cache.glob("*.image.npy"))) == 3
+    clear_cache()
+    res = runner.invoke(app, ["probe", "random:resnet18", *args, "--preprocess-workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in cache.glob("*.json")) == entries  # hits, no new entry
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from collapsekit.data import TwoViewTransform, resized_crop, sample_crop_box
+from collapsekit.data import TwoViewTransform
+from collapsekit.data.augment import resized_crop, sample_crop_box
 from collapsekit.errors import ConfigError
 
 

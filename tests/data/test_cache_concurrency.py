@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collapsekit.data import CaseRecord, clear_cache, load_volumes
+from collapsekit.data import CaseRecord, LoadOptions, clear_cache, load_volumes
 from collapsekit.data.cache import entry_files, read_disk, write_disk
 from collapsekit.data.volume import Volume
 
@@ -101,7 +101,7 @@ def test_concurrent_writers_never_corrupt_an_entry(tmp_path):
 def _loader(data: str, cache: str, barrier, out) -> None:
     rec = [CaseRecord("ct", Path(data))]
     barrier.wait(timeout=120)
-    vol = load_volumes(rec, cache_dir=cache, workers=0)[0]
+    vol = load_volumes(rec, options=LoadOptions(cache_dir=Path(cache), workers=0))[0]
     out.put(np.array(vol.image).tobytes())
 
 
@@ -118,22 +118,20 @@ def test_two_runs_loading_the_same_file_at_once(tmp_path, nifti, ct):
     results = _run(procs, out)
     assert [p.exitcode for p in procs] == [0, 0]
     clear_cache()
-    ref = load_volumes([CaseRecord("ct", data)], cache_dir=tmp_path / "c")[0]
+    ref = load_volumes([CaseRecord("ct", data)], options=LoadOptions(cache_dir=tmp_path / "c"))[0]
     assert results[0] == results[1] == np.array(ref.image).tobytes()
     assert len(list((tmp_path / "c").glob("*.json"))) == 1
 
 
 def _rank(data: str, cache: str, rank: int, barrier, out) -> None:
-    import os
-
     from collapsekit.data import discover
     from collapsekit.progress import TaskFinished
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2")
     events: list = []
     barrier.wait(timeout=120)
+    options = LoadOptions(cache_dir=Path(cache), workers=0, rank=rank, world_size=2)
     vols = load_volumes(
-        discover("btcv", data).split("all"), cache_dir=cache, workers=0, progress=events.append
+        discover("btcv", data).split("all"), options=options, progress=events.append
     )
     done = [e for e in events if isinstance(e, TaskFinished)][0]
     out.put((rank, done.info["decoded"], [np.array(v.image).tobytes() for v in vols]))

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from collapsekit.data import (
+    LoadOptions,
     PhantomConfig,
     PreprocessConfig,
     SliceDataset,
@@ -61,9 +62,9 @@ def test_cached_volumes_equal_uncached_within_quantisation(tmp_path, btcv):
     ref_arrays = [(np.array(v.image), np.array(v.label), v.slices, v.affine) for v in ref]
     assert all(v.image.dtype == np.float32 for v in ref)
     clear_cache()
-    cold = load_volumes(btcv, cache_dir=tmp_path / "c")
+    cold = load_volumes(btcv, options=LoadOptions(cache_dir=tmp_path / "c"))
     clear_cache()
-    warm = load_volumes(btcv, cache_dir=tmp_path / "c")
+    warm = load_volumes(btcv, options=LoadOptions(cache_dir=tmp_path / "c"))
     for (img, lab, slices, affine), c, w in zip(ref_arrays, cold, warm, strict=True):
         for v in (c, w):
             assert isinstance(v.image, np.memmap) and v.image.dtype == np.float16
@@ -84,7 +85,7 @@ def test_cached_volumes_equal_uncached_within_quantisation(tmp_path, btcv):
 
 def test_entry_files_and_memory_info(tmp_path, btcv):
     cache = tmp_path / "c"
-    vols = load_volumes(btcv[:1], cache_dir=cache)
+    vols = load_volumes(btcv[:1], options=LoadOptions(cache_dir=cache))
     digest, key_json = cache_key(btcv[0], PreprocessConfig(), None)
     files = entry_files(cache, digest)
     assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in files.values())
@@ -101,7 +102,7 @@ def test_entry_of_another_configuration_is_never_read(tmp_path, btcv):
     cache = tmp_path / "c"
     rec = btcv[:1]
     a_cfg, b_cfg = PreprocessConfig(), PreprocessConfig(a_min=-1000.0, a_max=1000.0)
-    a = np.array(load_volumes(rec, a_cfg, cache_dir=cache)[0].image)
+    a = np.array(load_volumes(rec, a_cfg, options=LoadOptions(cache_dir=cache))[0].image)
     clear_cache()
     b_ref = np.array(load_volumes(rec, b_cfg)[0].image)  # uncached reference of B
     clear_cache()
@@ -112,7 +113,7 @@ def test_entry_of_another_configuration_is_never_read(tmp_path, btcv):
         shutil.copy(src, entry_files(cache, db)[what])
     assert read_disk(cache, db, kb, "x") is None
     events: list = []
-    b = load_volumes(rec, b_cfg, cache_dir=cache, progress=events.append)[0]
+    b = load_volumes(rec, b_cfg, options=LoadOptions(cache_dir=cache), progress=events.append)[0]
     assert _cached_flags(events) == [False]  # recomputed, not A's numbers
     assert np.abs(b.image - b_ref).max() <= QUANTISATION_ERROR
     assert np.abs(b.image - a).max() > 0.1
@@ -122,7 +123,7 @@ def test_entry_of_another_configuration_is_never_read(tmp_path, btcv):
 
 def test_incomplete_entry_is_a_miss(tmp_path, btcv):
     cache = tmp_path / "c"
-    load_volumes(btcv[:1], cache_dir=cache)
+    load_volumes(btcv[:1], options=LoadOptions(cache_dir=cache))
     digest, key_json = cache_key(btcv[0], PreprocessConfig(), None)
     files = entry_files(cache, digest)
     files["label"].unlink()  # e.g. deleted by hand
@@ -130,7 +131,7 @@ def test_incomplete_entry_is_a_miss(tmp_path, btcv):
     files["meta"].unlink()  # a writer killed before its commit record
     assert read_disk(cache, digest, key_json, "x") is None
     clear_cache()
-    v = load_volumes(btcv[:1], cache_dir=cache)[0]
+    v = load_volumes(btcv[:1], options=LoadOptions(cache_dir=cache))[0]
     assert v.label is not None and files["label"].is_file() and files["meta"].is_file()
 
 
@@ -171,7 +172,7 @@ def _mapping_rss_kib(path) -> int | None:
 
 
 def test_dataset_pickles_mapped_volumes_by_reference(tmp_path, btcv):
-    vols = load_volumes(btcv, cache_dir=tmp_path / "c")
+    vols = load_volumes(btcv, options=LoadOptions(cache_dir=tmp_path / "c"))
     ds = SliceDataset(vols, with_label=True)
     blob = pickle.dumps(ds)
     assert len(blob) < 20_000 < sum(v.image.nbytes for v in vols)
@@ -192,7 +193,7 @@ def test_phantom_cases_cache_to_disk(tmp_path):
     recs = discover("phantom", None, cfg).split("all")
     ref = [np.array(v.image) for v in load_volumes(recs, phantom=cfg)]
     clear_cache()
-    got = load_volumes(recs, phantom=cfg, cache_dir=tmp_path / "c")
+    got = load_volumes(recs, phantom=cfg, options=LoadOptions(cache_dir=tmp_path / "c"))
     assert len(list((tmp_path / "c").glob("*.json"))) == 2
     for r, g in zip(ref, got, strict=True):
         assert np.abs(g.image - r).max() <= QUANTISATION_ERROR
@@ -201,12 +202,12 @@ def test_phantom_cases_cache_to_disk(tmp_path):
 def test_unwritable_cache_is_one_output_error(tmp_path, btcv):
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(OutputError, match="cannot create the cache directory .*file"):
-        load_volumes(btcv[:1], cache_dir=tmp_path / "file")
+        load_volumes(btcv[:1], options=LoadOptions(cache_dir=tmp_path / "file"))
     cache = tmp_path / "c"
     digest, _ = cache_key(btcv[0], PreprocessConfig(), None)
     entry_files(cache, digest)["image"].mkdir(parents=True)  # something in the entry's way
     with pytest.raises(OutputError) as info:
-        load_volumes(btcv[:1], cache_dir=cache, workers=0)
+        load_volumes(btcv[:1], options=LoadOptions(cache_dir=cache, workers=0))
     msg = str(info.value)
     assert msg.startswith(f"cannot write the cache entry of case {btcv[0].case_id} to {cache}")
     assert "\n" not in msg and info.value.__cause__ is None
@@ -221,6 +222,6 @@ def test_stale_temporaries_are_removed_fresh_ones_kept(tmp_path, btcv):
         p.write_bytes(b"partial")
     old = time.time() - 2 * 3600
     os.utime(stale, (old, old))
-    load_volumes(btcv[:1], cache_dir=cache)  # a cache write cleans up first
+    load_volumes(btcv[:1], options=LoadOptions(cache_dir=cache))  # a cache write cleans up first
     assert not stale.exists() and fresh.exists()  # a running writer's file is left alone
     assert remove_stale_temporaries(cache, older_than_s=0) == 1 and not fresh.exists()

@@ -13,8 +13,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from collapsekit.data.cache import DIRECT_MIN_BYTES, EntryImage, NpyBuffer, _save_array
-from collapsekit.serialization import DIRECT_ALIGN, DirectFile, aligned_buffer
+from collapsekit.data._direct_io import DIRECT_ALIGN, DirectFile, NpyBuffer, aligned_buffer
+from collapsekit.data.cache import DIRECT_MIN_BYTES, EntryImage, _save_array
 
 
 def atomic_write_direct(path, buf, size) -> bool:
@@ -194,7 +194,7 @@ def test_tune_allocator_reuses_volume_sized_blocks():
     code = textwrap.dedent(
         """
         import resource, sys
-        from collapsekit.data.loading import tune_allocator
+        from collapsekit.data._workers import tune_allocator
         if sys.argv[1] == "1":
             assert tune_allocator()
         def faults():
@@ -216,10 +216,9 @@ def test_tune_allocator_reuses_volume_sized_blocks():
     assert out["0"] >= 16_000 and out["1"] < 1_000
 
 
-@pytest.mark.parametrize("value", ["0", "off"])
-def test_direct_writes_can_be_turned_off(tmp_path, monkeypatch, value):
-    """``COLLAPSEKIT_CACHE_DIRECT=0``: no O_DIRECT open, the same file."""
-    monkeypatch.setenv("COLLAPSEKIT_CACHE_DIRECT", value)
+def test_direct_writes_can_be_turned_off(tmp_path, monkeypatch):
+    """``direct=False`` (``LoadOptions(direct_io=False)``, the CLI's ``COLLAPSEKIT_CACHE_DIRECT=0``):
+    no O_DIRECT open, the same file."""
     real_open = os.open
 
     def no_direct(path, flags, *args):
@@ -228,8 +227,8 @@ def test_direct_writes_can_be_turned_off(tmp_path, monkeypatch, value):
 
     monkeypatch.setattr(os, "open", no_direct)
     a = _image()
-    _save_array(tmp_path / "x.npy", a)
-    with EntryImage(tmp_path, "a" * 32, "case1") as sink:
+    _save_array(tmp_path / "x.npy", a, direct=False)
+    with EntryImage(tmp_path, "a" * 32, "case1", direct=False) as sink:
         sink.allocate(a.shape, a.dtype)[...] = a
         sink.done(a.shape[2])
         assert sink.file is None

@@ -35,6 +35,7 @@ from typer.testing import CliRunner
 from collapsekit.cli.app import app
 from collapsekit.data import (
     CaseRecord,
+    LoadOptions,
     PreprocessConfig,
     check_dataset,
     clear_cache,
@@ -235,7 +236,7 @@ def test_cache_key_covers_every_file_of_the_series(tmp_path):
     files = write_series(tmp_path / "ct", vol)
     rec = discover("folder", tmp_path).training
     cache = tmp_path.parent / f"{tmp_path.name}-cache"
-    first = load_volumes(rec, cache_dir=cache)[0]
+    first = load_volumes(rec, options=LoadOptions(cache_dir=cache))[0]
     fp = series_fingerprint(tmp_path / "ct")
     assert [name for name, _, _ in fp] == sorted(f.name for f in files)
 
@@ -249,7 +250,7 @@ def test_cache_key_covers_every_file_of_the_series(tmp_path):
     os.utime(files[2], ns=(before + 10**9, before + 10**9))
     clear_cache()
     seen: list = []
-    again = load_volumes(rec, cache_dir=cache, progress=seen.append)[0]
+    again = load_volumes(rec, options=LoadOptions(cache_dir=cache), progress=seen.append)[0]
     assert [e.info["cached"] for e in seen if hasattr(e, "info") and "cached" in e.info] == [False]
     ras = vol[::-1, ::-1, 2].astype(np.float64)  # the preprocessed volume is RAS
     np.testing.assert_allclose(
@@ -260,7 +261,9 @@ def test_cache_key_covers_every_file_of_the_series(tmp_path):
     # removing a slice changes the key too (and the volume)
     files[-1].unlink()
     clear_cache()
-    shorter = load_volumes(discover("folder", tmp_path).training, cache_dir=cache)[0]
+    shorter = load_volumes(
+        discover("folder", tmp_path).training, options=LoadOptions(cache_dir=cache)
+    )[0]
     assert shorter.image.shape[2] == 4
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from collapsekit.data import (
     CaseRecord,
+    LoadOptions,
     PhantomConfig,
     PreprocessConfig,
     check_dataset,
@@ -47,11 +48,11 @@ def test_disk_cache_and_invalidation(tmp_path, nifti, ct):
     cache = tmp_path / "cache"
     p = nifti(tmp_path / "a.nii.gz", ct(0))
     rec = [CaseRecord("a", p)]
-    first = load_volumes(rec, cache_dir=cache)[0]
+    first = load_volumes(rec, options=LoadOptions(cache_dir=cache))[0]
     assert len(list(cache.glob("*.json"))) == 1
     clear_cache()
     ev, cb = _events()
-    again = load_volumes(rec, cache_dir=cache, progress=cb)[0]
+    again = load_volumes(rec, options=LoadOptions(cache_dir=cache), progress=cb)[0]
     assert _cached_flags(ev) == [True]  # read from disk, not decoded
     np.testing.assert_array_equal(again.image, first.image)  # both the float16 disk entry
     np.testing.assert_array_equal(again.slices, first.slices)
@@ -64,7 +65,7 @@ def test_disk_cache_and_invalidation(tmp_path, nifti, ct):
     st = p.stat()
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     ev, cb = _events()
-    changed = load_volumes(rec, cache_dir=cache, progress=cb)[0]
+    changed = load_volumes(rec, options=LoadOptions(cache_dir=cache), progress=cb)[0]
     assert _cached_flags(ev) == [False]
     assert not np.array_equal(changed.image, first.image)
     assert len(list(cache.glob("*.json"))) == 2
@@ -72,7 +73,10 @@ def test_disk_cache_and_invalidation(tmp_path, nifti, ct):
     # The preprocessing changes -> recomputed as well.
     ev, cb = _events()
     other = load_volumes(
-        rec, PreprocessConfig(a_min=-1000, a_max=1000), cache_dir=cache, progress=cb
+        rec,
+        PreprocessConfig(a_min=-1000, a_max=1000),
+        options=LoadOptions(cache_dir=cache),
+        progress=cb,
     )[0]
     assert _cached_flags(ev) == [False]
     assert not np.allclose(other.image, changed.image)
@@ -82,12 +86,14 @@ def test_disk_cache_and_invalidation(tmp_path, nifti, ct):
 def test_damaged_disk_cache_is_recomputed(tmp_path, nifti, ct):
     cache = tmp_path / "cache"
     p = nifti(tmp_path / "a.nii.gz", ct(0))
-    ref = np.array(load_volumes([CaseRecord("a", p)], cache_dir=cache)[0].image)  # not the mapping
+    ref = np.array(
+        load_volumes([CaseRecord("a", p)], options=LoadOptions(cache_dir=cache))[0].image
+    )  # not the mapping
     for damaged in (next(cache.glob("*.image.npy")), next(cache.glob("*.json"))):
         damaged.write_bytes(b"garbage")
         clear_cache()
         ev, cb = _events()
-        v = load_volumes([CaseRecord("a", p)], cache_dir=cache, progress=cb)[0]
+        v = load_volumes([CaseRecord("a", p)], options=LoadOptions(cache_dir=cache), progress=cb)[0]
         assert _cached_flags(ev) == [False]
         np.testing.assert_array_equal(v.image, ref)
 
@@ -98,9 +104,9 @@ def test_label_cached_with_image(tmp_path, nifti, ct):
     lab = np.zeros((8, 8, 4), np.uint8)
     lab[3, 3, :] = 7
     lp = nifti(tmp_path / "l.nii.gz", lab)
-    load_volumes([CaseRecord("i", p, lp)], cache_dir=cache)
+    load_volumes([CaseRecord("i", p, lp)], options=LoadOptions(cache_dir=cache))
     clear_cache()
-    v = load_volumes([CaseRecord("i", p, lp)], cache_dir=cache)[0]
+    v = load_volumes([CaseRecord("i", p, lp)], options=LoadOptions(cache_dir=cache))[0]
     np.testing.assert_array_equal(v.label, lab)
 
 

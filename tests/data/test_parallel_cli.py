@@ -12,7 +12,15 @@ from collapsekit.cli.app import app
 from collapsekit.data import clear_cache, write_phantom_dataset
 
 runner = CliRunner()
-COMMANDS = (["train"], ["spectrum"], ["similarity"], ["probe"], ["data", "check"])
+COMMANDS = (
+    ["train"],
+    ["spectrum"],
+    ["similarity"],
+    ["probe"],
+    ["finetune"],
+    ["ablate"],
+    ["data", "check"],
+)
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)

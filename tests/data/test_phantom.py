@@ -14,9 +14,9 @@ from collapsekit.data import (
     PhantomConfig,
     discover,
     generate_phantom,
-    phantom_case_seed,
     write_phantom_dataset,
 )
+from collapsekit.data.spec import phantom_case_seed
 from collapsekit.errors import ConfigError, DataError
 
 

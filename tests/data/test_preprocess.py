@@ -12,9 +12,9 @@ from collapsekit.data import (
     PreprocessConfig,
     load_volumes,
     radiological_view,
-    voxel_spacing,
     window,
 )
+from collapsekit.data.loading import voxel_spacing
 from collapsekit.errors import ConfigError, DataError
 
 

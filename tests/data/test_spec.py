@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from collapsekit.data import EVAL_PHANTOM_SEED, PhantomConfig, eval_phantom, phantom_case_seed
-from collapsekit.data.spec import default_validation_cases
+from collapsekit.data import PhantomConfig, eval_phantom
+from collapsekit.data.spec import EVAL_PHANTOM_SEED, default_validation_cases, phantom_case_seed
 from collapsekit.errors import ConfigError
 
 

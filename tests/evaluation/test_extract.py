@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from collapsekit.data.slices import slice_tensor
+from collapsekit.data.slices import select_slices, slice_tensor
 from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError, InputError
-from collapsekit.evaluation.extract import extract_embeddings, pixel_vectors
+from collapsekit.evaluation.extract import extract_embeddings, pixel_vectors, recalibrate_baseline
 from collapsekit.models.backbone import build_backbone
 
 
@@ -60,21 +60,34 @@ def test_pixel_vectors_are_resized_slices() -> None:
     np.testing.assert_array_equal(x[0], slice_tensor(_volumes(), [(0, 0)], 16).reshape(-1).numpy())
 
 
-def test_random_baseline_is_recalibrated_on_the_data_and_raw_is_not() -> None:
+def test_random_baseline_is_recalibrated_by_an_explicit_step_and_raw_is_not() -> None:
     from collapsekit.data import PhantomConfig, load_split
     from collapsekit.runs.models import load_model
 
     vols = load_split("phantom", split="all", phantom=PhantomConfig(cases=2, size=32, slices=8))
     raw = load_model("random-raw:resnet18")
-    cal = load_model("random:resnet18")
-    assert cal.calibrate_bn and not raw.calibrate_bn
+    rnd = load_model("random:resnet18")
+    assert rnd.calibrate_bn and not raw.calibrate_bn
+    # extraction never recalibrates behind the caller's back: it refuses the raw-init baseline
+    with pytest.raises(InputError, match="recalibrate_baseline"):
+        extract_embeddings(rnd, vols, image_size=32, samples=None)
+    before = {k: v.clone() for k, v in rnd.backbone.state_dict().items()}
+    cal = recalibrate_baseline(rnd, vols, image_size=32)
+    # the given model is unchanged (name, flag and every tensor); the result is a new model
+    assert rnd.name == "random:resnet18" and rnd.calibrate_bn
+    assert all(torch.equal(before[k], v) for k, v in rnd.backbone.state_dict().items())
+    assert cal.name == "random:resnet18 (BN recalibrated)" and not cal.calibrate_bn
+    assert recalibrate_baseline(raw, vols, image_size=32) is raw  # nothing to do
     e_raw = extract_embeddings(raw, vols, image_size=32, samples=None)
     e_cal = extract_embeddings(cal, vols, image_size=32, samples=None)
     assert e_raw.name == "random-raw:resnet18"
-    assert e_cal.name == "random:resnet18 (BN recalibrated)" and not cal.calibrate_bn
-    # same weights, different BatchNorm statistics: the stem BN now holds the data's statistics
+    assert e_cal.name == "random:resnet18 (BN recalibrated)"
+    # same weights, different BatchNorm statistics: the stem BN holds the data's statistics
     for k in ("conv1.weight", "layer4.1.conv2.weight"):
         assert torch.equal(raw.backbone.state_dict()[k], cal.backbone.state_dict()[k])
     bn = cal.backbone.bn1
-    assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+    x = slice_tensor(vols, select_slices(vols, None), 32)
+    with torch.no_grad():  # the stem BatchNorm's input, all slices in one chunk
+        first = cal.backbone.conv1(x).transpose(0, 1).reshape(bn.num_features, -1)
+    torch.testing.assert_close(bn.running_mean, first.mean(1), rtol=1e-4, atol=1e-5)
     assert not np.allclose(e_raw.z, e_cal.z)

@@ -9,7 +9,7 @@ import pytest
 
 from collapsekit.diagnostics import pairwise_cosine_stats, spectrum_report
 from collapsekit.evaluation.report import (
-    is_embeddings_file,
+    _is_embeddings_file,
     load_input,
     similarity_analysis,
     spectrum_analysis,
@@ -25,8 +25,8 @@ def npy(tmp_path: Path) -> Path:
 
 
 def test_embeddings_files_are_recognised(npy: Path) -> None:
-    assert is_embeddings_file(str(npy)) and is_embeddings_file("a.NPZ")
-    assert not is_embeddings_file("run/checkpoint.pt")
+    assert _is_embeddings_file(str(npy)) and _is_embeddings_file("a.NPZ")
+    assert not _is_embeddings_file("run/checkpoint.pt")
     assert isinstance(load_input(str(npy)), np.ndarray)
 
 

@@ -13,9 +13,8 @@ from collapsekit.models import (
     MoCo,
     ModelConfig,
     local_info_nce,
-    overlap_grid,
-    sample_local_features,
 )
+from collapsekit.models.local import overlap_grid, sample_local_features
 
 
 def _t(rows: list[list[float]]) -> torch.Tensor:

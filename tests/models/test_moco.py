@@ -19,9 +19,9 @@ from collapsekit.models import (
     ZCAWhitening,
     build_encoder,
     info_nce_logits,
-    split_order,
     update_momentum,
 )
+from collapsekit.models.split_bn import split_order
 
 TINY: dict[str, Any] = {"queue_size": 32, "local_queue_size": 256}
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from collapsekit.models import SplitBatchNorm2d, convert_split_bn, split_order
+from collapsekit.models import SplitBatchNorm2d, convert_split_bn
+from collapsekit.models.split_bn import split_order
 
 
 def test_split_batchnorm_uses_contiguous_sub_batches() -> None:

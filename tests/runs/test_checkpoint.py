@@ -13,6 +13,7 @@ import torch
 from collapsekit.errors import CheckpointError
 from collapsekit.runs.checkpoint import (
     load_checkpoint,
+    remove_stale_temp_files,
     rng_state,
     safe_torch_load,
     save_checkpoint,
@@ -54,24 +55,46 @@ def test_failed_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_sigkill_during_write_leaves_loadable(tmp_path: Path) -> None:
+    """SIGKILL while a new checkpoint is being written: the file still loads as the old or a
+    complete new one, and the half-written data was only ever in a temporary file.
+
+    The kill is sent once a temporary file of a write in progress exists (polled), and the test
+    requires that one was left behind, i.e. that the child really died mid-write; a writer that
+    wrote ``c.pt`` in place (no temporary file) fails the wait, one that published torn data
+    fails the load.
+    """
+    import time
+
     p = tmp_path / "c.pt"
     save_checkpoint(_ckpt(1.0), p)
-    # A child rewrites a large checkpoint in a loop; kill it mid-write with SIGKILL.
+    # A child rewrites a large (64 MB) checkpoint in a loop; kill it mid-write with SIGKILL.
     code = (
         "import torch,sys; from collapsekit.runs.checkpoint import save_checkpoint\n"
-        "big={'format':'collapsekit','version':1,'w':torch.randn(4_000_000)}\n"
+        "big={'format':'collapsekit','version':1,'w':torch.arange(16_000_000,dtype=torch.float32)}\n"
         "print('ready', flush=True)\n"
         "while True: save_checkpoint(big, sys.argv[1])\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(p)], stdout=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-    import time
-
-    time.sleep(1.0)
-    proc.kill()
-    proc.wait()
-    obj = load_checkpoint(p)  # either the old or a complete new one, never torn
-    assert obj["w"].shape in {(3,), (4_000_000,)}
+    killed_mid_write = 0
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(p)], stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        deadline = time.monotonic() + 60
+        while not any(t.stat().st_size > 0 for t in tmp_path.glob(".c.pt.*.tmp")):
+            assert time.monotonic() < deadline, "no temporary file: is the write atomic?"
+            time.sleep(0.001)
+        proc.kill()
+        proc.wait()
+        left = list(tmp_path.glob(".c.pt.*.tmp"))
+        killed_mid_write += bool(left)
+        obj = load_checkpoint(p)  # either the old or a complete new one, never torn
+        if obj["w"].shape == (3,):
+            assert torch.equal(obj["w"], torch.full((3,), 1.0))
+        else:
+            assert torch.equal(obj["w"], torch.arange(16_000_000, dtype=torch.float32))
+        assert sorted(remove_stale_temp_files(tmp_path)) == sorted(left)  # leftovers cleaned up
+        if killed_mid_write:
+            break
+    assert killed_mid_write, "the child was never killed while a write was in progress"
 
 
 def test_refuses_code_execution(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from collapsekit.diagnostics import pairwise_cosine_stats, spectrum_report
 from collapsekit.models import MoCo
 from collapsekit.runs.checkpoint import load_checkpoint
 from collapsekit.train.config import config_from_dict
-from collapsekit.train.loop import load_volumes, train
+from collapsekit.train.loop import load_training_volumes, train
 from collapsekit.train.monitor import monitor_images
 
 
@@ -39,7 +39,7 @@ def test_last_record_equals_the_diagnostics_of_the_final_encoder(tmp_path: Path)
     if cfg.channels_last:  # as the loop ran it: the memory format changes float32 summation order
         moco.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     enc = moco.encoder_q.eval()
-    _, held_out = load_volumes(cfg, None)
+    _, held_out = load_training_volumes(cfg, None)
     with torch.no_grad():
         fmap = enc.features(monitor_images(held_out, cfg.monitor_samples, cfg.image_size))
         h, z = fmap.mean(dim=(2, 3)), enc.project(fmap)

@@ -25,18 +25,8 @@ spleen 50, kidney 160, pancreas 90, aorta 170-230, IVC/portal vein 120-160, bile
 
 from __future__ import annotations
 
-from collapsekit.data.phantom.canvas import FIELD_OF_VIEW_MM, Z_EXTENT_MM
 from collapsekit.data.phantom.generate import generate_phantom
 from collapsekit.data.phantom.write import PHANTOM_LAYOUTS, write_phantom_dataset
-from collapsekit.data.spec import PhantomConfig, default_validation_cases, phantom_case_seed
+from collapsekit.data.spec import PhantomConfig
 
-__all__ = [
-    "PhantomConfig",
-    "PHANTOM_LAYOUTS",
-    "FIELD_OF_VIEW_MM",
-    "Z_EXTENT_MM",
-    "default_validation_cases",
-    "generate_phantom",
-    "phantom_case_seed",
-    "write_phantom_dataset",
-]
+__all__ = ["PhantomConfig", "PHANTOM_LAYOUTS", "generate_phantom", "write_phantom_dataset"]

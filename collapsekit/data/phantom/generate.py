@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from collapsekit.data.phantom.anatomy import (
+from collapsekit.data.phantom._anatomy import (
     ShapeSampler,
     paint_adrenals,
     paint_back_muscles,
@@ -24,7 +24,7 @@ from collapsekit.data.phantom.anatomy import (
     paint_vertebra,
     place_spine,
 )
-from collapsekit.data.phantom.canvas import Canvas, scan
+from collapsekit.data.phantom._canvas import Canvas, scan
 from collapsekit.errors import ConfigError
 
 __all__ = ["generate_phantom"]

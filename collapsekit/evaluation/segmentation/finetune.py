@@ -32,7 +32,7 @@ from torch import nn
 from collapsekit.data.validate import check_labelled
 from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError
-from collapsekit.evaluation.segmentation.data import (
+from collapsekit.evaluation.segmentation._data import (
     augment_slices,
     check_options,
     select_fraction,
@@ -44,7 +44,7 @@ from collapsekit.evaluation.segmentation.scoring import SegmentationResult, scor
 from collapsekit.options import look_up_option
 from collapsekit.progress import ProgressCallback
 
-__all__ = ["DECODERS", "FinetuneConfig", "SegmentationNet", "finetune"]
+__all__ = ["FinetuneConfig", "finetune"]
 
 DECODERS = ("unet",)
 _STAGES = ("conv1", "bn1", "maxpool", "layer1", "layer2", "layer3", "layer4")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
-from collapsekit.evaluation.segmentation.data import epoch_batches
+from collapsekit.evaluation.segmentation._data import epoch_batches
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
 
 __all__ = ["segmentation_loss", "schedule_steps", "fit"]

@@ -45,7 +45,7 @@ from torch import nn
 from collapsekit.data.validate import check_labelled
 from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError
-from collapsekit.evaluation.segmentation.data import (
+from collapsekit.evaluation.segmentation._data import (
     augment_slices,
     check_options,
     select_fraction,
@@ -57,16 +57,7 @@ from collapsekit.evaluation.segmentation.scoring import SegmentationResult, scor
 from collapsekit.options import look_up_option
 from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
 
-__all__ = [
-    "CACHE_MODES",
-    "ProbeConfig",
-    "LinearHead",
-    "bilinear_matrix",
-    "forward_features",
-    "frozen_backbone",
-    "encode_slices",
-    "linear_probe",
-]
+__all__ = ["ProbeConfig", "linear_probe"]
 
 CACHE_MODES = ("memory", "disk", "none")
 

@@ -31,7 +31,7 @@ from collapsekit.errors import DataError, InputError
 from collapsekit.evaluation.segmentation.predict import prediction_path, save_prediction
 from collapsekit.outputs import writing
 
-__all__ = ["dice_per_organ", "encode_classes", "SegmentationResult", "score_predictions"]
+__all__ = ["SegmentationResult", "dice_per_organ", "score_predictions"]
 
 
 def _as_int_tensor(x: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 from collapsekit.data.slices import slice_tensor
 from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError, DataError
-from collapsekit.evaluation.segmentation.data import training_slices
+from collapsekit.evaluation.segmentation._data import training_slices
 from collapsekit.evaluation.segmentation.probe import (
     ProbeConfig,
     bilinear_matrix,

@@ -1,15 +1,17 @@
 """The anatomy of one phantom case, by region; each ``paint_*`` draws one region onto a canvas.
 
+Private to the phantom generator (:mod:`collapsekit.data.phantom.generate`): not part of the public API.
+
 The painting order is part of the phantom's definition: later regions overwrite earlier ones
 where they overlap, and every region draws its random parameters from the case's generator in turn.
 """
 
 from __future__ import annotations
 
-from collapsekit.data.phantom.anatomy.body import Body, paint_body_wall
-from collapsekit.data.phantom.anatomy.bowel import paint_bowel
-from collapsekit.data.phantom.anatomy.muscles import paint_back_muscles, paint_rectus
-from collapsekit.data.phantom.anatomy.organs import (
+from collapsekit.data.phantom._anatomy.body import Body, paint_body_wall
+from collapsekit.data.phantom._anatomy.bowel import paint_bowel
+from collapsekit.data.phantom._anatomy.muscles import paint_back_muscles, paint_rectus
+from collapsekit.data.phantom._anatomy.organs import (
     Pancreas,
     paint_adrenals,
     paint_gallbladder,
@@ -20,9 +22,14 @@ from collapsekit.data.phantom.anatomy.organs import (
     paint_spleen,
     paint_stomach,
 )
-from collapsekit.data.phantom.anatomy.shape import ShapeSampler
-from collapsekit.data.phantom.anatomy.skeleton import Spine, paint_ribs, paint_vertebra, place_spine
-from collapsekit.data.phantom.anatomy.vessels import paint_great_vessels, paint_portal_veins
+from collapsekit.data.phantom._anatomy.shape import ShapeSampler
+from collapsekit.data.phantom._anatomy.skeleton import (
+    Spine,
+    paint_ribs,
+    paint_vertebra,
+    place_spine,
+)
+from collapsekit.data.phantom._anatomy.vessels import paint_great_vessels, paint_portal_veins
 
 __all__ = [
     "Body",

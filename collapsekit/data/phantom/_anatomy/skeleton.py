@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from collapsekit.data.phantom.anatomy.body import Body
-from collapsekit.data.phantom.anatomy.shape import ShapeSampler
-from collapsekit.data.phantom.canvas import Z_EXTENT_MM, Canvas, profile
+from collapsekit.data.phantom._anatomy.body import Body
+from collapsekit.data.phantom._anatomy.shape import ShapeSampler
+from collapsekit.data.phantom._canvas import Z_EXTENT_MM, Canvas, profile
 
 __all__ = ["Spine", "paint_ribs", "paint_vertebra", "place_spine"]
 

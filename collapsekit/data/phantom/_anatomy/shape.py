@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from collapsekit.data.phantom.canvas import profile
+from collapsekit.data.phantom._canvas import profile
 
 __all__ = ["Harmonics", "ShapeSampler"]
 
-#: Angular shape modes ``(k, amplitude, phase)`` of :meth:`~collapsekit.data.phantom.canvas.Canvas.ellipse`.
+#: Angular shape modes ``(k, amplitude, phase)`` of :meth:`~collapsekit.data.phantom._canvas.Canvas.ellipse`.
 Harmonics = list[tuple[int, float, float]]
 
 

@@ -18,15 +18,6 @@ from collapsekit.data.slices import resize_label, resize_slice
 from collapsekit.data.volume import Volume
 from collapsekit.errors import ConfigError, DataError
 
-__all__ = [
-    "check_options",
-    "select_fraction",
-    "class_lut",
-    "training_slices",
-    "epoch_batches",
-    "augment_slices",
-]
-
 
 def check_options(cfg: Any) -> None:
     """Validate the options the probe and fine-tuning share (epochs, lr, sizes, label fraction)."""

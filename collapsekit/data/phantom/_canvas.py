@@ -1,5 +1,7 @@
 """The voxel grid a phantom case is drawn on, its shapes, and the scanner that turns it into CT.
 
+Private to the phantom generator (not part of the public API).
+
 :class:`Canvas` holds the HU and label arrays with the world coordinates (mm) of the voxel centres
 and draws shapes into them; :func:`scan` applies what a CT scanner adds (system blur, organ texture,
 correlated noise) and rounds to int16 HU. Shapes are evaluated only inside their bounding box (the
@@ -13,15 +15,6 @@ from typing import TypeAlias
 
 import numpy as np
 from scipy import ndimage
-
-__all__ = [
-    "FIELD_OF_VIEW_MM",
-    "Z_EXTENT_MM",
-    "Canvas",
-    "Region",
-    "profile",
-    "scan",
-]
 
 #: In-plane field of view of a phantom slice (mm); the pixel spacing is ``FIELD_OF_VIEW_MM / size``.
 FIELD_OF_VIEW_MM = 400.0

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collapsekit.data.phantom.anatomy.body import Body
-from collapsekit.data.phantom.anatomy.shape import ShapeSampler
-from collapsekit.data.phantom.anatomy.skeleton import Spine
-from collapsekit.data.phantom.canvas import Canvas, profile
+from collapsekit.data.phantom._anatomy.body import Body
+from collapsekit.data.phantom._anatomy.shape import ShapeSampler
+from collapsekit.data.phantom._anatomy.skeleton import Spine
+from collapsekit.data.phantom._canvas import Canvas, profile
 
 __all__ = ["paint_back_muscles", "paint_rectus"]
 

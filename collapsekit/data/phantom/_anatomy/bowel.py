@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from collapsekit.data.phantom.anatomy.body import Body
-from collapsekit.data.phantom.anatomy.shape import ShapeSampler
-from collapsekit.data.phantom.canvas import Canvas, profile
+from collapsekit.data.phantom._anatomy.body import Body
+from collapsekit.data.phantom._anatomy.shape import ShapeSampler
+from collapsekit.data.phantom._canvas import Canvas, profile
 
 __all__ = ["paint_bowel"]
 

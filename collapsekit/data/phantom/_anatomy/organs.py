@@ -2,7 +2,7 @@
 
 Liver (6), spleen (1), stomach (7), gallbladder (4), pancreas (11), kidneys (2 right, 3 left),
 adrenals (12 right, 13 left) and oesophagus (5). Positions are in the reference cavity of
-:class:`~collapsekit.data.phantom.anatomy.body.Body` (x towards the patient's right, y anterior).
+:class:`~collapsekit.data.phantom._anatomy.body.Body` (x towards the patient's right, y anterior).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from collapsekit.data.phantom.anatomy.body import Body
-from collapsekit.data.phantom.anatomy.shape import ShapeSampler
-from collapsekit.data.phantom.canvas import Canvas, profile
+from collapsekit.data.phantom._anatomy.body import Body
+from collapsekit.data.phantom._anatomy.shape import ShapeSampler
+from collapsekit.data.phantom._canvas import Canvas, profile
 
 __all__ = [
     "Pancreas",

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from collapsekit.data.phantom.anatomy.shape import ShapeSampler
-from collapsekit.data.phantom.canvas import Canvas
+from collapsekit.data.phantom._anatomy.shape import ShapeSampler
+from collapsekit.data.phantom._canvas import Canvas
 
 __all__ = ["Body", "paint_body_wall"]
 

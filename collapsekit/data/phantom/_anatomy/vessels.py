@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from collapsekit.data.phantom.anatomy.body import Body
-from collapsekit.data.phantom.anatomy.organs import Pancreas
-from collapsekit.data.phantom.anatomy.shape import ShapeSampler
-from collapsekit.data.phantom.anatomy.skeleton import Spine
-from collapsekit.data.phantom.canvas import Canvas, profile
+from collapsekit.data.phantom._anatomy.body import Body
+from collapsekit.data.phantom._anatomy.organs import Pancreas
+from collapsekit.data.phantom._anatomy.shape import ShapeSampler
+from collapsekit.data.phantom._anatomy.skeleton import Spine
+from collapsekit.data.phantom._canvas import Canvas, profile
 
 __all__ = ["paint_great_vessels", "paint_portal_veins"]
 
