@@ -33,6 +33,12 @@ from collapsekit.progress import Message, ProgressEvent, TaskAdvanced, TaskFinis
 from collapsekit.serialization import to_jsonable
 
 __all__ = [
+    "ArchOpt",
+    "ModelKwargsOpt",
+    "StateDictKeyOpt",
+    "StemStrideOpt",
+    "StripPrefixOpt",
+    "load_options",
     "CacheDirOpt",
     "PreprocessWorkersOpt",
     "console",
@@ -246,3 +252,89 @@ def _plain_progress(every_s: float) -> Callable[[ProgressEvent], None]:
 def print_json(obj: Any) -> None:
     """Print ``obj`` as JSON to stdout and nothing else."""
     typer.echo(json.dumps(to_jsonable(obj), indent=2))
+
+
+# ----------------------------------------------------------------------------------------------
+# How to read a foreign checkpoint: the options of every command that takes a model (issue 19).
+# Declared once here; each command passes them to load_options() and on to the library.
+_FOREIGN = "Foreign checkpoints"
+
+StateDictKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--state-dict-key",
+        help="Entry of the checkpoint that holds the weights, dotted when nested (state_dict, "
+        "model.ema). Default: state_dict, model, backbone, ... or the file itself.",
+        rich_help_panel=_FOREIGN,
+    ),
+]
+StripPrefixOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--strip-prefix",
+        help="Prefix in front of conv1/layer1 in the weight names (backbone., "
+        "module.encoder_q.). Default: found from the names.",
+        rich_help_panel=_FOREIGN,
+    ),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="resnet18 | resnet34 | resnet50 (default: from the blocks per stage).",
+        rich_help_panel=_FOREIGN,
+    ),
+]
+StemStrideOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--stem-stride",
+        min=1,
+        help="Stride of the stem convolution, which weights cannot show (MONAI's default 1, "
+        "torchvision/timm 2). Default: the file's metadata, else assumed with a warning.",
+        rich_help_panel=_FOREIGN,
+    ),
+]
+ModelKwargsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model-kwargs",
+        help='MONAI ResNet settings the weights cannot show, as JSON: {"conv1_t_stride": 1, '
+        '"no_max_pool": false}.',
+        rich_help_panel=_FOREIGN,
+    ),
+]
+
+
+def load_options(
+    arch: str | None = None,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
+    stem_stride: int | None = None,
+    model_kwargs: str | None = None,
+) -> Any:
+    """The :class:`~collapsekit.runs.models.LoadOptions` of the options above.
+
+    Raises:
+        ConfigError: ``--model-kwargs`` is not a JSON object, or an invalid value.
+    """
+    from collapsekit.errors import ConfigError
+    from collapsekit.runs.models import LoadOptions
+
+    kwargs: dict[str, Any] = {}
+    if model_kwargs:
+        try:
+            kwargs = json.loads(model_kwargs)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"--model-kwargs is not valid JSON ({e.msg}): {model_kwargs}"
+            ) from None
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"--model-kwargs must be a JSON object, got {model_kwargs}")
+    return LoadOptions(
+        arch=arch,
+        key=state_dict_key,
+        strip_prefix=strip_prefix,
+        stem_stride=stem_stride,
+        model_kwargs=kwargs,
+    )

@@ -11,11 +11,17 @@ from rich.table import Table
 
 from collapsekit.cli.app import app
 from collapsekit.cli.common import (
+    ArchOpt,
     CacheDirOpt,
+    ModelKwargsOpt,
     PreprocessWorkersOpt,
+    StateDictKeyOpt,
+    StemStrideOpt,
+    StripPrefixOpt,
     console,
     data_loading,
     handle_errors,
+    load_options,
     print_json,
     rich_progress,
 )
@@ -86,6 +92,11 @@ def spectrum(
     quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
+    arch: ArchOpt = None,
+    state_dict_key: StateDictKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    stem_stride: StemStrideOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
 ) -> None:
     """Singular spectrum, effective rank, α-ReQ and friends of embeddings (Jing et al. 2022)."""
     from collapsekit.devices import resolve_device
@@ -109,6 +120,9 @@ def spectrum(
         results = spectrum_analysis(
             inputs,
             data,
+            load_options=load_options(
+                arch, state_dict_key, strip_prefix, stem_stride, model_kwargs
+            ),
             mode=mode,
             normalize=normalize,
             device=resolve_device(device),
@@ -199,6 +213,11 @@ def similarity(
     quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
+    arch: ArchOpt = None,
+    state_dict_key: StateDictKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    stem_stride: StemStrideOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
 ) -> None:
     """Inter-image cosine similarity of embeddings (same vs different volume) and of pixels."""
     from collapsekit.devices import resolve_device
@@ -218,6 +237,9 @@ def similarity(
         results = similarity_analysis(
             inputs,
             data,
+            load_options=load_options(
+                arch, state_dict_key, strip_prefix, stem_stride, model_kwargs
+            ),
             pixels=pixels,
             device=resolve_device(device),
             drop_nonfinite=drop_nonfinite,

@@ -10,11 +10,17 @@ from rich.table import Table
 
 from collapsekit.cli.app import app
 from collapsekit.cli.common import (
+    ArchOpt,
     CacheDirOpt,
+    ModelKwargsOpt,
     PreprocessWorkersOpt,
+    StateDictKeyOpt,
+    StemStrideOpt,
+    StripPrefixOpt,
     console,
     data_loading,
     handle_errors,
+    load_options,
     print_json,
     rich_progress,
 )
@@ -23,7 +29,7 @@ if TYPE_CHECKING:
     from collapsekit.data.volume import Volume
     from collapsekit.evaluation.segmentation.scoring import SegmentationResult
     from collapsekit.progress import ProgressCallback
-    from collapsekit.runs.models import LoadedModel
+    from collapsekit.runs.models import LoadedModel, LoadOptions
 
 CheckpointsArg = Annotated[
     list[str] | None,
@@ -109,6 +115,11 @@ def probe(
     quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
+    arch: ArchOpt = None,
+    state_dict_key: StateDictKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    stem_stride: StemStrideOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
 ) -> None:
     """Linear probe (1×1 conv on the frozen final feature map) scored by per-organ 3D Dice."""
     from collapsekit.devices import resolve_device
@@ -117,6 +128,7 @@ def probe(
 
     specs = _specs(checkpoints)
     _check_specs(specs, "probe")
+    opts = load_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
     _check_predictions_dir(save_predictions)
     dev = resolve_device(device)
     results: list[SegmentationResult] = []
@@ -126,7 +138,7 @@ def probe(
                 dataset, data_dir, phantom_cases, phantom_size, phantom_slices, progress
             )
         for spec in specs:
-            model = _load(spec, dev)
+            model = _load(spec, dev, opts, progress)
             cfg = ProbeConfig(
                 epochs=epochs,
                 image_size=_image_size(model, image_size, progress),
@@ -184,6 +196,11 @@ def finetune(
     phantom_slices: PhantomSlicesOpt = 48,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    arch: ArchOpt = None,
+    state_dict_key: StateDictKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    stem_stride: StemStrideOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
 ) -> None:
     """Fine-tune the pretrained encoder under a MONAI UNet decoder; per-organ 3D Dice."""
     from collapsekit.devices import resolve_device
@@ -193,13 +210,14 @@ def finetune(
 
     spec = _specs([checkpoint] if checkpoint else None)[0]
     _check_specs([spec], "finetune")
+    opts = load_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
     _check_predictions_dir(save_predictions)
     dev = resolve_device(device)
     with rich_progress(quiet or json_out) as progress:
         train, val, labels = _load_data(
             dataset, data_dir, phantom_cases, phantom_size, phantom_slices, progress
         )
-        model = _load(spec, dev)
+        model = _load(spec, dev, opts, progress)
         cfg = FinetuneConfig(
             epochs=epochs,
             image_size=_image_size(model, image_size, progress),
@@ -256,10 +274,15 @@ def _check_predictions_dir(path: Path | None) -> None:
         check_writable_dir(path, "--save-predictions")
 
 
-def _load(spec: str, device: str) -> LoadedModel:
+def _load(spec: str, device: str, options: LoadOptions, progress: ProgressCallback) -> LoadedModel:
+    """The model, with what the loader assumed about a foreign checkpoint shown as warnings."""
+    from collapsekit.progress import Message
     from collapsekit.runs.models import load_model
 
-    return load_model(spec, device=device)
+    model = load_model(spec, device=device, options=options)
+    for line in model.assumptions:
+        progress(Message(line, level="warning"))
+    return model
 
 
 def _image_size(model: LoadedModel, requested: int | None, progress: ProgressCallback) -> int:

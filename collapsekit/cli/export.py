@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 
 from collapsekit.cli.app import app
-from collapsekit.cli.common import console, handle_errors, print_json
+from collapsekit.cli.common import (
+    ArchOpt,
+    ModelKwargsOpt,
+    StateDictKeyOpt,
+    StemStrideOpt,
+    StripPrefixOpt,
+    console,
+    err_console,
+    handle_errors,
+    load_options,
+    print_json,
+)
 
 
 @app.command()
@@ -37,6 +48,11 @@ def export(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the JSON result to stdout and nothing else.")
     ] = False,
+    arch: ArchOpt = None,
+    state_dict_key: StateDictKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    stem_stride: StemStrideOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
 ) -> None:
     """Write the pretrained backbone alone (no projector, heads, queues or optimiser).
 
@@ -45,7 +61,10 @@ def export(
     """
     from collapsekit.runs.export import export_backbone
 
-    result = export_backbone(run, out, fmt=fmt, overwrite=overwrite)
+    opts = load_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
+    result = export_backbone(run, out, fmt=fmt, overwrite=overwrite, options=opts)
+    for line in result.assumptions:
+        err_console.print(f"warning: {line}", style="yellow", highlight=False, markup=False)
     if json_out:
         print_json(result.to_dict())
         return
@@ -71,7 +90,7 @@ def export(
         )
     if result.image_size is not None:
         console.print(
-            f"trained at {result.image_size} px; diagnose it with: collapsekit spectrum "
-            f"{result.path} --image-size {result.image_size}",
+            f"trained at {result.image_size} px; the file records it with the stem and HU window, "
+            f"so `collapsekit spectrum {result.path}` reads them back",
             highlight=False,
         )

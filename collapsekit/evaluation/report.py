@@ -29,9 +29,9 @@ from collapsekit.evaluation.extract import (
     extract_embeddings,
     pixel_vectors,
 )
-from collapsekit.progress import ProgressCallback
+from collapsekit.progress import Message, ProgressCallback
 from collapsekit.runs.checkpoint import safe_torch_load
-from collapsekit.runs.models import LoadedModel, load_model, model_from_object
+from collapsekit.runs.models import LoadedModel, LoadOptions, load_model, model_from_object
 from collapsekit.serialization import write_json
 
 __all__ = [
@@ -66,8 +66,13 @@ def is_embeddings_file(spec: str) -> bool:
     return Path(spec).suffix.lower() in EMBEDDING_SUFFIXES
 
 
-def load_input(spec: str, device: str | torch.device = "cpu") -> LoadedModel | np.ndarray:
-    """A model, or an ``(N, D)`` array when ``spec`` is an embeddings file (``.pt``: a bare tensor)."""
+def load_input(
+    spec: str, device: str | torch.device = "cpu", load_options: LoadOptions | None = None
+) -> LoadedModel | np.ndarray:
+    """A model, or an ``(N, D)`` array when ``spec`` is an embeddings file (``.pt``: a bare tensor).
+
+    ``load_options``: how to read a foreign checkpoint (:class:`~collapsekit.runs.LoadOptions`).
+    """
 
     if is_embeddings_file(spec):
         return load_embeddings(spec)
@@ -75,8 +80,8 @@ def load_input(spec: str, device: str | torch.device = "cpu") -> LoadedModel | n
         obj = safe_torch_load(spec)  # read once: a tensor is embeddings, a dict is weights
         if isinstance(obj, torch.Tensor):
             return embeddings_from_object(obj, spec)
-        return model_from_object(obj, spec, device)
-    return load_model(spec, device=device)
+        return model_from_object(obj, spec, device, options=load_options)
+    return load_model(spec, device=device, options=load_options)
 
 
 def load_eval_volumes(data: DataSpec, progress: ProgressCallback | None = None) -> list[Volume]:
@@ -109,10 +114,19 @@ def embeddings_for(
     device: str | torch.device = "cpu",
     drop_nonfinite: bool = False,
     progress: ProgressCallback | None = None,
+    load_options: LoadOptions | None = None,
 ) -> list[Embeddings]:
-    """Load each input; extract model embeddings over ``data`` (volumes loaded once)."""
+    """Load each input; extract model embeddings over ``data`` (volumes loaded once).
 
-    loaded = [(s, load_input(s, device)) for s in specs]
+    What a loader assumed about a foreign checkpoint (its stem stride) is reported as a warning
+    :class:`~collapsekit.progress.Message`.
+    """
+
+    loaded = [(s, load_input(s, device, load_options)) for s in specs]
+    for _, obj in loaded:
+        for line in getattr(obj, "assumptions", ()):
+            if progress is not None:
+                progress(Message(line, level="warning"))
     volumes: list[Volume] | None = None
     out: list[Embeddings] = []
     for spec, obj in loaded:
@@ -149,12 +163,19 @@ def spectrum_analysis(
     device: str | torch.device = "cpu",
     drop_nonfinite: bool = False,
     progress: ProgressCallback | None = None,
+    load_options: LoadOptions | None = None,
 ) -> list[Any]:
     """Spectrum reports (:class:`~collapsekit.diagnostics.SpectrumResult`) of every input."""
 
     results = []
     for emb in embeddings_for(
-        specs, data, mode=mode, device=device, drop_nonfinite=drop_nonfinite, progress=progress
+        specs,
+        data,
+        mode=mode,
+        device=device,
+        drop_nonfinite=drop_nonfinite,
+        progress=progress,
+        load_options=load_options,
     ):
         name = emb.name if mode == "backbone" or emb.mode == "file" else f"{emb.name} [{mode}]"
         if len(emb.z) > CHUNK:
@@ -176,12 +197,19 @@ def similarity_analysis(
     device: str | torch.device = "cpu",
     drop_nonfinite: bool = False,
     progress: ProgressCallback | None = None,
+    load_options: LoadOptions | None = None,
 ) -> list[Any]:
     """Inter-image cosine similarity of each input's embeddings (and of the pixels with ``pixels``)."""
 
     results = []
     embs = embeddings_for(
-        specs, data, mode=mode, device=device, drop_nonfinite=drop_nonfinite, progress=progress
+        specs,
+        data,
+        mode=mode,
+        device=device,
+        drop_nonfinite=drop_nonfinite,
+        progress=progress,
+        load_options=load_options,
     )
     for emb in embs:
         groups = emb.volume if emb.mode != "file" else None

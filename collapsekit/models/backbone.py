@@ -8,6 +8,8 @@ so state-dict keys and shapes match torchvision-style ResNets (``conv1``, ``bn1`
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from monai.networks.nets import resnet as monai_resnet
 from torch import nn
@@ -31,6 +33,10 @@ class Backbone(nn.Module):
     Args:
         arch: one of ``resnet18``, ``resnet34``, ``resnet50``.
         in_channels: input channels (1 for CT; 3 for ImageNet-style foreign weights).
+        conv1_t_size, conv1_t_stride, no_max_pool, bias_downsample: MONAI ``ResNet``'s stem and
+            shortcut settings. collapsekit trains with the defaults here (7×7 stride-2 stem,
+            max-pool, bias-free downsample, the torchvision layout); MONAI's own defaults are
+            stride 1 and downsample convolutions with bias, which foreign weights may carry.
 
     Attributes:
         arch: the architecture name.
@@ -38,7 +44,16 @@ class Backbone(nn.Module):
         stride: output stride of the final feature map (32 unless dilated).
     """
 
-    def __init__(self, arch: str = "resnet18", in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        in_channels: int = 1,
+        *,
+        conv1_t_size: int = 7,
+        conv1_t_stride: int = 2,
+        no_max_pool: bool = False,
+        bias_downsample: bool = False,
+    ) -> None:
         super().__init__()
         arch = look_up_option(arch, BACKBONES, "backbone")
         block, layers, width = BACKBONES[arch]
@@ -48,10 +63,11 @@ class Backbone(nn.Module):
             block_inplanes=[64, 128, 256, 512],
             spatial_dims=2,
             n_input_channels=in_channels,
-            conv1_t_size=7,
-            conv1_t_stride=2,
+            conv1_t_size=conv1_t_size,
+            conv1_t_stride=conv1_t_stride,
+            no_max_pool=no_max_pool,
             shortcut_type="B",
-            bias_downsample=False,
+            bias_downsample=bias_downsample,
             feed_forward=False,
         )
         self.arch = arch
@@ -147,9 +163,9 @@ class Backbone(nn.Module):
         return self
 
 
-def build_backbone(arch: str = "resnet18", in_channels: int = 1) -> Backbone:
-    """Build a randomly initialised :class:`Backbone` (see its docstring)."""
-    return Backbone(arch, in_channels)
+def build_backbone(arch: str = "resnet18", in_channels: int = 1, **stem: Any) -> Backbone:
+    """Build a randomly initialised :class:`Backbone` (see its docstring for ``stem``)."""
+    return Backbone(arch, in_channels, **stem)
 
 
 @torch.no_grad()
