@@ -64,7 +64,9 @@ def export(
     opts = load_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
     result = export_backbone(run, out, fmt=fmt, overwrite=overwrite, options=opts)
     for line in result.assumptions:
-        err_console.print(f"warning: {line}", style="yellow", highlight=False, markup=False)
+        err_console.print(
+            f"warning: {line}", style="yellow", highlight=False, markup=False, soft_wrap=True
+        )
     if json_out:
         print_json(result.to_dict())
         return
