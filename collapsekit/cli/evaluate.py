@@ -276,11 +276,15 @@ def _check_predictions_dir(path: Path | None) -> None:
 
 def _load(spec: str, device: str, options: LoadOptions, progress: ProgressCallback) -> LoadedModel:
     """The model, with what the loader assumed about a foreign checkpoint shown as warnings."""
+    from collapsekit.data.preprocess import PreprocessConfig
     from collapsekit.progress import Message
     from collapsekit.runs.models import load_model
 
     model = load_model(spec, device=device, options=options)
-    for line in model.assumptions:
+    window = PreprocessConfig()  # _load_data's window
+    for line in filter(
+        None, [*model.assumptions, model.window_warning(window.a_min, window.a_max)]
+    ):
         progress(Message(line, level="warning"))
     return model
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from collapsekit.data import eval_phantom, load_split
+from collapsekit.data.preprocess import PreprocessConfig
 from collapsekit.data.volume import Volume
 from collapsekit.diagnostics import (
     SpectrumAccumulator,
@@ -123,10 +124,13 @@ def embeddings_for(
     """
 
     loaded = [(s, load_input(s, device, load_options)) for s in specs]
+    window = PreprocessConfig()  # load_eval_volumes' window
     for _, obj in loaded:
-        for line in getattr(obj, "assumptions", ()):
-            if progress is not None:
-                progress(Message(line, level="warning"))
+        if progress is None or not isinstance(obj, LoadedModel):
+            continue
+        lines = [*obj.assumptions, obj.window_warning(window.a_min, window.a_max)]
+        for line in filter(None, lines):
+            progress(Message(line, level="warning"))
     volumes: list[Volume] | None = None
     out: list[Embeddings] = []
     for spec, obj in loaded:

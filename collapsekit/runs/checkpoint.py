@@ -135,7 +135,8 @@ def check_checkpoint_kind(path: str | Path) -> FileKind:
     """Sniff ``path`` and refuse, in one line, a file that cannot be a checkpoint.
 
     Returns:
-        The kind (a PyTorch archive or a pickle), for files ``torch.load`` may read.
+        The kind (a PyTorch archive or a pickle), for files ``torch.load`` may read;
+        ``FileKind.BINARY`` for a ``.safetensors`` file (recognised by its header).
 
     Raises:
         CheckpointError: missing, a directory, unreadable.
@@ -146,6 +147,8 @@ def check_checkpoint_kind(path: str | Path) -> FileKind:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, expected a checkpoint file")
+    if is_safetensors(path):
+        return FileKind.BINARY  # read by safetensors, not torch.load (see safe_torch_load)
     try:
         kind = sniff(path)
     except OSError as e:

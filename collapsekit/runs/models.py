@@ -1,17 +1,29 @@
-"""Load any model whose embeddings we diagnose: ours, official MoCo, torchvision-style, random.
+"""Load any model whose embeddings we diagnose: ours, other tools' checkpoints, random.
 
-Every file goes through ``torch.load(weights_only=True)``: a checkpoint can never run code. Formats
-are recognised by their keys:
+Files are read by :func:`~collapsekit.runs.checkpoint.safe_torch_load`: nothing in them can run
+code (weights-only, other tools' metadata objects read as inert placeholders, safetensors).
+Formats are recognised by their container and keys:
 
 - collapsekit training checkpoints (``{"format": "collapsekit", "config", "model", ...}``) or a run
-  directory holding ``checkpoint.pt``;
-- official MoCo checkpoints (``{"state_dict": {"module.encoder_q.*"}}``, torchvision ResNet-50 on
-  RGB input: the grayscale slice is replicated to 3 channels);
-- torchvision-style ResNet state dicts (``conv1.weight``, ``layer1.0.conv1.weight``, ...), optionally
-  wrapped in ``state_dict``/``model`` and prefixed with ``module.``/``backbone.``/``encoder.``;
+  directory holding ``checkpoint.pt``; collapsekit exports (a state dict whose ``_metadata``
+  records the arch, MONAI kwargs, image size and HU window);
+- official MoCo (``{"state_dict": {"module.encoder_q.*"}}``, torchvision ResNet-50 on RGB input:
+  the grayscale slice is replicated to 3 channels); timm ``train.py`` checkpoints (``args`` an
+  ``argparse.Namespace``); PyTorch Lightning ``.ckpt``; solo-learn (``cfg`` a ``DictConfig``);
+- ResNet state dicts with torchvision/timm/MONAI names (``conv1.weight``,
+  ``layer1.0.conv1.weight``, ...) or lightly's ``nn.Sequential`` indices (``0.weight``,
+  ``4.0.conv1.weight``), under any prefix (:mod:`collapsekit.runs._layouts`), in ``.pt``/``.pth``
+  or ``.safetensors`` files;
 - ``random:ARCH`` (e.g. ``random:resnet18``): a randomly initialised baseline, seeded, whose
   BatchNorm statistics are recalibrated on the evaluation data before use (the honest baseline:
   raw init statistics (0, 1) mean no normalisation); ``random-raw:ARCH`` keeps the raw init.
+
+The depth, input channels, stem kernel and downsample bias are read from the weights. The stem
+stride is not in the weights: it comes from the file's metadata (our runs and exports), from the
+tool (official MoCo, timm, solo-learn build torchvision ResNets), from
+:class:`LoadOptions` (``--stem-stride``, ``--model-kwargs``), or it is assumed by a documented
+rule (:func:`assumed_stem`) and the assumption is returned in ``LoadedModel.assumptions`` for the
+caller to show.
 """
 
 from __future__ import annotations
@@ -85,6 +97,25 @@ class LoadedModel:
     calibrate_bn: bool = False
     assumptions: tuple[str, ...] = ()
     metadata: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def hu_window(self) -> tuple[float, float] | None:
+        """The HU window ``(a_min, a_max)`` the model was trained with, when the file says."""
+        config = self.config or {}
+        if "a_min" in config and "a_max" in config:
+            return float(config["a_min"]), float(config["a_max"])
+        window = (self.metadata or {}).get("hu_window")
+        return (float(window[0]), float(window[1])) if window else None
+
+    def window_warning(self, a_min: float, a_max: float) -> str | None:
+        """A line to show when the evaluation's HU window differs from the training one."""
+        trained = self.hu_window
+        if trained is None or trained == (float(a_min), float(a_max)):
+            return None
+        return (
+            f"{self.name} was trained on the HU window {trained[0]:g}..{trained[1]:g} and is "
+            f"evaluated on slices windowed {a_min:g}..{a_max:g}"
+        )
 
     def to(self, device: str | torch.device) -> LoadedModel:
         self.backbone.to(device)

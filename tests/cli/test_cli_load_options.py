@@ -75,3 +75,15 @@ def test_model_kwargs_json_and_arch_are_checked(tmp_path: Path) -> None:
         app, ["export", str(src), out, "--model-kwargs", '{"conv1_t_stride": 1}', "--json"]
     )
     assert res.exit_code == 0 and res.stderr == "", res.output
+
+
+@pytest.mark.slow  # embeds 40 phantom slices twice (~10 s)
+def test_spectrum_prints_the_assumption_and_takes_the_stride(tmp_path: Path) -> None:
+    src = _monai_stride1(tmp_path)
+    base = ["spectrum", str(src), "--samples", "40", "--image-size", "64", "--json", "--overwrite"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "assumed stride 2" in res.stderr and json.loads(res.stdout)["results"][0]["d"] == 512
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--stem-stride", "1"])
+    assert res.exit_code == 0, res.output
+    assert "assumed" not in res.stderr

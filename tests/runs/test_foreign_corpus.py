@@ -119,6 +119,7 @@ def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             n = m.num_features
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
@@ -238,9 +239,8 @@ def _lightning_checkpoint(module: Any, path: Path) -> None:
     """``Trainer.save_checkpoint`` of a real Lightning trainer that fitted ``module`` for 1 step."""
     import lightning as L  # noqa: N812
 
-    data = torch.utils.data.DataLoader(
-        torch.rand(4, *module.example_input_array.shape[1:]), batch_size=2
-    )
+    images = torch.rand(4, *module.example_input_array.shape[1:])
+    data: Any = torch.utils.data.DataLoader(images, batch_size=2)  # type: ignore[arg-type]
     trainer = L.Trainer(
         max_steps=1,
         accelerator="cpu",
@@ -293,7 +293,7 @@ def test_lightning_ckpt_of_monais_default_resnet(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = _monai_features(net, _gray())
     assert m.kind == "lightning" and m.in_channels == 1
-    assert m.backbone.layer2[0].downsample[0].bias is not None
+    assert m.backbone.state_dict()["layer2.0.downsample.0.bias"] is not None
     assert _max_diff(m, ref, _gray()) <= TOL
     (line,) = m.assumptions
     assert "assumed stride 1 with a max-pool (its downsample convolutions have a bias" in line
@@ -420,6 +420,10 @@ def test_our_runs_and_exports(tmp_path: Path) -> None:
         ref = backbone(_gray())
     run = load_model(p.parent)
     assert run.kind == "collapsekit" and run.assumptions == ()
+    assert run.hu_window == (-160.0, 240.0) and run.window_warning(-160, 240) is None
+    assert run.window_warning(-175, 250) == (
+        "run was trained on the HU window -160..240 and is evaluated on slices windowed -175..250"
+    )
     assert _max_diff(run, ref, _gray()) <= TOL
 
     for fmt in ("monai", "torchvision"):
@@ -432,6 +436,7 @@ def test_our_runs_and_exports(tmp_path: Path) -> None:
         assert back.metadata["hu_window"] == [-160.0, 240.0]
         assert back.metadata["model_kwargs"]["conv1_t_stride"] == 2
         assert back.metadata["zca_folded"] is False
+        assert back.hu_window == (-160.0, 240.0)
         assert _max_diff(back, ref, _gray()) <= TOL
 
 
@@ -446,7 +451,8 @@ def test_an_export_of_a_foreign_stride1_model_keeps_its_stride(tmp_path: Path) -
     out = tmp_path / "export.pt"
     export_backbone(src, out, options=LoadOptions(stem_stride=1))
     back = load_model(out)
-    assert back.assumptions == () and back.metadata["model_kwargs"]["conv1_t_stride"] == 1
+    assert back.assumptions == () and back.metadata is not None
+    assert back.metadata["model_kwargs"]["conv1_t_stride"] == 1
     with torch.no_grad():
         assert _max_diff(back, _monai_features(net, _gray()), _gray()) <= TOL
 
