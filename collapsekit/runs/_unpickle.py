@@ -90,6 +90,11 @@ class InertObject:
     """
 
     qualname = "?"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    items: dict[Any, Any]
+    entries: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
         obj = object.__new__(cls)

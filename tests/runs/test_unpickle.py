@@ -10,6 +10,7 @@ import argparse
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -74,7 +75,7 @@ def test_metadata_modules_need_not_be_installed_and_nothing_is_imported() -> Non
     assert type(obj).qualname == "lightning.not_a_module.AttributeDict" and obj.state == {"a": 1}
 
 
-def _load_pickle_bytes(data: bytes) -> object:
+def _load_pickle_bytes(data: bytes) -> Any:
     from collapsekit.runs._unpickle import _Unpickler
 
     return _Unpickler(io.BytesIO(data)).load()
