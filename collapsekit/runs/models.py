@@ -22,7 +22,7 @@ The depth, input channels, stem kernel and downsample bias are read from the wei
 stride is not in the weights: it comes from the file's metadata (our runs and exports), from the
 tool (official MoCo, timm, solo-learn build torchvision ResNets), from
 :class:`LoadOptions` (``--stem-stride``, ``--model-kwargs``), or it is assumed by a documented
-rule (:func:`assumed_stem`) and the assumption is returned in ``LoadedModel.assumptions`` for the
+rule (:func:`assumed_stem_stride`) and the assumption is returned in ``LoadedModel.assumptions`` for the
 caller to show.
 """
 
@@ -189,7 +189,7 @@ def backbone_from_state_dict(
     (torchvision, timm, MONAI ``bias_downsample=False``). Not visible in weights: the stem stride
     and the max-pool. They come from ``options`` (``--stem-stride``, ``--model-kwargs``), else
     from ``known`` (an export's metadata, a tool whose stem is fixed), else they are *assumed*
-    (:func:`assumed_stem`) and the assumption is returned as a message to show the user.
+    (:func:`assumed_stem_stride`) and the assumption is returned as a message to show the user.
 
     Returns:
         ``(backbone in eval mode, assumptions)``: one line per setting that was assumed.
@@ -233,15 +233,16 @@ def backbone_from_state_dict(
 MODEL_KWARGS = ("conv1_t_stride", "no_max_pool", "conv1_t_size", "bias_downsample")
 
 
-def assumed_stem(bias_downsample: bool) -> dict[str, Any]:
-    """The rule for a stem the weights and metadata do not show.
+def assumed_stem_stride(bias_downsample: bool) -> int:
+    """The rule for a stem stride the weights and metadata do not show.
 
     Downsample convolutions with a bias exist only in MONAI's ResNets with their defaults, so
-    MONAI's default stem is assumed (stride 1, max-pool); bias-free ones are the torchvision/timm
-    convention (stride 2, max-pool), which MONAI's ``bias_downsample=False`` with its default
-    stride 1 also produces: hence the warning.
+    MONAI's default stem is assumed (stride 1); bias-free ones are the torchvision/timm
+    convention (stride 2), which MONAI's ``bias_downsample=False`` with its default stride 1
+    also produces: hence the warning that always goes with an assumption. A max-pool is assumed
+    present (every one of these ResNets has one unless built with ``no_max_pool``).
     """
-    return {"conv1_t_stride": 1 if bias_downsample else 2, "no_max_pool": False}
+    return 1 if bias_downsample else 2
 
 
 def stem_settings(
@@ -260,11 +261,13 @@ def stem_settings(
         )
     if options.stem_stride is not None:
         given["conv1_t_stride"] = options.stem_stride
+    if known.get("conv1_t_size", read["conv1_t_size"]) != read["conv1_t_size"]:
+        known = {}  # not the stem the tool usually builds (solo-learn's CIFAR 3×3): not known
     kwargs = {**read, **{k: v for k, v in known.items() if k in MODEL_KWARGS}, **given}
     assumptions: list[str] = []
     kwargs.setdefault("no_max_pool", False)  # every ResNet named here has one unless told
     if "conv1_t_stride" not in kwargs:
-        kwargs["conv1_t_stride"] = assumed_stem(bool(kwargs["bias_downsample"]))["conv1_t_stride"]
+        kwargs["conv1_t_stride"] = assumed_stem_stride(bool(kwargs["bias_downsample"]))
         why = (
             "its downsample convolutions have a bias, as in MONAI's default ResNet"
             if kwargs["bias_downsample"]
@@ -463,6 +466,12 @@ def model_from_object(
 
     state = _weights_entry(obj, options.key, path)
     kind, known = _container_kind(obj, state)
+    if kind == "solo-learn" and _conv1_kernel(state) == 3:
+        raise CheckpointError(
+            f"{path}: a solo-learn CIFAR backbone (3×3 stem with padding 2, no max-pool) has no "
+            "MONAI ResNet equivalent, so collapsekit cannot reproduce its features; use an "
+            "ImageNet-stem (7×7) backbone"
+        )
     metadata = export_metadata(state)
     if metadata is not None:
         kind, known = "collapsekit-export", dict(metadata.get("model_kwargs") or {})
@@ -486,7 +495,7 @@ def model_from_object(
 WEIGHT_KEYS = ("state_dict", "model", "backbone", "module", "net", "model_state_dict", "params")
 #: The stem of torchvision's and timm's ResNets (MONAI kwargs): what a tool that only builds
 #: those (official MoCo, timm ``train.py``, solo-learn) implies.
-TORCHVISION_STEM = {"conv1_t_stride": 2, "no_max_pool": False}
+TORCHVISION_STEM = {"conv1_t_stride": 2, "no_max_pool": False, "conv1_t_size": 7}
 #: Key under a state dict's ``_metadata`` where :mod:`collapsekit.runs.export` records itself.
 EXPORT_METADATA_KEY = "collapsekit"
 
@@ -550,6 +559,11 @@ def _container_kind(obj: dict[str, Any], state: dict[str, Any]) -> tuple[str, di
     if _is_sequential(names):
         return "lightly", {}
     return "torchvision", {}
+
+
+def _conv1_kernel(state: dict[str, Any]) -> int | None:
+    w = next((v for k, v in state.items() if str(k).endswith("conv1.weight") and v.ndim == 4), None)
+    return int(w.shape[-1]) if w is not None else None
 
 
 def _is_sequential(names: list[str]) -> bool:

@@ -327,6 +327,29 @@ def test_solo_learn_checkpoint_with_a_dictconfig(tmp_path: Path) -> None:
     assert _max_diff(m, ref, _rgb()) <= TOL
 
 
+def test_solo_learn_cifar_stem_is_refused(tmp_path: Path) -> None:
+    """solo-learn's CIFAR backbones replace the stem by a 3×3 stride-1 conv with padding 2 and no
+    max-pool: MONAI's ResNet pads k // 2 = 1, so the features cannot be reproduced. Refused."""
+    from omegaconf import OmegaConf
+
+    net = _tv(18)
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+    net.maxpool, net.fc = nn.Identity(), nn.Identity()  # type: ignore[assignment]
+    state = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+    cfg = OmegaConf.create({"data": {"dataset": "cifar10"}})
+    p = tmp_path / "simclr-cifar10.ckpt"
+    torch.save(
+        {
+            "pytorch-lightning_version": "2.2.0",
+            "state_dict": state,
+            "hyper_parameters": {"cfg": cfg},
+        },
+        p,
+    )
+    with pytest.raises(CheckpointError, match=r"solo-learn CIFAR backbone .* has no MONAI ResNet"):
+        load_model(p)
+
+
 def test_lightly_sequential_backbone(tmp_path: Path) -> None:
     """lightly: ``nn.Sequential(*list(resnet.children())[:-1])`` + a projection head; keys
     ``backbone.0.weight``, ``backbone.4.0.conv1.weight``."""
