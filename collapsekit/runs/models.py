@@ -534,7 +534,20 @@ def _weights_entry(obj: dict[str, Any], key: str | None, path: Path) -> dict[str
     for k in WEIGHT_KEYS:
         if isinstance(obj.get(k), dict):
             return obj[k]
-    return obj
+    entries = ", ".join(f"{k!r} ({_describe(v)})" for k, v in list(obj.items())[:6])
+    raise CheckpointError(
+        f"{path}: no weights at the top level or under {', '.join(WEIGHT_KEYS[:3])}, ...; its "
+        f"entries: {entries or 'none'}; choose one with --state-dict-key KEY"
+    )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        n = sum(isinstance(v, torch.Tensor) for v in value.values())
+        return f"dict of {len(value)}, {n} tensors"
+    if isinstance(value, InertObject):
+        return type(value).qualname
+    return type(value).__name__
 
 
 def _inert_name(value: Any) -> str:
