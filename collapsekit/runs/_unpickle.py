@@ -131,6 +131,10 @@ def _is_metadata(module: str, name: str) -> bool:
 class _Unpickler(pickle.Unpickler):
     """``find_class``: torch's weights-only allowlist, inert placeholders, or a refusal."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inert: dict[str, type[InertObject]] = {}  # one placeholder class per name
+
     def find_class(self, module: str, name: str) -> Any:
         from torch._weights_only_unpickler import (  # the table torch's own unpickler uses
             _get_allowed_globals,
@@ -148,7 +152,9 @@ class _Unpickler(pickle.Unpickler):
         if qualname in user:
             return user[qualname]
         if _is_metadata(module, name):
-            return _inert_class(qualname)
+            if qualname not in self._inert:
+                self._inert[qualname] = _inert_class(qualname)
+            return self._inert[qualname]
         raise RefusedGlobal(qualname)
 
 

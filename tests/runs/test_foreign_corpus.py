@@ -245,13 +245,16 @@ def _lightning_checkpoint(module: Any, path: Path) -> None:
         max_steps=1,
         accelerator="cpu",
         logger=False,
-        enable_checkpointing=False,
+        default_root_dir=path.parent,  # its ModelCheckpoint's state goes into the .ckpt
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     module.train()
     trainer.fit(module, data)
     trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)  # the test's own file: what Lightning wrote
+    assert {"pytorch-lightning_version", "state_dict", "callbacks", "loops"} <= set(saved)
+    assert any("ModelCheckpoint" in k for k in saved["callbacks"])
 
 
 def _lit_module(backbone: nn.Module, channels: int, **hparams: Any) -> Any:
