@@ -41,7 +41,9 @@ class Backbone(nn.Module):
     Attributes:
         arch: the architecture name.
         out_channels: width ``C`` of the final feature map (512 or 2048).
-        stride: output stride of the final feature map (32 unless dilated).
+        undilated_stride: output stride of the final feature map as built: 32 with collapsekit's
+            stem (stride-2 conv, max-pool), 16 with MONAI's default stride-1 stem.
+        stride: output stride of the final feature map (``undilated_stride`` unless dilated).
     """
 
     def __init__(
@@ -73,12 +75,13 @@ class Backbone(nn.Module):
         self.arch = arch
         self.in_channels = in_channels
         self.out_channels = width
-        self.stride = 32
+        self.undilated_stride = conv1_t_stride * (1 if no_max_pool else 2) * 8
+        self.stride = self.undilated_stride
         # Same attribute names as torchvision so state dicts load key for key.
         self.conv1 = net.conv1
         self.bn1 = net.bn1
         self.act = net.act
-        self.maxpool = net.maxpool
+        self.maxpool = nn.Identity() if no_max_pool else net.maxpool  # MONAI skips it in forward
         self.layer1 = net.layer1
         self.layer2 = net.layer2
         self.layer3 = net.layer3
@@ -144,7 +147,9 @@ class Backbone(nn.Module):
         """Turn the last stages' strides into dilations (DeepLab-style), in place.
 
         ``output_stride`` 16 dilates ``layer4`` (dilation 2); 8 dilates ``layer3`` (2) and
-        ``layer4`` (4), like the r50-d8 of mmsegmentation. Weights are unchanged.
+        ``layer4`` (4), like the r50-d8 of mmsegmentation. Weights are unchanged. The values name
+        the usual stride-2 stem's output strides; with another stem the map is 2× (16) or 4× (8)
+        finer than undilated, and :attr:`stride` says the true value.
         """
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
@@ -159,7 +164,7 @@ class Backbone(nn.Module):
                     if m.kernel_size == (3, 3):
                         m.dilation = (dilation, dilation)
                         m.padding = (dilation, dilation)
-        self.stride = output_stride
+        self.stride = self.undilated_stride * output_stride // 32
         return self
 
 

@@ -409,6 +409,16 @@ def test_model_kwargs_json_equals_stem_stride(tmp_path: Path) -> None:
     assert m.assumptions == ()
 
 
+def test_model_kwargs_no_max_pool_is_exact(tmp_path: Path) -> None:
+    net = _monai(no_max_pool=True)
+    p = tmp_path / "monai_nopool.pt"
+    torch.save(net.state_dict(), p)
+    m = load_model(p, model_kwargs={"conv1_t_stride": 1, "no_max_pool": True})
+    with torch.no_grad():
+        assert _max_diff(m, _monai_features(net, _gray()), _gray()) <= TOL
+    assert m.backbone.stride == 8
+
+
 def _collapsekit_checkpoint(tmp_path: Path) -> tuple[Path, nn.Module]:
     """A training checkpoint exactly as ``train`` writes it (``build_checkpoint`` of a MoCo)."""
     from collapsekit.models import ModelConfig
