@@ -12,6 +12,14 @@ loads with ``strict=True`` into
   names, with the 1-channel stem replicated to RGB as ``w_rgb[:, c] = w / 3``, so a grayscale slice
   copied to three channels gives exactly the 1-channel features (``Σ_c w/3 · x = w · x``).
 
+**Metadata.** The file records what the weights cannot show — arch, the MONAI kwargs (stem
+stride included), input channels, training image size, HU window, whether ZCA was folded — in
+the state dict's ``_metadata`` under ``"collapsekit"`` (:func:`with_export_metadata`), where
+``load_state_dict`` does not look (it reads only module names there), so strict loading still
+works; :func:`collapsekit.runs.models.load_model` reads it back. MONAI's ``FlexibleUNet`` ResNet
+encoders use shortcut type A (no downsample convolution) and reject the export's 18
+``downsample`` tensors; ``monai.networks.nets.ResNet`` with the recorded kwargs accepts it.
+
 **ZCA in the block.** With ``zca_placement = "block"`` (the default) the last residual block's final
 norm is a :class:`~collapsekit.models.zca.ZCAWhitening` layer, which no plain ResNet has. In eval
 mode it is an affine map per position, ``y = M (x − μ) + β`` with ``M = diag(γ) W`` and
