@@ -38,7 +38,7 @@ __all__ = [
     "StateDictKeyOpt",
     "StemStrideOpt",
     "StripPrefixOpt",
-    "load_options",
+    "model_options",
     "CacheDirOpt",
     "PreprocessWorkersOpt",
     "console",
@@ -256,7 +256,7 @@ def print_json(obj: Any) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # How to read a foreign checkpoint: the options of every command that takes a model (issue 19).
-# Declared once here; each command passes them to load_options() and on to the library.
+# Declared once here; each command passes them to model_options() and on to the library.
 _FOREIGN = "Foreign checkpoints"
 
 StateDictKeyOpt = Annotated[
@@ -306,20 +306,20 @@ ModelKwargsOpt = Annotated[
 ]
 
 
-def load_options(
+def model_options(
     arch: str | None = None,
     state_dict_key: str | None = None,
     strip_prefix: str | None = None,
     stem_stride: int | None = None,
     model_kwargs: str | None = None,
 ) -> Any:
-    """The :class:`~collapsekit.runs.models.LoadOptions` of the options above.
+    """The :class:`~collapsekit.runs.models.ModelOptions` of the options above.
 
     Raises:
         ConfigError: ``--model-kwargs`` is not a JSON object, or an invalid value.
     """
     from collapsekit.errors import ConfigError
-    from collapsekit.runs.models import LoadOptions
+    from collapsekit.runs.models import ModelOptions
 
     kwargs: dict[str, Any] = {}
     if model_kwargs:
@@ -331,7 +331,7 @@ def load_options(
             ) from None
         if not isinstance(kwargs, dict):
             raise ConfigError(f"--model-kwargs must be a JSON object, got {model_kwargs}")
-    return LoadOptions(
+    return ModelOptions(
         arch=arch,
         key=state_dict_key,
         strip_prefix=strip_prefix,

@@ -21,7 +21,7 @@ from collapsekit.cli.common import (
     console,
     data_loading,
     handle_errors,
-    load_options,
+    model_options,
     print_json,
     rich_progress,
 )
@@ -120,7 +120,7 @@ def spectrum(
         results = spectrum_analysis(
             inputs,
             data,
-            load_options=load_options(
+            model_options=model_options(
                 arch, state_dict_key, strip_prefix, stem_stride, model_kwargs
             ),
             mode=mode,
@@ -237,7 +237,7 @@ def similarity(
         results = similarity_analysis(
             inputs,
             data,
-            load_options=load_options(
+            model_options=model_options(
                 arch, state_dict_key, strip_prefix, stem_stride, model_kwargs
             ),
             pixels=pixels,

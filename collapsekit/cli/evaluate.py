@@ -20,7 +20,7 @@ from collapsekit.cli.common import (
     console,
     data_loading,
     handle_errors,
-    load_options,
+    model_options,
     print_json,
     rich_progress,
 )
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collapsekit.data.volume import Volume
     from collapsekit.evaluation.segmentation.scoring import SegmentationResult
     from collapsekit.progress import ProgressCallback
-    from collapsekit.runs.models import LoadedModel, LoadOptions
+    from collapsekit.runs.models import LoadedModel, ModelOptions
 
 CheckpointsArg = Annotated[
     list[str] | None,
@@ -128,7 +128,7 @@ def probe(
 
     specs = _specs(checkpoints)
     _check_specs(specs, "probe")
-    opts = load_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
+    opts = model_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
     _check_predictions_dir(save_predictions)
     dev = resolve_device(device)
     results: list[SegmentationResult] = []
@@ -210,7 +210,7 @@ def finetune(
 
     spec = _specs([checkpoint] if checkpoint else None)[0]
     _check_specs([spec], "finetune")
-    opts = load_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
+    opts = model_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
     _check_predictions_dir(save_predictions)
     dev = resolve_device(device)
     with rich_progress(quiet or json_out) as progress:
@@ -274,7 +274,7 @@ def _check_predictions_dir(path: Path | None) -> None:
         check_writable_dir(path, "--save-predictions")
 
 
-def _load(spec: str, device: str, options: LoadOptions, progress: ProgressCallback) -> LoadedModel:
+def _load(spec: str, device: str, options: ModelOptions, progress: ProgressCallback) -> LoadedModel:
     """The model, with what the loader assumed about a foreign checkpoint shown as warnings."""
     from collapsekit.data.preprocess import PreprocessConfig
     from collapsekit.progress import Message

@@ -17,7 +17,7 @@ from collapsekit.cli.common import (
     console,
     err_console,
     handle_errors,
-    load_options,
+    model_options,
     print_json,
 )
 
@@ -61,7 +61,7 @@ def export(
     """
     from collapsekit.runs.export import export_backbone
 
-    opts = load_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
+    opts = model_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
     result = export_backbone(run, out, fmt=fmt, overwrite=overwrite, options=opts)
     for line in result.assumptions:
         err_console.print(

@@ -32,7 +32,7 @@ from collapsekit.evaluation.extract import (
 )
 from collapsekit.progress import Message, ProgressCallback
 from collapsekit.runs.checkpoint import safe_torch_load
-from collapsekit.runs.models import LoadedModel, LoadOptions, load_model, model_from_object
+from collapsekit.runs.models import LoadedModel, ModelOptions, load_model, model_from_object
 from collapsekit.serialization import write_json
 
 __all__ = [
@@ -68,11 +68,11 @@ def is_embeddings_file(spec: str) -> bool:
 
 
 def load_input(
-    spec: str, device: str | torch.device = "cpu", load_options: LoadOptions | None = None
+    spec: str, device: str | torch.device = "cpu", model_options: ModelOptions | None = None
 ) -> LoadedModel | np.ndarray:
     """A model, or an ``(N, D)`` array when ``spec`` is an embeddings file (``.pt``: a bare tensor).
 
-    ``load_options``: how to read a foreign checkpoint (:class:`~collapsekit.runs.LoadOptions`).
+    ``model_options``: how to read a foreign checkpoint (:class:`~collapsekit.runs.ModelOptions`).
     """
 
     if is_embeddings_file(spec):
@@ -81,8 +81,8 @@ def load_input(
         obj = safe_torch_load(spec)  # read once: a tensor is embeddings, a dict is weights
         if isinstance(obj, torch.Tensor):
             return embeddings_from_object(obj, spec)
-        return model_from_object(obj, spec, device, options=load_options)
-    return load_model(spec, device=device, options=load_options)
+        return model_from_object(obj, spec, device, options=model_options)
+    return load_model(spec, device=device, options=model_options)
 
 
 def load_eval_volumes(data: DataSpec, progress: ProgressCallback | None = None) -> list[Volume]:
@@ -115,7 +115,7 @@ def embeddings_for(
     device: str | torch.device = "cpu",
     drop_nonfinite: bool = False,
     progress: ProgressCallback | None = None,
-    load_options: LoadOptions | None = None,
+    model_options: ModelOptions | None = None,
 ) -> list[Embeddings]:
     """Load each input; extract model embeddings over ``data`` (volumes loaded once).
 
@@ -123,7 +123,7 @@ def embeddings_for(
     :class:`~collapsekit.progress.Message`.
     """
 
-    loaded = [(s, load_input(s, device, load_options)) for s in specs]
+    loaded = [(s, load_input(s, device, model_options)) for s in specs]
     window = PreprocessConfig()  # load_eval_volumes' window
     for _, obj in loaded:
         if progress is None or not isinstance(obj, LoadedModel):
@@ -167,7 +167,7 @@ def spectrum_analysis(
     device: str | torch.device = "cpu",
     drop_nonfinite: bool = False,
     progress: ProgressCallback | None = None,
-    load_options: LoadOptions | None = None,
+    model_options: ModelOptions | None = None,
 ) -> list[Any]:
     """Spectrum reports (:class:`~collapsekit.diagnostics.SpectrumResult`) of every input."""
 
@@ -179,7 +179,7 @@ def spectrum_analysis(
         device=device,
         drop_nonfinite=drop_nonfinite,
         progress=progress,
-        load_options=load_options,
+        model_options=model_options,
     ):
         name = emb.name if mode == "backbone" or emb.mode == "file" else f"{emb.name} [{mode}]"
         if len(emb.z) > CHUNK:
@@ -201,7 +201,7 @@ def similarity_analysis(
     device: str | torch.device = "cpu",
     drop_nonfinite: bool = False,
     progress: ProgressCallback | None = None,
-    load_options: LoadOptions | None = None,
+    model_options: ModelOptions | None = None,
 ) -> list[Any]:
     """Inter-image cosine similarity of each input's embeddings (and of the pixels with ``pixels``)."""
 
@@ -213,7 +213,7 @@ def similarity_analysis(
         device=device,
         drop_nonfinite=drop_nonfinite,
         progress=progress,
-        load_options=load_options,
+        model_options=model_options,
     )
     for emb in embs:
         groups = emb.volume if emb.mode != "file" else None

@@ -9,7 +9,7 @@ from collapsekit.runs.checkpoint import (
     safe_torch_load,
     save_checkpoint,
 )
-from collapsekit.runs.models import LoadedModel, LoadOptions, load_model, model_from_object
+from collapsekit.runs.models import LoadedModel, ModelOptions, load_model, model_from_object
 from collapsekit.runs.rundir import default_run_dir, resolve_latest, update_latest
 
 __all__ = [
@@ -19,7 +19,7 @@ __all__ = [
     "load_checkpoint",
     "safe_torch_load",
     "LoadedModel",
-    "LoadOptions",
+    "ModelOptions",
     "load_model",
     "model_from_object",
     "default_run_dir",

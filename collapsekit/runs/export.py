@@ -53,7 +53,7 @@ from collapsekit.outputs import check_writable_dir, writing
 from collapsekit.runs.models import (
     EXPORT_METADATA_KEY,
     LoadedModel,
-    LoadOptions,
+    ModelOptions,
     check_model_spec,
     load_model,
     model_path,
@@ -237,7 +237,7 @@ def export_backbone(
     *,
     fmt: str = "monai",
     overwrite: bool = False,
-    options: LoadOptions | None = None,
+    options: ModelOptions | None = None,
 ) -> ExportResult:
     """Write the query backbone of a run (or any model :func:`load_model` reads) to ``out``.
 
@@ -249,7 +249,7 @@ def export_backbone(
         out: the ``.pt`` file to write.
         fmt: ``monai`` or ``torchvision`` (see :func:`backbone_state_dict`).
         overwrite: replace an existing ``out``.
-        options: how to read a foreign ``spec`` (:class:`~collapsekit.runs.models.LoadOptions`).
+        options: how to read a foreign ``spec`` (:class:`~collapsekit.runs.models.ModelOptions`).
 
     Raises:
         ConfigError: an unknown format (with a "did you mean").

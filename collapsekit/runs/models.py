@@ -21,7 +21,7 @@ Formats are recognised by their container and keys:
 The depth, input channels, stem kernel and downsample bias are read from the weights. The stem
 stride is not in the weights: it comes from the file's metadata (our runs and exports), from the
 tool (official MoCo, timm, solo-learn build torchvision ResNets), from
-:class:`LoadOptions` (``--stem-stride``, ``--model-kwargs``), or it is assumed by a documented
+:class:`ModelOptions` (``--stem-stride``, ``--model-kwargs``), or it is assumed by a documented
 rule (:func:`assumed_stem_stride`) and the assumption is returned in ``LoadedModel.assumptions`` for the
 caller to show.
 """
@@ -51,7 +51,7 @@ from collapsekit.runs.checkpoint import (
 )
 
 __all__ = [
-    "LoadOptions",
+    "ModelOptions",
     "LoadedModel",
     "load_model",
     "model_path",
@@ -125,7 +125,7 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
-class LoadOptions:
+class ModelOptions:
     """How to read a foreign checkpoint whose layout or stem the file does not say.
 
     Attributes:
@@ -179,7 +179,7 @@ def backbone_from_state_dict(
     state: dict[str, Any],
     source: str = "state dict",
     *,
-    options: LoadOptions | None = None,
+    options: ModelOptions | None = None,
     known: dict[str, Any] | None = None,
 ) -> tuple[Backbone, list[str]]:
     """Build the :class:`Backbone` that ``state`` fits and load it exactly.
@@ -198,7 +198,7 @@ def backbone_from_state_dict(
         CheckpointError: no ResNet layout (the message lists what was found and the options that
             map it), an architecture the weights do not fit, missing or unexpected tensors.
     """
-    options = options or LoadOptions()
+    options = options or ModelOptions()
     trunk = find_trunk(state, options.strip_prefix, source).state
     arch = options.arch or infer_arch(trunk)
     conv1 = trunk["conv1.weight"]
@@ -246,7 +246,7 @@ def assumed_stem_stride(bias_downsample: bool) -> int:
 
 
 def stem_settings(
-    read: dict[str, Any], options: LoadOptions, known: dict[str, Any], source: str
+    read: dict[str, Any], options: ModelOptions, known: dict[str, Any], source: str
 ) -> tuple[dict[str, Any], list[str]]:
     """The backbone's MONAI stem kwargs: the user's options over metadata over the rule.
 
@@ -348,7 +348,7 @@ def load_model(
     strip_prefix: str | None = None,
     stem_stride: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
-    options: LoadOptions | None = None,
+    options: ModelOptions | None = None,
 ) -> LoadedModel:
     """Load a model for diagnostics from a path, a run directory or ``random:ARCH``.
 
@@ -357,7 +357,7 @@ def load_model(
             MoCo, torchvision, timm state dict / ``train.py`` checkpoint / ``.safetensors``,
             Lightning ``.ckpt``, solo-learn, lightly, MONAI), or ``random:ARCH``.
         device: where the model goes.
-        arch, key, strip_prefix, stem_stride, model_kwargs: see :class:`LoadOptions` (or pass
+        arch, key, strip_prefix, stem_stride, model_kwargs: see :class:`ModelOptions` (or pass
             ``options``). Only needed where the file does not say; ``LoadedModel.assumptions``
             lists what was assumed.
 
@@ -367,7 +367,7 @@ def load_model(
         ConfigError: an invalid option.
     """
     if options is None:
-        options = LoadOptions(
+        options = ModelOptions(
             arch=arch,
             key=key,
             strip_prefix=strip_prefix,
@@ -446,7 +446,7 @@ def model_from_object(
     path: str | Path,
     device: str | torch.device = "cpu",
     *,
-    options: LoadOptions | None = None,
+    options: ModelOptions | None = None,
 ) -> LoadedModel:
     """Build the model held by ``obj``, already read from checkpoint file ``path`` (weights only).
 
@@ -454,7 +454,7 @@ def model_from_object(
         CheckpointError: ``obj`` is not a recognised checkpoint (the message lists what was found
             and the options that map it).
     """
-    options = options or LoadOptions()
+    options = options or ModelOptions()
     path = Path(path)
     name = path.parent.name if path.name == "checkpoint.pt" else path.stem
     if not isinstance(obj, dict):

@@ -479,13 +479,13 @@ def test_our_runs_and_exports(tmp_path: Path) -> None:
 def test_an_export_of_a_foreign_stride1_model_keeps_its_stride(tmp_path: Path) -> None:
     """The stride given once at export is recorded, so later commands need no option."""
     from collapsekit.runs.export import export_backbone
-    from collapsekit.runs.models import LoadOptions
+    from collapsekit.runs.models import ModelOptions
 
     net = _monai(bias_downsample=False)
     src = tmp_path / "monai.pt"
     torch.save(net.state_dict(), src)
     out = tmp_path / "export.pt"
-    export_backbone(src, out, options=LoadOptions(stem_stride=1))
+    export_backbone(src, out, options=ModelOptions(stem_stride=1))
     back = load_model(out)
     assert back.assumptions == () and back.metadata is not None
     assert back.metadata["model_kwargs"]["conv1_t_stride"] == 1
