@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from collapsekit.data import LoadOptions
 
 __all__ = [
+    "model_options",
     "console",
     "err_console",
     "handle_errors",
@@ -245,3 +246,37 @@ def _plain_progress(every_s: float) -> Callable[[ProgressEvent], None]:
 def print_json(obj: Any) -> None:
     """Print ``obj`` as JSON to stdout and nothing else."""
     typer.echo(json.dumps(to_jsonable(obj), indent=2))
+
+
+def model_options(
+    arch: str | None = None,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
+    stem_stride: int | None = None,
+    model_kwargs: str | None = None,
+) -> Any:
+    """The :class:`~collapsekit.runs.models.ModelOptions` of the options above.
+
+    Raises:
+        ConfigError: ``--model-kwargs`` is not a JSON object, or an invalid value.
+    """
+    from collapsekit.errors import ConfigError
+    from collapsekit.runs.models import ModelOptions
+
+    kwargs: dict[str, Any] = {}
+    if model_kwargs:
+        try:
+            kwargs = json.loads(model_kwargs)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"--model-kwargs is not valid JSON ({e.msg}): {model_kwargs}"
+            ) from None
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"--model-kwargs must be a JSON object, got {model_kwargs}")
+    return ModelOptions(
+        arch=arch,
+        key=state_dict_key,
+        strip_prefix=strip_prefix,
+        stem_stride=stem_stride,
+        model_kwargs=kwargs,
+    )

@@ -14,19 +14,25 @@ from collapsekit.cli.common import (
     console,
     handle_errors,
     load_options,
+    model_options,
     print_json,
     rich_progress,
 )
 from collapsekit.cli.options import (
+    ArchOpt,
     CacheDirOpt,
     DataDirOpt,
     DatasetOpt,
     DeviceOpt,
     ImageSizeOpt,
     JsonOpt,
+    ModelKwargsOpt,
     OverwriteOpt,
     PreprocessWorkersOpt,
     QuietOpt,
+    StateDictKeyOpt,
+    StemStrideOpt,
+    StripPrefixOpt,
 )
 
 if TYPE_CHECKING:
@@ -85,6 +91,11 @@ def spectrum(
     quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
+    arch: ArchOpt = None,
+    state_dict_key: StateDictKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    stem_stride: StemStrideOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
 ) -> None:
     """Singular spectrum, effective rank, α-ReQ and friends of embeddings (Jing et al. 2022)."""
     from collapsekit.devices import resolve_device
@@ -99,6 +110,9 @@ def spectrum(
             out,
             _data(dataset, data_dir, samples, image_size),
             mode="dense" if dense else "head" if head else "backbone",
+            model_options=model_options(
+                arch, state_dict_key, strip_prefix, stem_stride, model_kwargs
+            ),
             normalize=normalize,
             device=resolve_device(device),
             drop_nonfinite=drop_nonfinite,
@@ -178,6 +192,11 @@ def similarity(
     quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
+    arch: ArchOpt = None,
+    state_dict_key: StateDictKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    stem_stride: StemStrideOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
 ) -> None:
     """Inter-image cosine similarity of embeddings (same vs different volume) and of pixels."""
     from collapsekit.devices import resolve_device
@@ -188,6 +207,9 @@ def similarity(
             inputs,
             out,
             _data(dataset, data_dir, samples, image_size),
+            model_options=model_options(
+                arch, state_dict_key, strip_prefix, stem_stride, model_kwargs
+            ),
             pixels=pixels,
             device=resolve_device(device),
             drop_nonfinite=drop_nonfinite,

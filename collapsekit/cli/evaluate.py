@@ -9,16 +9,28 @@ import typer
 from rich.table import Table
 
 from collapsekit.cli.app import app
-from collapsekit.cli.common import console, handle_errors, load_options, print_json, rich_progress
+from collapsekit.cli.common import (
+    console,
+    handle_errors,
+    load_options,
+    model_options,
+    print_json,
+    rich_progress,
+)
 from collapsekit.cli.options import (
+    ArchOpt,
     CacheDirOpt,
     DataDirOpt,
     DeviceOpt,
     EvalDatasetOpt,
     ImageSizeOpt,
     JsonOpt,
+    ModelKwargsOpt,
     PreprocessWorkersOpt,
     QuietOpt,
+    StateDictKeyOpt,
+    StemStrideOpt,
+    StripPrefixOpt,
 )
 
 if TYPE_CHECKING:
@@ -26,7 +38,7 @@ if TYPE_CHECKING:
     from collapsekit.data.volume import Volume
     from collapsekit.evaluation.segmentation.scoring import SegmentationResult
     from collapsekit.progress import ProgressCallback
-    from collapsekit.runs.models import LoadedModel
+    from collapsekit.runs.models import LoadedModel, ModelOptions
 
 CheckpointsArg = Annotated[
     list[str] | None,
@@ -98,6 +110,11 @@ def probe(
     quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
+    arch: ArchOpt = None,
+    state_dict_key: StateDictKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    stem_stride: StemStrideOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
 ) -> None:
     """Linear probe (1×1 conv on the frozen final feature map) scored by per-organ 3D Dice."""
     from collapsekit.devices import resolve_device
@@ -106,6 +123,7 @@ def probe(
 
     specs = _specs(checkpoints)
     _check_specs(specs, "probe")
+    opts = model_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
     _check_predictions_dir(save_predictions)
     dev = resolve_device(device)
     results: list[SegmentationResult] = []
@@ -115,7 +133,7 @@ def probe(
             dataset, data_dir, (phantom_cases, phantom_size, phantom_slices), loading, progress
         )
         for spec in specs:
-            model = _load(spec, dev)
+            model = _load(spec, dev, opts, progress)
             cfg = ProbeConfig(
                 epochs=epochs,
                 image_size=_image_size(model, image_size, progress),
@@ -175,6 +193,11 @@ def finetune(
     quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
+    arch: ArchOpt = None,
+    state_dict_key: StateDictKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    stem_stride: StemStrideOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
 ) -> None:
     """Fine-tune the pretrained encoder under a MONAI UNet decoder; per-organ 3D Dice."""
     from collapsekit.devices import resolve_device
@@ -184,6 +207,7 @@ def finetune(
 
     spec = _specs([checkpoint] if checkpoint else None)[0]
     _check_specs([spec], "finetune")
+    opts = model_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
     _check_predictions_dir(save_predictions)
     dev = resolve_device(device)
     loading = load_options(cache_dir, preprocess_workers)
@@ -191,7 +215,7 @@ def finetune(
         train, val, labels = _load_data(
             dataset, data_dir, (phantom_cases, phantom_size, phantom_slices), loading, progress
         )
-        model = _load(spec, dev)
+        model = _load(spec, dev, opts, progress)
         cfg = FinetuneConfig(
             epochs=epochs,
             image_size=_image_size(model, image_size, progress),
@@ -248,10 +272,19 @@ def _check_predictions_dir(path: Path | None) -> None:
         check_writable_dir(path, "--save-predictions")
 
 
-def _load(spec: str, device: str) -> LoadedModel:
+def _load(spec: str, device: str, options: ModelOptions, progress: ProgressCallback) -> LoadedModel:
+    """The model, with what the loader assumed about a foreign checkpoint shown as warnings."""
+    from collapsekit.data.preprocess import PreprocessConfig
+    from collapsekit.progress import Message
     from collapsekit.runs.models import load_model
 
-    return load_model(spec, device=device)
+    model = load_model(spec, device=device, options=options)
+    window = PreprocessConfig()  # _load_data's window
+    for line in filter(
+        None, [*model.assumptions, model.window_warning(window.a_min, window.a_max)]
+    ):
+        progress(Message(line, level="warning"))
+    return model
 
 
 def _image_size(model: LoadedModel, requested: int | None, progress: ProgressCallback) -> int:

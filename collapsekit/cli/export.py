@@ -8,8 +8,15 @@ from typing import Annotated
 import typer
 
 from collapsekit.cli.app import app
-from collapsekit.cli.common import console, handle_errors, print_json
-from collapsekit.cli.options import JsonOpt
+from collapsekit.cli.common import console, err_console, handle_errors, model_options, print_json
+from collapsekit.cli.options import (
+    ArchOpt,
+    JsonOpt,
+    ModelKwargsOpt,
+    StateDictKeyOpt,
+    StemStrideOpt,
+    StripPrefixOpt,
+)
 
 
 @app.command()
@@ -36,6 +43,11 @@ def export(
         bool, typer.Option("--overwrite", help="Replace OUT if it already exists.")
     ] = False,
     json_out: JsonOpt = False,
+    arch: ArchOpt = None,
+    state_dict_key: StateDictKeyOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    stem_stride: StemStrideOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
 ) -> None:
     """Write the pretrained backbone alone (no projector, heads, queues or optimiser).
 
@@ -44,7 +56,12 @@ def export(
     """
     from collapsekit.runs.export import export_backbone
 
-    result = export_backbone(run, out, fmt=fmt, overwrite=overwrite)
+    opts = model_options(arch, state_dict_key, strip_prefix, stem_stride, model_kwargs)
+    result = export_backbone(run, out, fmt=fmt, overwrite=overwrite, options=opts)
+    for line in result.assumptions:
+        err_console.print(
+            f"warning: {line}", style="yellow", highlight=False, markup=False, soft_wrap=True
+        )
     if json_out:
         print_json(result.to_dict())
         return
@@ -70,7 +87,7 @@ def export(
         )
     if result.image_size is not None:
         console.print(
-            f"trained at {result.image_size} px; diagnose it with: collapsekit spectrum "
-            f"{result.path} --image-size {result.image_size}",
+            f"trained at {result.image_size} px; the file records it with the stem and HU window, "
+            f"so `collapsekit spectrum {result.path}` reads them back",
             highlight=False,
         )

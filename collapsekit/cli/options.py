@@ -12,6 +12,11 @@ from typing import Annotated
 import typer
 
 __all__ = [
+    "ArchOpt",
+    "ModelKwargsOpt",
+    "StateDictKeyOpt",
+    "StemStrideOpt",
+    "StripPrefixOpt",
     "CacheDirOpt",
     "DataDirOpt",
     "DatasetOpt",
@@ -75,5 +80,57 @@ CacheDirOpt = Annotated[
         envvar="COLLAPSEKIT_CACHE_DIR",
         help="Directory of the on-disk cache of preprocessed volumes (float16, memory-mapped: "
         "memory stays bounded for any number of volumes). Default: in memory only.",
+    ),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# How to read a foreign checkpoint: the options of every command that takes a model (issue 19).
+# Declared once here; each command passes them to cli.common.model_options() and on to the library.
+_FOREIGN = "Foreign checkpoints"
+
+StateDictKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--state-dict-key",
+        help="Entry of the checkpoint that holds the weights, dotted when nested (state_dict, "
+        "model.ema). Default: state_dict, model, backbone, ... or the file itself.",
+        rich_help_panel=_FOREIGN,
+    ),
+]
+StripPrefixOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--strip-prefix",
+        help="Prefix in front of conv1/layer1 in the weight names (backbone., "
+        "module.encoder_q.). Default: found from the names.",
+        rich_help_panel=_FOREIGN,
+    ),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="resnet18 | resnet34 | resnet50 (default: from the blocks per stage).",
+        rich_help_panel=_FOREIGN,
+    ),
+]
+StemStrideOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--stem-stride",
+        min=1,
+        help="Stride of the stem convolution, which weights cannot show (MONAI's default 1, "
+        "torchvision/timm 2). Default: the file's metadata, else assumed with a warning.",
+        rich_help_panel=_FOREIGN,
+    ),
+]
+ModelKwargsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model-kwargs",
+        help='MONAI ResNet settings the weights cannot show, as JSON: {"conv1_t_stride": 1, '
+        '"no_max_pool": false}.',
+        rich_help_panel=_FOREIGN,
     ),
 ]

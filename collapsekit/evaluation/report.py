@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from collapsekit.data import LoadOptions, eval_phantom, load_split
+from collapsekit.data.preprocess import PreprocessConfig
 from collapsekit.data.volume import Volume
 from collapsekit.diagnostics import (
     SimilarityResult,
@@ -34,9 +35,9 @@ from collapsekit.evaluation.extract import (
     pixel_vectors,
     recalibrate_baseline,
 )
-from collapsekit.progress import ProgressCallback
+from collapsekit.progress import Message, ProgressCallback
 from collapsekit.runs.checkpoint import safe_torch_load
-from collapsekit.runs.models import LoadedModel, load_model, model_from_object
+from collapsekit.runs.models import LoadedModel, ModelOptions, load_model, model_from_object
 from collapsekit.serialization import write_json
 
 __all__ = [
@@ -72,8 +73,13 @@ def _is_embeddings_file(spec: str) -> bool:
     return Path(spec).suffix.lower() in _EMBEDDING_SUFFIXES
 
 
-def load_input(spec: str, device: str | torch.device = "cpu") -> LoadedModel | np.ndarray:
-    """A model, or an ``(N, D)`` array when ``spec`` is an embeddings file (``.pt``: a bare tensor)."""
+def load_input(
+    spec: str, device: str | torch.device = "cpu", model_options: ModelOptions | None = None
+) -> LoadedModel | np.ndarray:
+    """A model, or an ``(N, D)`` array when ``spec`` is an embeddings file (``.pt``: a bare tensor).
+
+    ``model_options``: how to read a foreign checkpoint (:class:`~collapsekit.runs.ModelOptions`).
+    """
 
     if _is_embeddings_file(spec):
         return load_embeddings(spec)
@@ -81,8 +87,8 @@ def load_input(spec: str, device: str | torch.device = "cpu") -> LoadedModel | n
         obj = safe_torch_load(spec)  # read once: a tensor is embeddings, a dict is weights
         if isinstance(obj, torch.Tensor):
             return embeddings_from_object(obj, spec)
-        return model_from_object(obj, spec, device)
-    return load_model(spec, device=device)
+        return model_from_object(obj, spec, device, options=model_options)
+    return load_model(spec, device=device, options=model_options)
 
 
 def load_eval_volumes(
@@ -124,14 +130,25 @@ def embeddings_for(
     drop_nonfinite: bool = False,
     loading: LoadOptions = LoadOptions(),
     progress: ProgressCallback | None = None,
+    model_options: ModelOptions | None = None,
 ) -> list[Embeddings]:
     """Load each input; extract model embeddings over ``data`` (volumes loaded once).
 
     A random baseline (``random:ARCH``) gets its BatchNorm statistics re-estimated on the volumes
     first (:func:`~collapsekit.evaluation.extract.recalibrate_baseline`) and is named so.
+
+    What a loader assumed about a foreign checkpoint (its stem stride) is reported as a warning
+    :class:`~collapsekit.progress.Message`.
     """
 
-    loaded = [(s, load_input(s, device)) for s in specs]
+    loaded = [(s, load_input(s, device, model_options)) for s in specs]
+    window = PreprocessConfig()  # load_eval_volumes' window
+    for _, obj in loaded:
+        if progress is None or not isinstance(obj, LoadedModel):
+            continue
+        lines = [*obj.assumptions, obj.window_warning(window.a_min, window.a_max)]
+        for line in filter(None, lines):
+            progress(Message(line, level="warning"))
     volumes: list[Volume] | None = None
     out: list[Embeddings] = []
     for spec, obj in loaded:
@@ -170,6 +187,7 @@ def spectrum_analysis(
     drop_nonfinite: bool = False,
     loading: LoadOptions = LoadOptions(),
     progress: ProgressCallback | None = None,
+    model_options: ModelOptions | None = None,
 ) -> list[SpectrumResult]:
     """Spectrum reports (:class:`~collapsekit.diagnostics.SpectrumResult`) of every input."""
 
@@ -182,6 +200,7 @@ def spectrum_analysis(
         drop_nonfinite=drop_nonfinite,
         loading=loading,
         progress=progress,
+        model_options=model_options,
     ):
         name = emb.name if mode == "backbone" or emb.mode == "file" else f"{emb.name} [{mode}]"
         if len(emb.z) > _CHUNK:
@@ -204,6 +223,7 @@ def similarity_analysis(
     drop_nonfinite: bool = False,
     loading: LoadOptions = LoadOptions(),
     progress: ProgressCallback | None = None,
+    model_options: ModelOptions | None = None,
 ) -> list[SimilarityResult]:
     """Inter-image cosine similarity of each input's embeddings (and of the pixels with ``pixels``)."""
 
@@ -216,6 +236,7 @@ def similarity_analysis(
         drop_nonfinite=drop_nonfinite,
         loading=loading,
         progress=progress,
+        model_options=model_options,
     )
     for emb in embs:
         groups = emb.volume if emb.mode != "file" else None
@@ -308,13 +329,14 @@ def write_spectrum_report(
     overwrite: bool = False,
     loading: LoadOptions = LoadOptions(),
     progress: ProgressCallback | None = None,
+    model_options: ModelOptions | None = None,
 ) -> SpectrumReport:
     """:func:`spectrum_analysis` of every input, written to ``out/spectrum.json`` and
     ``out/spectrum.png`` (``collapsekit spectrum``).
 
     Args:
-        specs, data, mode, normalize, device, drop_nonfinite, loading, progress: as in
-            :func:`spectrum_analysis`.
+        specs, data, mode, normalize, device, drop_nonfinite, loading, progress, model_options:
+            as in :func:`spectrum_analysis`.
         out: the output directory (default ``RUN/diagnostics`` for one run, else
             ``./diagnostics``); checked before any work.
         overwrite: replace ``spectrum.json``/``.png`` that exist there already.
@@ -335,6 +357,7 @@ def write_spectrum_report(
         drop_nonfinite=drop_nonfinite,
         loading=loading,
         progress=progress,
+        model_options=model_options,
     )
     report = SpectrumReport(
         mode, normalize, results, directory / "spectrum.json", directory / "spectrum.png"
@@ -355,6 +378,7 @@ def write_similarity_report(
     overwrite: bool = False,
     loading: LoadOptions = LoadOptions(),
     progress: ProgressCallback | None = None,
+    model_options: ModelOptions | None = None,
 ) -> SimilarityReport:
     """:func:`similarity_analysis` of every input, written to ``out/similarity.json`` and
     ``out/similarity.png`` (``collapsekit similarity``); ``out`` and ``overwrite`` as in
@@ -370,6 +394,7 @@ def write_similarity_report(
         drop_nonfinite=drop_nonfinite,
         loading=loading,
         progress=progress,
+        model_options=model_options,
     )
     report = SimilarityReport(results, directory / "similarity.json", directory / "similarity.png")
     fig, _ = plot_similarity(results)

@@ -8,6 +8,8 @@ so state-dict keys and shapes match torchvision-style ResNets (``conv1``, ``bn1`
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from monai.networks.nets import resnet as monai_resnet
 from torch import nn
@@ -31,14 +33,29 @@ class Backbone(nn.Module):
     Args:
         arch: one of ``resnet18``, ``resnet34``, ``resnet50``.
         in_channels: input channels (1 for CT; 3 for ImageNet-style foreign weights).
+        conv1_t_size, conv1_t_stride, no_max_pool, bias_downsample: MONAI ``ResNet``'s stem and
+            shortcut settings. collapsekit trains with the defaults here (7×7 stride-2 stem,
+            max-pool, bias-free downsample, the torchvision layout); MONAI's own defaults are
+            stride 1 and downsample convolutions with bias, which foreign weights may carry.
 
     Attributes:
         arch: the architecture name.
         out_channels: width ``C`` of the final feature map (512 or 2048).
-        stride: output stride of the final feature map (32 unless dilated).
+        undilated_stride: output stride of the final feature map as built: 32 with collapsekit's
+            stem (stride-2 conv, max-pool), 16 with MONAI's default stride-1 stem.
+        stride: output stride of the final feature map (``undilated_stride`` unless dilated).
     """
 
-    def __init__(self, arch: str = "resnet18", in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        in_channels: int = 1,
+        *,
+        conv1_t_size: int = 7,
+        conv1_t_stride: int = 2,
+        no_max_pool: bool = False,
+        bias_downsample: bool = False,
+    ) -> None:
         super().__init__()
         arch = look_up_option(arch, BACKBONES, "backbone")
         block, layers, width = BACKBONES[arch]
@@ -48,21 +65,23 @@ class Backbone(nn.Module):
             block_inplanes=[64, 128, 256, 512],
             spatial_dims=2,
             n_input_channels=in_channels,
-            conv1_t_size=7,
-            conv1_t_stride=2,
+            conv1_t_size=conv1_t_size,
+            conv1_t_stride=conv1_t_stride,
+            no_max_pool=no_max_pool,
             shortcut_type="B",
-            bias_downsample=False,
+            bias_downsample=bias_downsample,
             feed_forward=False,
         )
         self.arch = arch
         self.in_channels = in_channels
         self.out_channels = width
-        self.stride = 32
+        self.undilated_stride = conv1_t_stride * (1 if no_max_pool else 2) * 8
+        self.stride = self.undilated_stride
         # Same attribute names as torchvision so state dicts load key for key.
         self.conv1 = net.conv1
         self.bn1 = net.bn1
         self.act = net.act
-        self.maxpool = net.maxpool
+        self.maxpool = nn.Identity() if no_max_pool else net.maxpool  # MONAI skips it in forward
         self.layer1 = net.layer1
         self.layer2 = net.layer2
         self.layer3 = net.layer3
@@ -128,7 +147,9 @@ class Backbone(nn.Module):
         """Turn the last stages' strides into dilations (DeepLab-style), in place.
 
         ``output_stride`` 16 dilates ``layer4`` (dilation 2); 8 dilates ``layer3`` (2) and
-        ``layer4`` (4), like the r50-d8 of mmsegmentation. Weights are unchanged.
+        ``layer4`` (4), like the r50-d8 of mmsegmentation. Weights are unchanged. The values name
+        the usual stride-2 stem's output strides; with another stem the map is 2× (16) or 4× (8)
+        finer than undilated, and :attr:`stride` says the true value.
         """
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
@@ -143,13 +164,13 @@ class Backbone(nn.Module):
                     if m.kernel_size == (3, 3):
                         m.dilation = (dilation, dilation)
                         m.padding = (dilation, dilation)
-        self.stride = output_stride
+        self.stride = self.undilated_stride * output_stride // 32
         return self
 
 
-def build_backbone(arch: str = "resnet18", in_channels: int = 1) -> Backbone:
-    """Build a randomly initialised :class:`Backbone` (see its docstring)."""
-    return Backbone(arch, in_channels)
+def build_backbone(arch: str = "resnet18", in_channels: int = 1, **stem: Any) -> Backbone:
+    """Build a randomly initialised :class:`Backbone` (see its docstring for ``stem``)."""
+    return Backbone(arch, in_channels, **stem)
 
 
 @torch.no_grad()

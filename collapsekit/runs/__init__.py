@@ -10,7 +10,7 @@ from collapsekit.runs.checkpoint import (
     save_checkpoint,
 )
 from collapsekit.runs.export import ExportResult, export_backbone
-from collapsekit.runs.models import LoadedModel, load_model
+from collapsekit.runs.models import LoadedModel, ModelOptions, load_model
 from collapsekit.runs.rundir import resolve_latest
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "load_checkpoint",
     "safe_torch_load",
     "LoadedModel",
+    "ModelOptions",
     "load_model",
     "resolve_latest",
     "ExportResult",

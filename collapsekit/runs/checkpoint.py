@@ -34,6 +34,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "safe_torch_load",
+    "is_safetensors",
     "check_checkpoint_kind",
     "remove_stale_temp_files",
     "NotACheckpointError",
@@ -134,7 +135,8 @@ def check_checkpoint_kind(path: str | Path) -> FileKind:
     """Sniff ``path`` and refuse, in one line, a file that cannot be a checkpoint.
 
     Returns:
-        The kind (a PyTorch archive or a pickle), for files ``torch.load`` may read.
+        The kind (a PyTorch archive or a pickle), for files ``torch.load`` may read;
+        ``FileKind.BINARY`` for a ``.safetensors`` file (recognised by its header).
 
     Raises:
         CheckpointError: missing, a directory, unreadable.
@@ -145,6 +147,8 @@ def check_checkpoint_kind(path: str | Path) -> FileKind:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, expected a checkpoint file")
+    if is_safetensors(path):
+        return FileKind.BINARY  # read by safetensors, not torch.load (see safe_torch_load)
     try:
         kind = sniff(path)
     except OSError as e:
@@ -173,6 +177,9 @@ def _refusal_reason(message: str) -> str:
     ]
     text = " ".join(" ".join(kept).split())
     text = re.sub(r"^Please file an issue.*?WeightsUnpickler error:\s*", "", text)
+    if not text and "WeightsUnpickler error:" in message:  # "Unsupported global: GLOBAL x ..."
+        text = " ".join(message.split("WeightsUnpickler error:", 1)[1].split())
+        text = text.split(" Please use `torch.serialization.add_safe_globals", 1)[0]
     return text or " ".join(message.split())
 
 
@@ -192,14 +199,59 @@ def remove_stale_temp_files(directory: str | Path) -> list[Path]:
     return removed
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """A ``.safetensors`` file by its bytes: an 8-byte little-endian header length, then ``{``."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= size - 8
+
+
+def _load_safetensors(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """A ``.safetensors`` file as ``{name: tensor}``; its ``__metadata__`` (strings) under
+    ``"__metadata__"`` when present. safetensors holds no code by construction."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            tensors: dict[str, Any] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            meta = f.metadata()
+    except Exception as e:  # noqa: BLE001 - a mangled header raises safetensors' own errors
+        first = " ".join(str(e).split())[:160] or type(e).__name__
+        raise CheckpointError(f"cannot read safetensors file {path}: corrupt ({first})") from None
+    if meta:
+        tensors["__metadata__"] = dict(meta)
+    return tensors
+
+
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into a one-line CheckpointError.
+    """Read a checkpoint's tensors and plain data; nothing in the file can run code.
+
+    1. ``.safetensors`` files (sniffed by their header) are read with safetensors.
+    2. Everything else goes through ``torch.load(weights_only=True)``.
+    3. When that refuses a *global* — a metadata object of another tool: solo-learn's OmegaConf
+       ``DictConfig``, timm's ``argparse.Namespace``, Lightning's ``AttributeDict`` — the file is
+       read again by :mod:`collapsekit.runs._unpickle`: the same tensor rebuild functions torch
+       allows, every metadata class an inert placeholder (nothing imported or called), and any other
+       global (``posix.system``, a user's class) refused with torch's own reason, as before.
 
     The file's kind is sniffed first (:func:`check_checkpoint_kind`), so a config, an image or an
-    embeddings array gets a plain answer instead of an unpickler's error. A pickle that references
-    code is refused with torch's full reason; nothing in it runs.
+    embeddings array gets a plain answer instead of an unpickler's error. Every failure is one
+    line without ANSI codes.
     """
     path = Path(path)
+    if is_safetensors(path):
+        return _load_safetensors(path, map_location)
     check_checkpoint_kind(path)
     try:
         with warnings.catch_warnings():
@@ -207,12 +259,9 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = _refusal_reason(str(e))
+        reason = _ANSI.sub("", _refusal_reason(str(e)))
         if "GLOBAL" in reason or "global" in reason:
-            raise CheckpointError(
-                f"refused to load {path}: it holds Python objects that would run code when "
-                f"unpickled (only tensors and plain data are allowed): {reason}"
-            ) from None
+            return _load_with_inert_metadata(path, map_location, reason)
         raise CheckpointError(
             f"cannot read checkpoint {path}: corrupt, truncated or not weights-only loadable "
             f"({reason})"
@@ -220,10 +269,37 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     except MemoryError:
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt (absurd sizes)") from None
     except Exception as e:  # noqa: BLE001 - a mangled pickle can raise anything; nothing has run
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _corrupt(path, e) from None
+
+
+def _corrupt(path: Path, e: BaseException) -> CheckpointError:
+    text = _ANSI.sub("", str(e)).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    return CheckpointError(
+        f"cannot read checkpoint {path}: corrupt or truncated ({type(e).__name__}: {first[:160]})"
+    )
+
+
+def _load_with_inert_metadata(path: Path, map_location: str | torch.device, reason: str) -> Any:
+    """Step 3 of :func:`safe_torch_load`; ``reason`` is torch's refusal, reused for code."""
+    from collapsekit.runs._unpickle import RefusedGlobal, load_with_inert_metadata
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return load_with_inert_metadata(path, map_location)
+    except RefusedGlobal as e:
+        if e.qualname not in reason:  # torch stopped at a metadata class; name the code itself
+            reason = f"GLOBAL {e.qualname} is neither a tensor, plain data nor inert metadata."
         raise CheckpointError(
-            f"cannot read checkpoint {path}: corrupt or truncated ({type(e).__name__}: {first[:160]})"
+            f"refused to load {path}: it holds Python objects that would run code when "
+            f"unpickled (only tensors, plain data and inert metadata objects are read; if you "
+            f"trust the file, re-save its state dict alone with torch.save): {reason}"
         ) from None
+    except MemoryError:
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt (absurd sizes)") from None
+    except Exception as e:  # noqa: BLE001 - a mangled pickle can raise anything; nothing has run
+        raise _corrupt(path, e) from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -12,6 +12,14 @@ loads with ``strict=True`` into
   names, with the 1-channel stem replicated to RGB as ``w_rgb[:, c] = w / 3``, so a grayscale slice
   copied to three channels gives exactly the 1-channel features (``Σ_c w/3 · x = w · x``).
 
+**Metadata.** The file records what the weights cannot show — arch, the MONAI kwargs (stem
+stride included), input channels, training image size, HU window, whether ZCA was folded — in
+the state dict's ``_metadata`` under ``"collapsekit"`` (:func:`with_export_metadata`), where
+``load_state_dict`` does not look (it reads only module names there), so strict loading still
+works; :func:`collapsekit.runs.models.load_model` reads it back. MONAI's ``FlexibleUNet`` ResNet
+encoders use shortcut type A (no downsample convolution) and reject the export's 18
+``downsample`` tensors; ``monai.networks.nets.ResNet`` with the recorded kwargs accepts it.
+
 **ZCA in the block.** With ``zca_placement = "block"`` (the default) the last residual block's final
 norm is a :class:`~collapsekit.models.zca.ZCAWhitening` layer, which no plain ResNet has. In eval
 mode it is an affine map per position, ``y = M (x − μ) + β`` with ``M = diag(γ) W`` and
@@ -29,6 +37,7 @@ nothing is folded.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +50,14 @@ from collapsekit.models.backbone import Backbone
 from collapsekit.models.zca import ZCAWhitening, inv_sqrt_eigh
 from collapsekit.options import look_up_option
 from collapsekit.outputs import check_writable_dir, writing
-from collapsekit.runs.models import check_model_spec, load_model, model_path
+from collapsekit.runs.models import (
+    EXPORT_METADATA_KEY,
+    LoadedModel,
+    ModelOptions,
+    check_model_spec,
+    load_model,
+    model_path,
+)
 from collapsekit.serialization import atomic_write
 
 __all__ = [
@@ -51,6 +67,8 @@ __all__ = [
     "backbone_state_dict",
     "fold_block_zca",
     "monai_resnet_kwargs",
+    "export_metadata_of",
+    "with_export_metadata",
 ]
 
 EXPORT_FORMATS = ("monai", "torchvision")
@@ -73,6 +91,8 @@ class ExportResult:
         monai_kwargs: keyword arguments of ``monai.networks.nets.<arch>`` that load the export
             (``monai`` format).
         source: the checkpoint the backbone came from.
+        hu_window: the run's HU window ``[a_min, a_max]`` (``None`` for a foreign model).
+        assumptions: what the loader assumed about a foreign source (its stem stride).
     """
 
     path: Path
@@ -86,6 +106,8 @@ class ExportResult:
     image_size: int | None
     monai_kwargs: dict[str, Any]
     source: Path
+    hu_window: list[float] | None = None
+    assumptions: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +122,8 @@ class ExportResult:
             "image_size": self.image_size,
             "monai_kwargs": self.monai_kwargs,
             "source": str(self.source),
+            "hu_window": self.hu_window,
+            "assumptions": list(self.assumptions),
         }
 
 
@@ -208,7 +232,12 @@ def backbone_state_dict(
 
 
 def export_backbone(
-    spec: str | Path, out: str | Path, *, fmt: str = "monai", overwrite: bool = False
+    spec: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "monai",
+    overwrite: bool = False,
+    options: ModelOptions | None = None,
 ) -> ExportResult:
     """Write the query backbone of a run (or any model :func:`load_model` reads) to ``out``.
 
@@ -220,6 +249,7 @@ def export_backbone(
         out: the ``.pt`` file to write.
         fmt: ``monai`` or ``torchvision`` (see :func:`backbone_state_dict`).
         overwrite: replace an existing ``out``.
+        options: how to read a foreign ``spec`` (:class:`~collapsekit.runs.models.ModelOptions`).
 
     Raises:
         ConfigError: an unknown format (with a "did you mean").
@@ -246,12 +276,14 @@ def export_backbone(
         )
     check_writable_dir(out.parent, "output directory")
 
-    model = load_model(source)
+    model = load_model(source, options=options)
     state, folded = backbone_state_dict(model.backbone, fmt)
-    with writing(out, "nothing was written"), atomic_write(out, "wb", fsync=True) as f:
-        torch.save(state, f)
     kwargs = monai_resnet_kwargs(model.backbone)
     kwargs["n_input_channels"] = int(state["conv1.weight"].shape[1])
+    metadata = export_metadata_of(model, fmt=fmt, monai_kwargs=kwargs, zca_folded=folded)
+    state = with_export_metadata(state, metadata)
+    with writing(out, "nothing was written"), atomic_write(out, "wb", fsync=True) as f:
+        torch.save(state, f)
     return ExportResult(
         path=out,
         format=fmt,
@@ -264,4 +296,59 @@ def export_backbone(
         image_size=model.image_size,
         monai_kwargs=kwargs,
         source=source,
+        hu_window=metadata["hu_window"],
+        assumptions=model.assumptions,
     )
+
+
+#: Version of the metadata an export records (see :func:`export_metadata_of`).
+EXPORT_METADATA_VERSION = 1
+
+
+def export_metadata_of(
+    model: LoadedModel, *, fmt: str, monai_kwargs: dict[str, Any], zca_folded: bool
+) -> dict[str, Any]:
+    """What an export records about itself, as plain data.
+
+    ``{"format": "collapsekit-export", "version", "export_format", "arch", "model_kwargs"
+    (MONAI ``ResNet`` kwargs, the stem stride included), "in_channels", "image_size" (training
+    size, ``None`` if unknown), "hu_window" (``[a_min, a_max]`` of the run, ``None`` if unknown),
+    "zca_folded", "source_kind"}``.
+    """
+    config = model.config or {}
+    window = None
+    if "a_min" in config and "a_max" in config:
+        window = [float(config["a_min"]), float(config["a_max"])]
+    elif model.metadata and model.metadata.get("hu_window") is not None:
+        window = list(model.metadata["hu_window"])
+    return {
+        "format": "collapsekit-export",
+        "version": EXPORT_METADATA_VERSION,
+        "export_format": fmt,
+        "arch": model.backbone.arch,
+        "model_kwargs": dict(monai_kwargs),
+        "in_channels": int(monai_kwargs["n_input_channels"]),
+        "image_size": model.image_size,
+        "hu_window": window,
+        "zca_folded": bool(zca_folded or (model.metadata or {}).get("zca_folded", False)),
+        "source_kind": model.kind,
+    }
+
+
+def with_export_metadata(
+    state: dict[str, torch.Tensor], metadata: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """``state`` as an ``OrderedDict`` whose ``_metadata`` records ``metadata``.
+
+    ``_metadata`` is where PyTorch keeps a state dict's per-module versions; it survives
+    ``torch.save``/``torch.load(weights_only=True)``, and ``load_state_dict`` looks up only module
+    names there, so the file still loads ``strict=True`` into ``monai.networks.nets.resnetXX``.
+    Read it back with :func:`collapsekit.runs.models.export_metadata` (or
+    ``torch.load(path)._metadata["collapsekit"]``).
+    """
+    out: OrderedDict[str, torch.Tensor] = OrderedDict(state)
+    versions = getattr(state, "_metadata", None)
+    meta: OrderedDict[str, Any] = OrderedDict(versions or {})
+    meta[EXPORT_METADATA_KEY] = metadata
+    out._metadata = meta  # type: ignore[attr-defined]
+    return out

@@ -48,7 +48,7 @@ def test_export_writes_a_monai_backbone_and_refuses_to_overwrite(
     assert res.exit_code == 0, res.output
     assert f"wrote {out}" in res.output and "monai format" in res.output
     assert "ZCA layer of the last block was folded" in res.output
-    assert "conv1_t_stride=2" in res.output and "--image-size 32" in res.output
+    assert "conv1_t_stride=2" in res.output and "trained at 32 px" in res.output
     net = resnet18(
         spatial_dims=2,
         n_input_channels=1,
@@ -125,5 +125,7 @@ def test_export_of_a_plain_state_dict(tmp_path: Path) -> None:
     torch.save(build_backbone("resnet18").state_dict(), tmp_path / "src.pt")
     res = runner.invoke(app, ["export", str(tmp_path / "src.pt"), str(tmp_path / "b.pt"), "--json"])
     assert res.exit_code == 0, res.output
-    data = json.loads(res.output)
+    data = json.loads(res.stdout)  # the JSON on stdout; the stem assumption on stderr
     assert not data["zca_folded"] and data["image_size"] is None and data["arch"] == "resnet18"
+    (line,) = data["assumptions"]
+    assert res.stderr.strip() == f"warning: {line}" and "assumed stride 2" in line

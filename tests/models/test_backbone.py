@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from collapsekit.models import build_backbone, recalibrate_batch_norm
@@ -31,3 +32,30 @@ def test_recalibrated_stem_statistics_equal_the_data_statistics() -> None:
     for k, v in net.state_dict().items():
         if k in weights:
             assert torch.equal(v, weights[k]), k
+
+
+@pytest.mark.parametrize(
+    ("stem", "undilated"),
+    [({}, 32), ({"conv1_t_stride": 1}, 16), ({"conv1_t_stride": 1, "no_max_pool": True}, 8)],
+)
+def test_stride_is_the_true_output_stride_for_every_stem(stem: dict, undilated: int) -> None:
+    """MONAI's stem settings (foreign weights) change the output stride; ``stride`` says it, and
+    dilation divides it as for the usual stem (16: /2, 8: /4)."""
+    bb = build_backbone("resnet18", **stem).eval()
+    with torch.no_grad():
+        assert bb.forward_features(torch.zeros(1, 1, 64, 64)).shape[-1] == 64 // undilated
+    assert bb.stride == bb.undilated_stride == undilated
+    bb.dilate(8)
+    with torch.no_grad():
+        assert bb.forward_features(torch.zeros(1, 1, 64, 64)).shape[-1] == 64 // (undilated // 4)
+    assert bb.stride == undilated // 4 and bb.undilated_stride == undilated
+
+
+def test_monai_default_downsample_bias_is_built_when_asked() -> None:
+    from monai.networks.nets import resnet18
+
+    bb = build_backbone("resnet18", conv1_t_stride=1, bias_downsample=True)
+    ref = resnet18(spatial_dims=2, n_input_channels=1, feed_forward=False)  # MONAI's defaults
+    assert {k: v.shape for k, v in bb.state_dict().items()} == {
+        k: v.shape for k, v in ref.state_dict().items()
+    }

@@ -402,9 +402,48 @@ def test_export_of_a_run_loads_into_monai_with_the_runs_features(run_dir: Path) 
 
     # and collapsekit reads it back as a plain backbone state dict
     back = model_from_object(torch.load(out, weights_only=True), out)
-    assert back.kind == "torchvision" and back.encoder is None
+    assert back.kind == "collapsekit-export" and back.encoder is None
+    assert back.assumptions == () and back.image_size == 32  # read back from the file
+    assert back.metadata is not None and back.metadata["zca_folded"] is True
     with torch.no_grad():
         torch.testing.assert_close(
             back.backbone(x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())
         )
     assert isinstance(back.backbone.last_norm(), nn.BatchNorm2d)
+
+
+def test_export_metadata_is_monais_kwargs_and_flexibleunet_rejects_the_export(
+    tmp_path: Path,
+) -> None:
+    """The recorded ``model_kwargs`` build the MONAI ResNet that loads the file ``strict=True``
+    (the metadata rides in the state dict's ``_metadata``, which ``load_state_dict`` ignores
+    except for module versions). ``FlexibleUNet``'s ResNet-18/34 encoder uses MONAI's shortcut
+    type A (a parameter-free, zero-padded identity), so the 18 tensors of the three
+    ``downsample`` branches (conv weight + BN weight, bias, mean, var, count) are unexpected."""
+    from monai.networks.nets import FlexibleUNet
+
+    src = build_backbone("resnet18")
+    torch.save(src.state_dict(), tmp_path / "src.pt")
+    out = tmp_path / "export.pt"
+    export_backbone(tmp_path / "src.pt", out)
+    state = torch.load(out, weights_only=True)
+    meta = state._metadata["collapsekit"]
+    assert meta["format"] == "collapsekit-export" and meta["arch"] == "resnet18"
+    assert meta["model_kwargs"] == {
+        **README_MONAI_KWARGS,
+        "conv1_t_size": 7,
+        "no_max_pool": False,
+        "shortcut_type": "B",
+    }
+    assert meta["hu_window"] is None and meta["in_channels"] == 1
+
+    net = resnet18(**meta["model_kwargs"]).eval()
+    net.load_state_dict(state, strict=True)
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), src.eval()(x), rtol=0, atol=1e-5)
+
+    unet = FlexibleUNet(in_channels=1, out_channels=2, backbone="resnet18", spatial_dims=2)
+    missing, unexpected = unet.encoder.load_state_dict(state, strict=False)
+    assert missing == [] and len(unexpected) == 18
+    assert all(".downsample." in k for k in unexpected)

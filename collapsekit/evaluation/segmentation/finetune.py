@@ -122,7 +122,7 @@ class SegmentationNet(nn.Module):
                 f"fine-tuning needs a ResNet-style backbone (conv1, bn1, act, maxpool, layer1..4); "
                 f"{type(encoder).__name__} lacks {', '.join(missing) or 'act'}"
             )
-        if getattr(encoder, "stride", 32) != 32:
+        if getattr(encoder, "stride", 32) != getattr(encoder, "undilated_stride", 32):
             raise ConfigError("fine-tuning needs an undilated backbone (output stride 32)")
         self.encoder = encoder
         self.in_channels = int(getattr(encoder, "in_channels", 1))
