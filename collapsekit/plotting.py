@@ -87,8 +87,8 @@ def plot_spectrum(
             top = max(top, float(np.nanmax(log_s)))
             bottom = min(bottom, float(np.nanmin(log_s)))
         label = (
-            f"{res.name}  (eff. rank λ {res.effective_rank_eigenvalues:.1f}, "
-            f"σ {res.effective_rank_centered:.1f} of D={res.d}"
+            f"{res.name}  (eff. rank λ {res.effective_rank_lambda:.1f}, "
+            f"σ {res.effective_rank_sigma:.1f} of D={res.d}"
             + (f", N-1={res.n - 1}" if res.bounded_by_samples else "")
             + ")"
         )
@@ -141,7 +141,7 @@ def plot_similarity(
             fill=True,
             alpha=0.25,
             color=color,
-            label=f"{res.name}: all pairs (mean {res.mean:.3f})",
+            label=f"{res.name}: all pairs (mean {res.mean_cosine:.3f})",
         )
         ax.stairs(res.density(), edges, color=color, linewidth=1.2)
         for part, style, label in (
@@ -155,7 +155,7 @@ def plot_similarity(
                     color=color,
                     linestyle=style,
                     linewidth=1.8,
-                    label=f"{res.name}: {label} (mean {part.mean:.3f})",
+                    label=f"{res.name}: {label} (mean {part.mean_cosine:.3f})",
                 )
         counts, edges = res.histogram
         if counts.any():

@@ -79,7 +79,7 @@ from collapsekit.plotting import plot_spectrum
 
 reports = [spectrum_report(e.z, name=e.name) for e in embeddings]
 for r in reports:
-    print(f"{r.name:28s} eff. rank {r.effective_rank_centered:6.1f} (RankMe {r.effective_rank_uncentered:6.1f})"
+    print(f"{r.name:28s} eff. rank {r.effective_rank_sigma:6.1f} (RankMe {r.rankme:6.1f})"
           f"  alpha {r.alpha:.2f}  std(L2) {r.std_l2:.4f} vs 1/sqrt(D) {r.d ** -0.5:.4f}")
 fig, ax = plot_spectrum(reports)"""
     ),
@@ -91,8 +91,8 @@ from collapsekit.plotting import plot_similarity
 
 sims = [pairwise_cosine_stats(e.z, groups=e.volume, name=e.name) for e in embeddings]
 for s in sims:
-    print(f"{s.name:28s} mean {s.mean:.3f}  same volume {s.same_volume.mean:.3f}  "
-          f"different volume {s.different_volume.mean:.3f}")
+    print(f"{s.name:28s} mean {s.mean_cosine:.3f}  same volume {s.same_volume.mean_cosine:.3f}  "
+          f"different volume {s.different_volume.mean_cosine:.3f}")
 fig, ax = plot_similarity(sims)"""
     ),
 ]
@@ -123,7 +123,7 @@ pix = pairwise_cosine_stats(pixels, groups=vol_ids, name="pixels (64x64)")
 model = load_model("random:resnet18")
 emb = extract_embeddings(model, volumes, image_size=64 if QUICK else 128, samples=128 if QUICK else 1024)
 sim = pairwise_cosine_stats(emb.z, groups=emb.volume, name="random ResNet-18 embedding")
-print(f"pixel-space cosine: mean {pix.mean:.3f}; embedding cosine: mean {sim.mean:.3f}")
+print(f"pixel-space cosine: mean {pix.mean_cosine:.3f}; embedding cosine: mean {sim.mean_cosine:.3f}")
 fig, ax = plot_similarity([pix, sim])"""
     ),
     new_markdown_cell(
@@ -159,7 +159,7 @@ with torch.no_grad():
     white = zca(z)
 before = spectrum_report(z, name="before ZCA", normalize=False)
 after = spectrum_report(white, name="after ZCA (groups of 64)", normalize=False)
-print(f"effective rank {before.effective_rank_centered:.1f} -> {after.effective_rank_centered:.1f}")
+print(f"effective rank {before.effective_rank_sigma:.1f} -> {after.effective_rank_sigma:.1f}")
 fig, ax = plot_spectrum([before, after], title="ZCA whitening flattens the spectrum")"""
     ),
 ]

@@ -41,8 +41,8 @@ def test_plot_spectrum_draws_log10_values_with_named_legend() -> None:
     assert ax.get_ylim()[0] < y_small[4]
     assert np.isnan(y_small[5]) or y_small[5] < ax.get_ylim()[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend[0].startswith("healthy") and f"{healthy.effective_rank_centered:.1f}" in legend[0]
-    assert f"λ {healthy.effective_rank_eigenvalues:.1f}" in legend[0]
+    assert legend[0].startswith("healthy") and f"{healthy.effective_rank_sigma:.1f}" in legend[0]
+    assert f"λ {healthy.effective_rank_lambda:.1f}" in legend[0]
     assert "N-1=5" in legend[1]
     assert "log" in ax.get_ylabel() and "(rows L2-normalised)" not in ax.get_title()
 
@@ -65,10 +65,10 @@ def test_plot_similarity_draws_densities_and_split() -> None:
     fig, ax = plot_similarity([res, other])
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == [
-        f"emb: all pairs (mean {res.mean:.3f})",
-        f"emb: same volume (mean {res.same_volume.mean:.3f})",
-        f"emb: different volume (mean {res.different_volume.mean:.3f})",
-        f"pixels: all pairs (mean {other.mean:.3f})",
+        f"emb: all pairs (mean {res.mean_cosine:.3f})",
+        f"emb: same volume (mean {res.same_volume.mean_cosine:.3f})",
+        f"emb: different volume (mean {res.different_volume.mean_cosine:.3f})",
+        f"pixels: all pairs (mean {other.mean_cosine:.3f})",
     ]
     # the filled histogram of all pairs carries the density values
     filled = ax.patches[0]

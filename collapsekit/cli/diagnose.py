@@ -146,9 +146,9 @@ def spectrum(
         table.add_row(
             r.name,
             f"{r.n}×{r.d}",
-            f"{r.effective_rank_eigenvalues:.1f}",
-            f"{r.effective_rank_centered:.1f}",
-            f"{r.effective_rank_uncentered:.1f}",
+            f"{r.effective_rank_lambda:.1f}",
+            f"{r.effective_rank_sigma:.1f}",
+            f"{r.rankme:.1f}",
             f"{r.alpha:.2f} ({r.alpha_r2:.2f})",
             f"{r.std_l2:.4f}",
             f"{100 * r.top1_variance:.1f}/{100 * r.top10_variance:.1f}",
@@ -253,8 +253,8 @@ def similarity(
         table.add_row(
             r.name,
             str(r.n_pairs),
-            f"{r.mean:.3f}",
-            f"{r.std:.3f}",
+            f"{r.mean_cosine:.3f}",
+            f"{r.std_cosine:.3f}",
             f"{q.get('q50', float('nan')):.3f}",
             f"{q.get('q05', float('nan')):.3f}",
             f"{q.get('q95', float('nan')):.3f}",

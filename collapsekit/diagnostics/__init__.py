@@ -6,6 +6,7 @@ Arrays in, numbers out: nothing here takes a model or a volume (see :mod:`collap
 from __future__ import annotations
 
 from collapsekit.diagnostics.embeddings_io import load_embeddings
+from collapsekit.diagnostics.pooling import pool_features
 from collapsekit.diagnostics.rank import effective_rank, numerical_rank
 from collapsekit.diagnostics.similarity import SimilarityResult, pairwise_cosine_stats
 from collapsekit.diagnostics.spectrum import (
@@ -33,4 +34,5 @@ __all__ = [
     "SimilarityResult",
     "pairwise_cosine_stats",
     "load_embeddings",
+    "pool_features",
 ]

@@ -126,7 +126,7 @@ def test_spectrum_of_checkpoint_and_random_json(run_dir: Path, tmp_path: Path) -
             and r["rank_bound"] == 39
             and r["rank_bounded_by_samples"]
         )
-        assert 1.0 <= r["effective_rank_centered"] <= 39.0
+        assert 1.0 <= r["effective_rank_sigma"] <= 39.0
     assert (tmp_path / "spectrum.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "spectrum.json").read_text()) == data
 
@@ -237,6 +237,6 @@ def test_similarity_pixels_and_identical_rows(tmp_path: Path) -> None:
         "same",
         "random:resnet18 (BN recalibrated)",
     ]
-    assert results[1]["mean"] == pytest.approx(1.0) and results[1]["n_pairs"] == 15
+    assert results[1]["mean_cosine"] == pytest.approx(1.0) and results[1]["n_pairs"] == 15
     assert results[0]["same_volume"] is not None and results[0]["different_volume"] is not None
     assert (tmp_path / "similarity.png").exists()

@@ -58,12 +58,12 @@ class Reference(L.Callback):
         row = {}
         for space, e in (("backbone", h), ("projector", z)):
             s = spectrum_report(e, normalize=True)
-            row[f"collapse/{space}/effective_rank_sigma"] = s.effective_rank_centered
-            row[f"collapse/{space}/effective_rank_lambda"] = s.effective_rank_eigenvalues
-            row[f"collapse/{space}/rankme"] = s.effective_rank_uncentered
-            row[f"collapse/{space}/alpha_req"] = s.alpha
+            row[f"collapse/{space}/effective_rank_sigma"] = s.effective_rank_sigma
+            row[f"collapse/{space}/effective_rank_lambda"] = s.effective_rank_lambda
+            row[f"collapse/{space}/rankme"] = s.rankme
+            row[f"collapse/{space}/alpha"] = s.alpha
             row[f"collapse/{space}/std_l2"] = s.std_l2
-            row[f"collapse/{space}/mean_cosine"] = pairwise_cosine_stats(e).mean
+            row[f"collapse/{space}/mean_cosine"] = pairwise_cosine_stats(e).mean_cosine
         self.expected[step] = row
 
 
