@@ -70,7 +70,7 @@ def _figure(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
         fig = ax.get_figure()
         assert isinstance(fig, Figure)
         return fig, ax
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(_STYLE):  # type: ignore[arg-type]  # keys are valid rcParams
         fig, new_ax = plt.subplots(figsize=size, layout="constrained")
     return fig, new_ax
 
@@ -239,7 +239,7 @@ def plot_rank_history(
     for color, (name, seeds) in zip(_colors(len(runs)), runs.items(), strict=False):
         for i, records in enumerate(seeds):
             points = [
-                (r.get("step", r.get("epoch")), v)
+                (r.get("step", r["epoch"]), v)
                 for r in records
                 if (v := _record_value(r, key)) is not None
             ]

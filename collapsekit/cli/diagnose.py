@@ -53,6 +53,7 @@ OverwriteOpt = Annotated[
 DropOpt = Annotated[
     bool, typer.Option("--drop-nonfinite", help="Drop rows with NaN/inf instead of failing.")
 ]
+FormatOpt = Annotated[str, typer.Option("--format", help="Figure format: png | pdf | svg.")]
 
 
 @app.command()
@@ -86,6 +87,7 @@ def spectrum(
     quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
+    fmt: FormatOpt = "png",
 ) -> None:
     """Singular spectrum, effective rank, α-ReQ and friends of embeddings (Jing et al. 2022)."""
     from collapsekit.devices import resolve_device
@@ -98,7 +100,8 @@ def spectrum(
         raise ConfigError("--dense and --head are exclusive")
     mode = "dense" if dense else "head" if head else "backbone"
     out = _out_dir(out, inputs)
-    _check_outputs(out, "spectrum", overwrite)
+    figure = out / f"spectrum.{_figure_format(fmt)}"
+    _check_outputs(out, "spectrum", overwrite, figure)
     data = DataSpec(
         dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,
@@ -119,8 +122,8 @@ def spectrum(
     with writing(out / "spectrum.json", "nothing was written"):
         write_json(payload, out / "spectrum.json")
     fig, _ = plot_spectrum(results, title=f"Embedding spectrum ({mode})")
-    with writing(out / "spectrum.png", f"{out / 'spectrum.json'} was written"):
-        save_figure(fig, out / "spectrum.png")
+    with writing(figure, f"{out / 'spectrum.json'} was written"):
+        save_figure(fig, figure)
     if json_out:
         print_json(payload)
         return
@@ -129,9 +132,9 @@ def spectrum(
     for col in (
         "input",
         "N×D",
-        "λ-rank",
-        "erank",
-        "RankMe",
+        "eff. rank (λ)",
+        "eff. rank (σ)",
+        "RankMe (σ)",
         "α (R²)",
         "std L2",
         "top1/10%",
@@ -160,18 +163,23 @@ def spectrum(
             )
     console.print(table)
     console.print(
-        "λ-rank: effective rank of the covariance eigenvalues (shows collapse); erank: of the "
-        "singular values of the centred embeddings; RankMe: of the raw matrix; "
+        "Every rank is measured on the N rows shown"
+        + (", each L2-normalised" if normalize else ", not normalised")
+        + ". eff. rank (λ): of the covariance eigenvalues (shows collapse); (σ): of the "
+        "singular values of the centred embeddings; RankMe (σ): of the raw matrix; "
         "rank: numerical rank / its bound min(D, N-1); top1/10%: variance in the leading directions.",
         style="dim",
     )
+    for r in results:
+        if r.pooling:
+            console.print(f"{r.name}: rows pooled by {r.pooling}", style="dim")
     for n in notes:
         console.print(f"[yellow]note:[/] {n}")
     console.print(
         "std L2 ≈ 1/√D for healthy embeddings, → 0 when collapsed "
         f"(1/√D = {1 / results[0].d ** 0.5:.4f} for D={results[0].d})."
     )
-    console.print(f"wrote {out / 'spectrum.png'} and {out / 'spectrum.json'}")
+    console.print(f"wrote {figure} and {out / 'spectrum.json'}")
 
 
 @app.command()
@@ -199,6 +207,7 @@ def similarity(
     quiet: QuietOpt = False,
     preprocess_workers: PreprocessWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
+    fmt: FormatOpt = "png",
 ) -> None:
     """Inter-image cosine similarity of embeddings (same vs different volume) and of pixels."""
     from collapsekit.devices import resolve_device
@@ -207,7 +216,8 @@ def similarity(
     from collapsekit.serialization import write_json
 
     out = _out_dir(out, inputs)
-    _check_outputs(out, "similarity", overwrite)
+    figure = out / f"similarity.{_figure_format(fmt)}"
+    _check_outputs(out, "similarity", overwrite, figure)
     data = DataSpec(
         dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,
@@ -227,8 +237,8 @@ def similarity(
     with writing(out / "similarity.json", "nothing was written"):
         write_json(payload, out / "similarity.json")
     fig, _ = plot_similarity(results)
-    with writing(out / "similarity.png", f"{out / 'similarity.json'} was written"):
-        save_figure(fig, out / "similarity.png")
+    with writing(figure, f"{out / 'similarity.json'} was written"):
+        save_figure(fig, figure)
     if json_out:
         print_json(payload)
         return
@@ -236,8 +246,8 @@ def similarity(
     for col in (
         "input",
         "pairs",
-        "mean",
-        "std",
+        "mean cosine",
+        "std cosine",
         "median",
         "q05",
         "q95",
@@ -258,11 +268,11 @@ def similarity(
             f"{q.get('q50', float('nan')):.3f}",
             f"{q.get('q05', float('nan')):.3f}",
             f"{q.get('q95', float('nan')):.3f}",
-            f"{same['mean']:.3f}" if same else "-",
-            f"{diff['mean']:.3f}" if diff else "-",
+            f"{same['mean_cosine']:.3f}" if same else "-",
+            f"{diff['mean_cosine']:.3f}" if diff else "-",
         )
     console.print(table)
-    console.print(f"wrote {out / 'similarity.png'} and {out / 'similarity.json'}")
+    console.print(f"wrote {figure} and {out / 'similarity.json'}")
 
 
 def _out_dir(out: Path | None, inputs: list[str]) -> Path:
@@ -271,10 +281,17 @@ def _out_dir(out: Path | None, inputs: list[str]) -> Path:
     return out if out is not None else diagnostics_dir(inputs)
 
 
-def _check_outputs(out: Path, stem: str, overwrite: bool) -> None:
-    """Before any work: ``out`` is writable and ``<stem>.png``/``.json`` there are not replaced
-    unless ``--overwrite`` (they may be another run's results)."""
+def _figure_format(fmt: str) -> str:
+    from collapsekit.options import look_up_option
+    from collapsekit.plotting import FIGURE_FORMATS
+
+    return look_up_option(fmt.lower(), FIGURE_FORMATS, "--format")
+
+
+def _check_outputs(out: Path, stem: str, overwrite: bool, figure: Path) -> None:
+    """Before any work: ``out`` is writable and the figure and ``<stem>.json`` there are not
+    replaced unless ``--overwrite`` (they may be another run's results)."""
     from collapsekit.outputs import check_writable_dir, refuse_overwrite
 
     check_writable_dir(out, "--out")
-    refuse_overwrite([out / f"{stem}.png", out / f"{stem}.json"], overwrite=overwrite)
+    refuse_overwrite([figure, out / f"{stem}.json"], overwrite=overwrite)

@@ -253,6 +253,9 @@ class SpectrumResult:
         rank_tolerance: that relative tolerance (on singular values, not eigenvalues).
         rank_bound: ``min(D, N-1)``, the largest rank a centred ``N x D`` matrix can have; when
             ``N - 1 < D`` the rank is bounded by the sample count, not by the embeddings.
+        pooling: how the rows were made from a model output (the rule of
+            :func:`~collapsekit.diagnostics.pooling.pool_features`, e.g. ``"as is (B, 512)"``);
+            empty when the rows were given as they are.
     """
 
     name: str
@@ -271,6 +274,7 @@ class SpectrumResult:
     numerical_rank: int
     rank_tolerance: float
     rank_bound: int
+    pooling: str = ""
 
     @property
     def bounded_by_samples(self) -> bool:
@@ -354,6 +358,7 @@ def spectrum_result_from_dict(d: dict[str, Any]) -> SpectrumResult:
         numerical_rank=int(d["numerical_rank"]),
         rank_tolerance=float(d["rank_tolerance"]),
         rank_bound=int(d["rank_bound"]),
+        pooling=str(d.get("pooling", "")),
     )
 
 

@@ -8,7 +8,7 @@ tensor) used as is.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,7 @@ def embeddings_for(
         if isinstance(obj, np.ndarray):
             z = as_embeddings(obj, name=spec, drop_nonfinite=drop_nonfinite).cpu().numpy()
             n = len(z)
-            out.append(Embeddings(_name(spec), "file", z, np.zeros(n, dtype=int), np.arange(n)))
+            out.append(Embeddings(_name(spec), "file", z, np.zeros(n, dtype=int), np.arange(n), ""))
             continue
         if volumes is None:
             volumes = load_eval_volumes(data, progress)
@@ -150,7 +150,8 @@ def spectrum_analysis(
     drop_nonfinite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> list[Any]:
-    """Spectrum reports (:class:`~collapsekit.diagnostics.SpectrumResult`) of every input."""
+    """Spectrum reports (:class:`~collapsekit.diagnostics.SpectrumResult`) of every input, each
+    with the pooling rule that made its rows (empty for an embeddings file)."""
 
     results = []
     for emb in embeddings_for(
@@ -161,9 +162,10 @@ def spectrum_analysis(
             acc = SpectrumAccumulator(emb.z.shape[1], normalize=normalize, name=name)
             for i in range(0, len(emb.z), CHUNK):
                 acc.update(emb.z[i : i + CHUNK])
-            results.append(acc.compute())
+            result = acc.compute()
         else:
-            results.append(spectrum_report(emb.z, name=name, normalize=normalize))
+            result = spectrum_report(emb.z, name=name, normalize=normalize)
+        results.append(replace(result, pooling=emb.pooling))
     return results
 
 

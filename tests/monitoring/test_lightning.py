@@ -110,3 +110,41 @@ def test_callback_logs_the_diagnostics_of_the_held_out_batch(tmp_path: Path) -> 
     assert float(last) == pytest.approx(
         reference.expected[6]["collapse/backbone/effective_rank_lambda"], rel=1e-6
     )
+
+
+@pytest.mark.slow  # a real Trainer with a TensorBoard logger
+def test_spectrum_image_goes_to_tensorboard(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    g = torch.Generator().manual_seed(0)
+    train = DataLoader(TensorDataset(torch.randn(32, 12, generator=g)), batch_size=8)
+    held_out = torch.randn(24, 12, generator=g)
+    model = Tiny()
+    monitor = CollapseMonitor(
+        model, held_out, layers={"backbone": "backbone", "projector": "head"}, every=2, warn=False
+    )
+    tb = TensorBoardLogger(tmp_path, name="tb")
+    csv_logger = CSVLogger(tmp_path, name="csv")  # no add_figure: gets no image, no error
+    callback = CollapseMonitorCallback(monitor, log_spectrum_image=True)
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=[tb, csv_logger],
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, train)
+    events = EventAccumulator(tb.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["collapse/spectrum"]
+    images = events.Images("collapse/spectrum")
+    assert [im.step for im in images] == [2, 4]
+    assert images[0].encoded_image_string[:4] == b"\x89PNG" and images[0].width > 300
+    assert "collapse/projector/effective_rank_lambda" in events.Tags()["scalars"]
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []  # the figures were closed
