@@ -97,11 +97,8 @@ class CollapseMonitorCallback(Callback):
             self._log_spectrum_figure(trainer, result, step)
 
     def _log_spectrum_figure(self, trainer: Trainer, result: MonitorResult, step: int) -> None:
-        writers = [
-            lg.experiment
-            for lg in trainer.loggers
-            if callable(getattr(getattr(lg, "experiment", None), "add_figure", None))
-        ]
+        experiments: list[Any] = [getattr(lg, "experiment", None) for lg in trainer.loggers]
+        writers = [e for e in experiments if callable(getattr(e, "add_figure", None))]
         if not writers:
             return
         from collapsekit.plotting import plot_spectrum  # matplotlib only when asked
