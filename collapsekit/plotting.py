@@ -239,7 +239,7 @@ def plot_rank_history(
     for color, (name, seeds) in zip(_colors(len(runs)), runs.items(), strict=False):
         for i, records in enumerate(seeds):
             points = [
-                (r.get("step", r["epoch"]), v)
+                (r["step"] if "step" in r else r["epoch"], v)
                 for r in records
                 if (v := _record_value(r, key)) is not None
             ]

@@ -132,9 +132,9 @@ def spectrum(
     for col in (
         "input",
         "N×D",
-        "eff. rank (λ)",
-        "eff. rank (σ)",
-        "RankMe (σ)",
+        "effective\nrank (λ)",
+        "effective\nrank (σ)",
+        "RankMe\n(σ, raw)",
         "α (R²)",
         "std L2",
         "top1/10%",
@@ -165,8 +165,8 @@ def spectrum(
     console.print(
         "Every rank is measured on the N rows shown"
         + (", each L2-normalised" if normalize else ", not normalised")
-        + ". eff. rank (λ): of the covariance eigenvalues (shows collapse); (σ): of the "
-        "singular values of the centred embeddings; RankMe (σ): of the raw matrix; "
+        + ". effective rank (λ): of the covariance eigenvalues (shows collapse); (σ): of the "
+        "singular values of the centred embeddings; RankMe: of the raw matrix; "
         "rank: numerical rank / its bound min(D, N-1); top1/10%: variance in the leading directions.",
         style="dim",
     )
@@ -212,6 +212,7 @@ def similarity(
     """Inter-image cosine similarity of embeddings (same vs different volume) and of pixels."""
     from collapsekit.devices import resolve_device
     from collapsekit.evaluation.report import DataSpec, similarity_analysis
+    from collapsekit.glossary import label
     from collapsekit.plotting import plot_similarity, save_figure
     from collapsekit.serialization import write_json
 
@@ -246,8 +247,8 @@ def similarity(
     for col in (
         "input",
         "pairs",
-        "mean cosine",
-        "std cosine",
+        label("mean_cosine"),
+        label("std_cosine"),
         "median",
         "q05",
         "q95",
