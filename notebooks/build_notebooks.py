@@ -284,7 +284,7 @@ NB4 = [
     new_markdown_cell(
         "## 1. A plain PyTorch loop\n\nA toy contrastive model on phantom CT slices; the monitor "
         "hooks the `backbone` and `projector` submodules (the backbone's `(B, 64, 16, 16)` feature "
-        "map is average-pooled to `(B, 64)`). With a callable instead, `CollapseMonitor(fn, held_out)` takes "
+        "map is averaged over space to `(B, 64)`, and `res['backbone'].pooling` says so). With a callable instead, `CollapseMonitor(fn, held_out)` takes "
         "`fn(x) -> tensor` or `-> {space: tensor}`."
     ),
     new_code_cell(PLAIN_LOOP),
@@ -315,9 +315,11 @@ fig.tight_layout()"""
     ),
     new_code_cell(LIGHTNING),
     new_markdown_cell(
-        "## 3. Warnings\n\nThresholds (`rank_fraction`, `std_fraction`, `max_cosine`) raise "
-        "`CollapseWarning`, which the `warnings` module filters like any other: here a "
-        "projector that maps every slice to the same direction."
+        "## 3. Warnings\n\nBy default a `CollapseWarning` is raised when a space's λ-based "
+        "effective rank falls below 1.5 (`min_rank_lambda`) or the projector's mean cosine reaches "
+        "0.95 (`max_cosine`), the thresholds of `collapsekit.diagnostics.health`; `rank_fraction` "
+        "and `std_fraction` add optional rules. The `warnings` module filters it like any other: "
+        "here a projector that maps every slice to the same direction."
     ),
     new_code_cell(
         """\
