@@ -165,6 +165,7 @@ def spectrum(
     console.print(
         "Every rank is measured on the N rows shown"
         + (", each L2-normalised" if normalize else ", not normalised")
+        + f" (a model's rows: {samples} evenly spaced {dataset} slices; a file's: its rows)"
         + ". effective rank (λ): of the covariance eigenvalues (shows collapse); (σ): of the "
         "singular values of the centred embeddings; RankMe: of the raw matrix; "
         "rank: numerical rank / its bound min(D, N-1); top1/10%: variance in the leading directions.",

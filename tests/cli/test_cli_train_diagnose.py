@@ -146,7 +146,7 @@ def test_spectrum_table_output(tmp_path: Path) -> None:
     res = runner.invoke(app, ["spectrum", str(tmp_path / "emb.npy"), "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "bounded by N-1 = 9" in res.output and "emb" in res.output
-    assert "effective rank (λ)" in res.output and "effective rank (σ)" in res.output
+    assert "rank (λ)" in res.output and "rank (σ)" in res.output and "(σ, raw)" in res.output
     assert "Every rank is measured on the N rows shown, each L2-normalised" in res.output
 
 
