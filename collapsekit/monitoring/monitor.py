@@ -198,7 +198,8 @@ def _unwrap(module: Any) -> Any:
 
 
 def _unwrap_name(name: str) -> str:
-    """A submodule name of the wrapped model, as the plain module spells it."""
+    """A submodule name spelled for a wrapper, as the plain module spells it (leading ``module.``
+    and ``_orig_mod.`` dropped)."""
     parts = name.split(".")
     while parts and parts[0] in ("module", "_orig_mod"):
         parts = parts[1:]
@@ -339,8 +340,9 @@ class CollapseMonitor:
                     "CollapseMonitor: layers=... needs a module to hook, not a function"
                 )
             names = {n: n for n in layers} if not isinstance(layers, Mapping) else dict(layers)
-            names = {space: _unwrap_name(name) for space, name in names.items()}
             known = dict(embed.named_modules())
+            # a name spelled for the wrapper ("module.backbone") resolves on the plain module
+            names = {s: n if n in known else _unwrap_name(n) for s, n in names.items()}
             for name in names.values():
                 if name not in known:
                     raise ConfigError(

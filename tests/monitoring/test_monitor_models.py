@@ -219,3 +219,12 @@ def test_ddp_model_measured_on_rank_zero_alone_does_not_hang(tmp_path: object) -
                 p.kill()
     res = torch.load(out)
     assert res == {"d": 4, "pool": "mean over space of (B, 8, 6, 6)"}
+
+
+def test_a_plain_submodule_called_module_is_not_taken_for_a_wrapper() -> None:
+    net = nn.Module()
+    net.module = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
+    net.forward = lambda x: net.module(x)  # type: ignore[method-assign]
+    mon = CollapseMonitor(net, torch.randn(10, 4), layers=["module.0"], warn=False)
+    assert mon.layers == {"module.0": "module.0"}
+    assert mon.measure()["module.0"].spectrum.d == 6
