@@ -1,6 +1,8 @@
 """Collapse diagnostics on plain ``(N, D)`` embeddings: spectrum, ranks, similarity, file IO.
 
 Arrays in, numbers out: nothing here takes a model or a volume (see :mod:`collapsekit.evaluation`).
+:func:`pool_features` is the one rule that turns a model's output tensor into ``(N, D)`` rows.
+Result fields and JSON keys are the names of :mod:`collapsekit.glossary`.
 """
 
 from __future__ import annotations
