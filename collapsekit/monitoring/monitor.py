@@ -39,7 +39,7 @@ from collapsekit.diagnostics.health import (
     HealthVerdict,
     health_verdict,
 )
-from collapsekit.diagnostics.pooling import Pool, pool_features
+from collapsekit.diagnostics.pooling import POOL_CHOICES, Pool, pool_features
 from collapsekit.errors import ConfigError, InputError
 
 __all__ = ["CollapseWarning", "SpaceMetrics", "MonitorResult", "CollapseMonitor"]
@@ -251,7 +251,8 @@ class CollapseMonitor:
     Outputs are pooled to ``(B, D)`` by :func:`~collapsekit.diagnostics.pooling.pool_features`:
     ``(B, D)`` as is, ``(B, C, H, W)`` and ``(B, C, D, H, W)`` averaged over space, ``(B, N, D)``
     tokens averaged over tokens (``pool="cls"`` takes the first token; a callable does anything
-    else); any other shape is refused. The rule applied is :attr:`SpaceMetrics.pooling`. A pass runs
+    else); a map that reads two ways (``(B, 7, 7, 768)``) needs ``pool="channels_last"`` or
+    ``"channels_first"``; any other shape is refused. The rule applied is :attr:`SpaceMetrics.pooling`. A pass runs
     under ``torch.no_grad()`` with every submodule in eval mode (BatchNorm running statistics), then
     restores each submodule's own previous mode. Each space gets
     :func:`~collapsekit.diagnostics.spectrum_report` and
@@ -276,7 +277,9 @@ class CollapseMonitor:
         module: the module to put in eval mode, and whose first parameter's device the batches
             are moved to (default: inferred from ``embed``; with neither, mode and device are
             left alone).
-        pool: how ``(B, N, D)`` token outputs are pooled: ``"mean"``, ``"cls"``, a callable, or
+        pool: the pooling rule (:func:`~collapsekit.diagnostics.pooling.pool_features`):
+            ``"mean"`` (default), ``"cls"`` for ``(B, N, D)`` tokens, ``"channels_first"`` /
+            ``"channels_last"`` for maps the default cannot read one way, a callable, or
             ``{space: rule}`` (spaces not named use ``"mean"``).
         normalize: L2-normalise rows before the spectrum (Jing et al. 2022's convention).
         cosine_samples: rows used for the pairwise cosine (subsampled with a fixed seed).
@@ -323,9 +326,10 @@ class CollapseMonitor:
         if batch_size < 1:
             raise ConfigError(f"CollapseMonitor: batch_size must be >= 1, got {batch_size}")
         for rule in pool.values() if isinstance(pool, Mapping) else (pool,):
-            if not callable(rule) and rule not in ("mean", "cls"):
+            if not callable(rule) and rule not in POOL_CHOICES:
                 raise ConfigError(
-                    f"CollapseMonitor: pool must be 'mean', 'cls' or a callable, got {rule!r}"
+                    f"CollapseMonitor: pool must be one of {', '.join(POOL_CHOICES)} or a "
+                    f"callable, got {rule!r}"
                 )
         embed = _unwrap_embed(embed)
         module = _unwrap(module)

@@ -35,6 +35,27 @@ def test_2d_and_3d_conv_maps_are_averaged_over_space() -> None:
     torch.testing.assert_close(rows, vol.sum(dim=(2, 3, 4)) / 90)
 
 
+def test_channels_last_maps_are_refused_by_default_and_read_when_stated() -> None:
+    nhwc = torch.randn(2, 7, 7, 96)  # Swin/ConvNeXt-style (B, H, W, C)
+    with pytest.raises(InputError, match=r"\(2, 7, 7, 96\) reads two ways: channels first \(C=7\)"):
+        pool_features(nhwc)
+    rows, rule = pool_features(nhwc, pool="channels_last")
+    assert rule == "mean over axes 1..-2 (channels last) of (2, 7, 7, 96)"
+    torch.testing.assert_close(rows, nhwc.sum(dim=(1, 2)) / 49)
+    rows, rule = pool_features(nhwc, pool="channels_first")  # stated, so taken as stated
+    assert rows.shape == (2, 7) and rule == "mean over axes 2.. (channels first) of (2, 7, 7, 96)"
+    ndhwc = torch.randn(2, 3, 5, 5, 16)
+    with pytest.raises(InputError, match="reads two ways"):
+        pool_features(ndhwc)
+    assert pool_features(ndhwc, pool="channels_last")[0].shape == (2, 16)
+    conv1d = torch.randn(4, 8, 30)  # (B, C, L): tokens by default, a 1-D conv when stated
+    rows, rule = pool_features(conv1d, pool="channels_first")
+    torch.testing.assert_close(rows, conv1d.sum(dim=2) / 30)
+    # ordinary channels-first maps are not ambiguous: square grids after the channels
+    assert pool_features(torch.randn(2, 512, 4, 4))[0].shape == (2, 512)
+    assert pool_features(torch.randn(2, 32, 8, 8, 8))[0].shape == (2, 32)
+
+
 def test_a_callable_is_applied_and_named() -> None:
     def max_over_tokens(t: torch.Tensor) -> torch.Tensor:
         return t.amax(dim=1)

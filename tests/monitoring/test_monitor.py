@@ -191,7 +191,7 @@ def test_bad_arguments_raise_one_clear_error(images: torch.Tensor) -> None:
         CollapseMonitor(_net(), ["not a batch"]).measure()
     with pytest.raises(InputError, match=r"embeddings: cannot pool a 1-D output \(40\); \(B, D\)"):
         CollapseMonitor(lambda x: x[:, 0, 0, 0], images).measure()  # (B,) is no embedding
-    with pytest.raises(ConfigError, match="pool must be 'mean', 'cls' or a callable"):
+    with pytest.raises(ConfigError, match="pool must be one of mean, cls, channels_first"):
         CollapseMonitor(_net(), images, pool="max")  # type: ignore[arg-type]
 
 
