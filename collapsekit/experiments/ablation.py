@@ -611,10 +611,10 @@ def render_report(results: dict[str, Any], out: str | Path) -> Path:
             for o in organs
         ]
         lines.append(f"| {m['method']} | " + " | ".join(cells) + " |")
-    px = results["pixels"]
+    px = SimilarityResult.from_dict(results["pixels"])
     lines += [
         "",
-        f"Pixel-space cosine similarity of the slices: mean {px['mean']:.3f} — CT slices look alike, the "
+        f"Pixel-space cosine similarity of the slices: mean {px.mean_cosine:.3f} — CT slices look alike, the "
         "regime in which the paper observes collapse.",
         "",
         "![global spectra](spectra_global.png)",
