@@ -158,7 +158,7 @@ def run_accumulator(x: np.ndarray, chunk: int, normalize: bool, fast: bool) -> d
         "total_s": t2 - t0,
         "peak_extra_bytes": mem.peak_extra,
         "spectrum": result.spectrum,
-        "effective_rank_centered": result.effective_rank_centered,
+        "effective_rank_sigma": result.effective_rank_sigma,
         "numerical_rank": result.numerical_rank,
         "alpha": result.alpha,
     }
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "n_by_d_float32_bytes": n * d * 4,
         },
         "result": {
-            "effective_rank_centered": acc["effective_rank_centered"],
+            "effective_rank_sigma": acc["effective_rank_sigma"],
             "numerical_rank": acc["numerical_rank"],
             "alpha": acc["alpha"],
         },

@@ -106,6 +106,12 @@ QUANTITIES: tuple[Quantity, ...] = (
         "near 0 healthy, 1 completely collapsed",
     ),
     Quantity(
+        "std_cosine",
+        "std of cosine",
+        "population standard deviation over pairs i < j of cos(z_i, z_j)",
+        "collapsekit",
+    ),
+    Quantity(
         "loss",
         "loss",
         "loss_global + λ · loss_local (λ = 0.5)",
@@ -161,6 +167,11 @@ LEGACY_KEYS: dict[str, str] = {
     "effective_rank_uncentered": "rankme",
     "cosine_mean": "mean_cosine",
     "erank": "effective_rank_sigma",
+    "alpha_req": "alpha",
+    "alpha_req_r2": "alpha_r2",
+    "std_of_l2_normalized": "std_l2",
+    "top1_variance_fraction": "top1_variance",
+    "top10_variance_fraction": "top10_variance",
 }
 """Keys written by earlier versions and the name each one now has."""
 

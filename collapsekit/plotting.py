@@ -15,15 +15,18 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from collapsekit.diagnostics.similarity import SimilarityResult
 from collapsekit.diagnostics.spectrum import SpectrumResult
+from collapsekit.errors import ConfigError
+from collapsekit.glossary import canonical_key, label
 from collapsekit.serialization import atomic_write
 
 __all__ = [
+    "FIGURE_FORMATS",
     "plot_spectrum",
     "plot_similarity",
     "plot_rank_history",
@@ -31,9 +34,28 @@ __all__ = [
     "save_figure",
 ]
 
-_STYLE = "whitegrid"
-_PALETTE = "colorblind"
+FIGURE_FORMATS = ("png", "pdf", "svg")
+"""Formats :func:`save_figure` writes (chosen by the file suffix; ``--format`` in the CLI)."""
+
+# One style for every figure: matplotlib only (no seaborn theme), a colour-blind-safe cycle.
+_STYLE: dict[str, Any] = {
+    "axes.grid": True,
+    "grid.color": "0.88",
+    "grid.linewidth": 0.8,
+    "axes.edgecolor": "0.3",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": "medium",
+    "legend.frameon": True,
+    "legend.framealpha": 0.9,
+    "savefig.dpi": 150,
+}
+_COLORS = plt.style.library["tableau-colorblind10"]["axes.prop_cycle"].by_key()["color"]
 _NOISE_DECADES = 13.0
+
+
+def _colors(n: int) -> list[str]:
+    return [_COLORS[i % len(_COLORS)] for i in range(max(n, 1))]
 
 
 def _as_list(results: Any, kind: type) -> list[Any]:
@@ -48,7 +70,7 @@ def _figure(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
         fig = ax.get_figure()
         assert isinstance(fig, Figure)
         return fig, ax
-    with sns.axes_style(_STYLE):
+    with plt.rc_context(_STYLE):  # type: ignore[arg-type]  # keys are valid rcParams
         fig, new_ax = plt.subplots(figsize=size, layout="constrained")
     return fig, new_ax
 
@@ -59,12 +81,13 @@ def plot_spectrum(
     *,
     title: str | None = None,
 ) -> tuple[Figure, Axes]:
-    """Log10 of the covariance singular values against their index, one line per result.
+    """Log10 of the covariance eigenvalues λ against their index, one line per result.
 
-    Collapse shows as a tail that drops steeply (Jing et al. 2022, Fig. 2). Zero values (beyond
-    the rank, e.g. ``D > N - 1``) are left out of the line, and the y-axis stops 13 decades below
-    the largest value (float64 rounding noise), so a collapsed tail drops off the axes. The legend gives each name with its
-    effective rank (centred) and ``D``.
+    Collapse shows as a tail that drops steeply (Jing et al. 2022, Fig. 2). Only the first
+    ``min(D, N − 1)`` values are drawn — N centred samples have no more than ``N − 1`` nonzero
+    eigenvalues, so the rest is rounding noise — and that bound is marked by a dashed line. Zero
+    values are left out and the y-axis stops 13 decades below the largest value (float64 rounding
+    noise). The legend gives each name with its λ- and σ-based effective ranks, ``N`` and ``D``.
 
     Args:
         results: one :class:`SpectrumResult` or several (same or different ``D``).
@@ -76,36 +99,45 @@ def plot_spectrum(
     """
     items = _as_list(results, SpectrumResult)
     fig, ax = _figure(ax, (7.0, 4.5))
-    colors = sns.color_palette(_PALETTE, n_colors=max(len(items), 3))
     top, bottom = -np.inf, np.inf
-    for res, color in zip(items, colors, strict=False):
-        s = np.asarray(res.spectrum, dtype=np.float64)
+    bounds: dict[int, str] = {}
+    for res, color in zip(items, _colors(len(items)), strict=False):
+        s = np.asarray(res.spectrum, dtype=np.float64)[: res.rank_bound]
         idx = np.arange(1, len(s) + 1)
         positive = s > 0
         log_s = np.where(positive, np.log10(np.where(positive, s, 1.0)), np.nan)
         if positive.any():
             top = max(top, float(np.nanmax(log_s)))
             bottom = min(bottom, float(np.nanmin(log_s)))
-        label = (
-            f"{res.name}  (eff. rank λ {res.effective_rank_eigenvalues:.1f}, "
-            f"σ {res.effective_rank_centered:.1f} of D={res.d}"
-            + (f", N-1={res.n - 1}" if res.bounded_by_samples else "")
-            + ")"
+        text = (
+            f"{res.name}: {label('effective_rank_lambda')} {res.effective_rank_lambda:.1f}, "
+            f"{label('effective_rank_sigma')} {res.effective_rank_sigma:.1f} "
+            f"(N={res.n}, D={res.d})"
         )
-        ax.plot(idx, log_s, color=color, linewidth=1.8, label=label)
-    ax.set_xlabel("singular value index (descending)")
-    ax.set_ylabel("log$_{10}$ singular value of the covariance")
+        ax.plot(idx, log_s, color=color, linewidth=1.8, label=text)
+        bounds.setdefault(res.rank_bound, "N − 1" if res.bounded_by_samples else "D")
+    for bound, which in sorted(bounds.items()):
+        ax.axvline(
+            bound,
+            color="0.35",
+            linestyle="--",
+            linewidth=1.0,
+            label=f"rank bound min(D, N − 1) = {bound} ({which})",
+        )
+    ax.set_xlabel("eigenvalue index (descending)")
+    ax.set_ylabel("log$_{10}$ λ (covariance eigenvalue)")
     normalized = {r.normalized for r in items}
-    default = "Embedding covariance spectrum" + (
+    default = "Covariance eigenvalue spectrum" + (
         " (rows L2-normalised)" if normalized == {True} else ""
     )
     ax.set_title(default if title is None else title)
-    ax.set_xlim(0, max(len(r.spectrum) for r in items) + 1)
+    ax.set_xlim(0, max(bounds) * 1.02 + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if np.isfinite(top):
         # Below ~1e-13 of the largest value a float64 covariance holds only rounding noise: let a
         # collapsed tail fall off the axes instead of squeezing the informative range.
         ax.set_ylim(max(bottom, top - _NOISE_DECADES) - 0.5, top + 0.5)
-    ax.legend(loc="best", fontsize="small", frameon=True)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize="small")
     return fig, ax
 
 
@@ -131,7 +163,7 @@ def plot_similarity(
     """
     items = _as_list(results, SimilarityResult)
     fig, ax = _figure(ax, (7.0, 4.5))
-    colors = sns.color_palette("tab10", n_colors=max(len(items), 3))
+    colors = _colors(len(items))
     lo = 1.0
     for res, color in zip(items, colors, strict=False):
         _, edges = res.histogram
@@ -141,10 +173,10 @@ def plot_similarity(
             fill=True,
             alpha=0.25,
             color=color,
-            label=f"{res.name}: all pairs (mean {res.mean:.3f})",
+            label=f"{res.name}: all pairs ({label('mean_cosine')} {res.mean_cosine:.3f})",
         )
         ax.stairs(res.density(), edges, color=color, linewidth=1.2)
-        for part, style, label in (
+        for part, style, split in (
             (res.same_volume, "--", "same volume"),
             (res.different_volume, ":", "different volume"),
         ):
@@ -155,7 +187,7 @@ def plot_similarity(
                     color=color,
                     linestyle=style,
                     linewidth=1.8,
-                    label=f"{res.name}: {label} (mean {part.mean:.3f})",
+                    label=f"{res.name}: {split} ({label('mean_cosine')} {part.mean_cosine:.3f})",
                 )
         counts, edges = res.histogram
         if counts.any():
@@ -165,25 +197,38 @@ def plot_similarity(
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("density")
     ax.set_title("Pairwise cosine similarity" if title is None else title)
-    ax.legend(loc="upper left", fontsize="small", frameon=True)
+    ax.legend(loc="upper left", fontsize="small")
     return fig, ax
+
+
+def _record_value(record: dict[str, Any], key: str) -> Any:
+    """``record[key]`` with keys of any version: legacy spellings are mapped by the glossary, and
+    unqualified keys of older metrics.jsonl files are the backbone's."""
+    for k, v in record.items():
+        canon = canonical_key(k)
+        if canon == key or ("/" not in canon and f"backbone/{canon}" == key):
+            return v
+    return None
 
 
 def plot_rank_history(
     histories: dict[str, list[dict[str, Any]]] | dict[str, Any],
     ax: Axes | None = None,
     *,
-    key: str = "effective_rank",
+    key: str = "backbone/effective_rank_lambda",
     title: str | None = None,
 ) -> tuple[Figure, Axes]:
-    """A metric of each training run's metrics.jsonl records (default: effective rank of the
-    monitor set) against the step (or the epoch for records without one).
+    """A metric of each training run's metrics.jsonl records (default: the λ-based effective rank
+    of the backbone on the monitor set) against the step (or the epoch for records without one).
 
     Args:
         histories: ``{name: [metrics.jsonl records]}``, or an ablation ``results.json`` dict
             (each method's first seed is drawn, further seeds as thin lines).
-        key: the record field to draw.
+        key: the glossary key to draw (``"{layer}/{name}"``; records written by earlier versions,
+            e.g. ``effective_rank_eigenvalues``, are read through
+            :func:`~collapsekit.glossary.canonical_key`).
     """
+    key = canonical_key(key)
     runs: dict[str, list[list[dict[str, Any]]]]
     if "methods" in histories:
         methods: dict[str, Any] = histories["methods"]  # type: ignore[assignment]
@@ -191,14 +236,16 @@ def plot_rank_history(
     else:
         runs = {name: [h] for name, h in histories.items()}
     fig, ax = _figure(ax, (7.0, 4.2))
-    colors = sns.color_palette(_PALETTE, max(len(runs), 1))
-    for color, (name, seeds) in zip(colors, runs.items(), strict=False):
+    for color, (name, seeds) in zip(_colors(len(runs)), runs.items(), strict=False):
         for i, records in enumerate(seeds):
-            xs = [r.get("step", r["epoch"]) for r in records if r.get(key) is not None]
-            ys = [r[key] for r in records if r.get(key) is not None]
+            points = [
+                (r["step"] if "step" in r else r["epoch"], v)
+                for r in records
+                if (v := _record_value(r, key)) is not None
+            ]
             ax.plot(
-                xs,
-                ys,
+                [x for x, _ in points],
+                [y for _, y in points],
                 marker="o",
                 color=color,
                 lw=2 if i == 0 else 0.8,
@@ -206,8 +253,9 @@ def plot_rank_history(
             )
     with_steps = any("step" in r for seeds in runs.values() for rs in seeds for r in rs)
     ax.set_xlabel("step" if with_steps else "epoch")
-    ax.set_ylabel(key.replace("_", " "))
-    ax.set_title(title or f"{key.replace('_', ' ')} during pretraining")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(label(key))
+    ax.set_title(title or f"{label(key)} during pretraining")
     if runs:
         ax.legend(fontsize=8)
     return fig, ax
@@ -216,33 +264,39 @@ def plot_rank_history(
 def plot_ablation_dice(
     results: dict[str, Any], ax: Axes | None = None, *, title: str | None = None
 ) -> tuple[Figure, Axes]:
-    """Grouped bars of linear-probe Dice per organ, one bar per method (error bars over seeds)."""
+    """Grouped bars of linear-probe Dice per organ, one bar per method (error bars over seeds).
+
+    An organ with no Dice for a method (absent from its validation volumes) gets no bar and an
+    "n/a" mark, never a bar of height 0.
+    """
     methods = list(results["methods"].values())
     organs = [k.split("/", 1)[1] for k in methods[0]["mean"] if k.startswith("dice/")]
-    organs = [o for o in organs if any(m["mean"].get(f"dice/{o}") is not None for m in methods)]
     fig, ax = _figure(ax, (max(8.0, 0.9 * (len(organs) + 1)), 4.5))
     labels = [*organs, "mean"]
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(labels))
-    colors = sns.color_palette(_PALETTE, len(methods))
-    for i, (m, color) in enumerate(zip(methods, colors, strict=True)):
+    for i, (m, color) in enumerate(zip(methods, _colors(len(methods)), strict=False)):
         keys = [f"dice/{o}" for o in organs] + ["mean_dice"]
         vals = [m["mean"].get(k) for k in keys]
         errs = [m["std"].get(k) or 0.0 for k in keys]
-        heights = [100 * v if v is not None else 0.0 for v in vals]
+        pos = x + (i - (len(methods) - 1) / 2) * width
+        present = [j for j, v in enumerate(vals) if v is not None]
         ax.bar(
-            x + (i - (len(methods) - 1) / 2) * width,
-            heights,
+            pos[present],
+            [100 * vals[j] for j in present],
             width,
             color=color,
-            yerr=[100 * e for e in errs] if m["seeds"] > 1 else None,
+            yerr=[100 * errs[j] for j in present] if m["seeds"] > 1 else None,
             label=m["method"],
             capsize=2,
         )
+        for j, v in enumerate(vals):
+            if v is None:
+                ax.text(pos[j], 1.0, "n/a", ha="center", va="bottom", rotation=90, fontsize=7)
     ax.set_xticks(x, labels, rotation=35, ha="right")
     ax.set_ylabel("Dice (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title or "Linear-probe Dice per organ")
+    ax.set_title(title or "Linear-probe Dice per organ (n/a: organ absent)")
     ax.legend(fontsize=8, ncols=min(len(methods), 5))
     return fig, ax
 
@@ -250,14 +304,25 @@ def plot_ablation_dice(
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
     """Write ``fig`` to ``path`` atomically (parent folders created, tight bounding box); close it.
 
+    The format is the suffix's (one of :data:`FIGURE_FORMATS`).
+
+    Raises:
+        ConfigError: another suffix.
+
     Returns:
         The path written.
     """
     out = Path(path)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    if fmt not in FIGURE_FORMATS:
+        plt.close(fig)
+        raise ConfigError(
+            f"cannot write a figure as {out.name!r}: use one of {', '.join(FIGURE_FORMATS)}"
+        )
     try:
         # atomic: a full disk never leaves a torn image over a good one
         with atomic_write(out, "wb") as f:
-            fig.savefig(f, dpi=dpi, bbox_inches="tight", format=out.suffix.lstrip(".") or "png")
+            fig.savefig(f, dpi=dpi, bbox_inches="tight", format=fmt)
     finally:
         plt.close(fig)
     return out

@@ -81,7 +81,7 @@ from collapsekit.plotting import plot_spectrum
 
 reports = [spectrum_report(e.z, name=e.name) for e in embeddings]
 for r in reports:
-    print(f"{r.name:28s} eff. rank {r.effective_rank_centered:6.1f} (RankMe {r.effective_rank_uncentered:6.1f})"
+    print(f"{r.name:28s} eff. rank {r.effective_rank_sigma:6.1f} (RankMe {r.rankme:6.1f})"
           f"  alpha {r.alpha:.2f}  std(L2) {r.std_l2:.4f} vs 1/sqrt(D) {r.d ** -0.5:.4f}")
 fig, ax = plot_spectrum(reports)"""
     ),
@@ -93,8 +93,8 @@ from collapsekit.plotting import plot_similarity
 
 sims = [pairwise_cosine_stats(e.z, groups=e.volume, name=e.name) for e in embeddings]
 for s in sims:
-    print(f"{s.name:28s} mean {s.mean:.3f}  same volume {s.same_volume.mean:.3f}  "
-          f"different volume {s.different_volume.mean:.3f}")
+    print(f"{s.name:28s} mean {s.mean_cosine:.3f}  same volume {s.same_volume.mean_cosine:.3f}  "
+          f"different volume {s.different_volume.mean_cosine:.3f}")
 fig, ax = plot_similarity(sims)"""
     ),
 ]
@@ -126,7 +126,7 @@ size = 64 if QUICK else 128
 model = recalibrate_baseline(load_model("random:resnet18"), volumes, size)  # BN stats from the data
 emb = extract_embeddings(model, volumes, image_size=size, samples=128 if QUICK else 1024)
 sim = pairwise_cosine_stats(emb.z, groups=emb.volume, name="random ResNet-18 embedding")
-print(f"pixel-space cosine: mean {pix.mean:.3f}; embedding cosine: mean {sim.mean:.3f}")
+print(f"pixel-space cosine: mean {pix.mean_cosine:.3f}; embedding cosine: mean {sim.mean_cosine:.3f}")
 fig, ax = plot_similarity([pix, sim])"""
     ),
     new_markdown_cell(
@@ -162,7 +162,7 @@ with torch.no_grad():
     white = zca(z)
 before = spectrum_report(z, name="before ZCA", normalize=False)
 after = spectrum_report(white, name="after ZCA (groups of 64)", normalize=False)
-print(f"effective rank {before.effective_rank_centered:.1f} -> {after.effective_rank_centered:.1f}")
+print(f"effective rank {before.effective_rank_sigma:.1f} -> {after.effective_rank_sigma:.1f}")
 fig, ax = plot_spectrum([before, after], title="ZCA whitening flattens the spectrum")"""
     ),
 ]
@@ -287,7 +287,7 @@ NB4 = [
     new_markdown_cell(
         "## 1. A plain PyTorch loop\n\nA toy contrastive model on phantom CT slices; the monitor "
         "hooks the `backbone` and `projector` submodules (the backbone's `(B, 64, 16, 16)` feature "
-        "map is average-pooled to `(B, 64)`). With a callable instead, `CollapseMonitor(fn, held_out)` takes "
+        "map is averaged over space to `(B, 64)`, and `res['backbone'].pooling` says so). With a callable instead, `CollapseMonitor(fn, held_out)` takes "
         "`fn(x) -> tensor` or `-> {space: tensor}`."
     ),
     new_code_cell(PLAIN_LOOP),
@@ -318,9 +318,11 @@ fig.tight_layout()"""
     ),
     new_code_cell(LIGHTNING),
     new_markdown_cell(
-        "## 3. Warnings\n\nThresholds (`rank_fraction`, `std_fraction`, `max_cosine`) raise "
-        "`CollapseWarning`, which the `warnings` module filters like any other: here a "
-        "projector that maps every slice to the same direction."
+        "## 3. Warnings\n\nBy default a `CollapseWarning` is raised when a space's λ-based "
+        "effective rank falls below 1.5 (`min_rank_lambda`) or the projector's mean cosine reaches "
+        "0.95 (`max_cosine`), the thresholds of `collapsekit.diagnostics.health`; `rank_fraction` "
+        "and `std_fraction` add optional rules. The `warnings` module filters it like any other: "
+        "here a projector that maps every slice to the same direction."
     ),
     new_code_cell(
         """\

@@ -50,6 +50,7 @@ DropOpt = Annotated[
     bool, typer.Option("--drop-nonfinite", help="Drop rows with NaN/inf instead of failing.")
 ]
 _OUT_DEFAULT = "RUN/diagnostics for one run, else ./diagnostics"
+FormatOpt = Annotated[str, typer.Option("--format", help="Figure format: png | pdf | svg.")]
 
 
 def _data(dataset: str, data_dir: Path | None, samples: int, image_size: int | None) -> DataSpec:
@@ -96,6 +97,7 @@ def spectrum(
     strip_prefix: StripPrefixOpt = None,
     stem_stride: StemStrideOpt = None,
     model_kwargs: ModelKwargsOpt = None,
+    fmt: FormatOpt = "png",
 ) -> None:
     """Singular spectrum, effective rank, α-ReQ and friends of embeddings (Jing et al. 2022)."""
     from collapsekit.devices import resolve_device
@@ -119,19 +121,30 @@ def spectrum(
             overwrite=overwrite,
             loading=load_options(cache_dir, preprocess_workers),
             progress=progress,
+            figure_format=fmt,
         )
     if json_out:
         print_json(report.to_dict())
     else:
-        _render_spectrum(report)
+        _render_spectrum(report, samples, dataset)
 
 
-_SPECTRUM_COLUMNS = ("N×D", "λ-rank", "erank", "RankMe", "α (R²)", "std L2", "top1/10%", "rank")
+_SPECTRUM_COLUMNS = (
+    "N×D",
+    "effective\nrank (λ)",
+    "effective\nrank (σ)",
+    "RankMe\n(σ, raw)",
+    "α (R²)",
+    "std L2",
+    "top1/10%",
+    "rank",
+)
 
 
-def _render_spectrum(report: SpectrumReport) -> None:
+def _render_spectrum(report: SpectrumReport, samples: int, dataset: str) -> None:
     results = report.results
-    suffix = ", L2-normalised" if report.normalized else ""
+    normalize = report.normalized
+    suffix = ", L2-normalised" if normalize else ""
     table = Table(title=f"Embedding spectrum ({report.mode}{suffix})", box=box.SIMPLE_HEAD)
     table.add_column("input", min_width=12, overflow="fold")
     for col in _SPECTRUM_COLUMNS:
@@ -140,9 +153,9 @@ def _render_spectrum(report: SpectrumReport) -> None:
         table.add_row(
             r.name,
             f"{r.n}×{r.d}",
-            f"{r.effective_rank_eigenvalues:.1f}",
-            f"{r.effective_rank_centered:.1f}",
-            f"{r.effective_rank_uncentered:.1f}",
+            f"{r.effective_rank_lambda:.1f}",
+            f"{r.effective_rank_sigma:.1f}",
+            f"{r.rankme:.1f}",
             f"{r.alpha:.2f} ({r.alpha_r2:.2f})",
             f"{r.std_l2:.4f}",
             f"{100 * r.top1_variance:.1f}/{100 * r.top10_variance:.1f}",
@@ -150,11 +163,17 @@ def _render_spectrum(report: SpectrumReport) -> None:
         )
     console.print(table)
     console.print(
-        "λ-rank: effective rank of the covariance eigenvalues (shows collapse); erank: of the "
+        "Every rank is measured on the N rows shown"
+        + (", each L2-normalised" if normalize else ", not normalised")
+        + f" (a model's rows: {samples} evenly spaced {dataset} slices; a file's: its rows)"
+        + ". effective rank (λ): of the covariance eigenvalues (shows collapse); (σ): of the "
         "singular values of the centred embeddings; RankMe: of the raw matrix; "
         "rank: numerical rank / its bound min(D, N-1); top1/10%: variance in the leading directions.",
         style="dim",
     )
+    for r in results:
+        if r.pooling:
+            console.print(f"{r.name}: rows pooled by {r.pooling}", style="dim")
     for r in results:
         if r.d > r.n - 1:
             console.print(
@@ -197,6 +216,7 @@ def similarity(
     strip_prefix: StripPrefixOpt = None,
     stem_stride: StemStrideOpt = None,
     model_kwargs: ModelKwargsOpt = None,
+    fmt: FormatOpt = "png",
 ) -> None:
     """Inter-image cosine similarity of embeddings (same vs different volume) and of pixels."""
     from collapsekit.devices import resolve_device
@@ -216,6 +236,7 @@ def similarity(
             overwrite=overwrite,
             loading=load_options(cache_dir, preprocess_workers),
             progress=progress,
+            figure_format=fmt,
         )
     if json_out:
         print_json(report.to_dict())
@@ -223,14 +244,22 @@ def similarity(
         _render_similarity(report)
 
 
-_SIMILARITY_COLUMNS = ("pairs", "mean", "std", "median", "q05", "q95")
-
-
 def _render_similarity(report: SimilarityReport) -> None:
+    from collapsekit.glossary import label
+
     table = Table(title="Inter-image cosine similarity")
-    table.add_column("input", justify="left")
-    for col in (*_SIMILARITY_COLUMNS, "same volume", "different volume"):
-        table.add_column(col, justify="right")
+    for col in (
+        "input",
+        "pairs",
+        label("mean_cosine"),
+        label("std_cosine"),
+        "median",
+        "q05",
+        "q95",
+        "same volume",
+        "different volume",
+    ):
+        table.add_column(col, justify="left" if col == "input" else "right")
     for r in report.results:
         d = r.to_dict()
         same = d.get("same_volume") or {}
@@ -239,13 +268,13 @@ def _render_similarity(report: SimilarityReport) -> None:
         table.add_row(
             r.name,
             str(r.n_pairs),
-            f"{r.mean:.3f}",
-            f"{r.std:.3f}",
+            f"{r.mean_cosine:.3f}",
+            f"{r.std_cosine:.3f}",
             f"{q.get('q50', float('nan')):.3f}",
             f"{q.get('q05', float('nan')):.3f}",
             f"{q.get('q95', float('nan')):.3f}",
-            f"{same['mean']:.3f}" if same else "-",
-            f"{diff['mean']:.3f}" if diff else "-",
+            f"{same['mean_cosine']:.3f}" if same else "-",
+            f"{diff['mean_cosine']:.3f}" if diff else "-",
         )
     console.print(table)
     console.print(f"wrote {report.figure_path} and {report.json_path}")

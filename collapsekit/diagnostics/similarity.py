@@ -33,8 +33,9 @@ class SimilarityResult:
         name: label of the embeddings (the split results add "(same volume)" / "(different
             volume)").
         n_pairs: number of pairs, ``n (n - 1) / 2`` for ``n`` rows without a split.
-        mean: mean cosine (1.0 when all rows point the same way, about 0 for isotropic data).
-        std: population std of the cosines.
+        mean_cosine: mean cosine (1.0 when all rows point the same way, about 0 for isotropic
+            data).
+        std_cosine: population std of the cosines.
         quantiles: ``{"q05", "q25", "q50", "q75", "q95"}`` (linear interpolation, exact).
         histogram: ``(counts, bin_edges)``, equal bins over ``[-1, 1]``.
         n_samples: rows used (after subsampling).
@@ -45,8 +46,8 @@ class SimilarityResult:
 
     name: str
     n_pairs: int
-    mean: float
-    std: float
+    mean_cosine: float
+    std_cosine: float
     quantiles: dict[str, float]
     histogram: tuple[np.ndarray, np.ndarray]
     n_samples: int = 0
@@ -61,12 +62,13 @@ class SimilarityResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimilarityResult:
-        """Rebuild a result from :meth:`to_dict` output (e.g. a saved ``similarity.json``)."""
+        """Rebuild a result from :meth:`to_dict` output (e.g. a saved ``similarity.json``); JSON
+        written by earlier versions (keys ``mean``, ``std``) loads too."""
         return cls(
             name=d["name"],
             n_pairs=int(d["n_pairs"]),
-            mean=float(d["mean"]),
-            std=float(d["std"]),
+            mean_cosine=float(d["mean_cosine"] if "mean_cosine" in d else d["mean"]),
+            std_cosine=float(d["std_cosine"] if "std_cosine" in d else d["std"]),
             quantiles={k: float(v) for k, v in d["quantiles"].items()},
             histogram=(
                 np.asarray(d["histogram"]["counts"], dtype=np.int64),
@@ -80,14 +82,15 @@ class SimilarityResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (plain floats and lists), splits nested under their names."""
+        """JSON-ready dict whose keys are the field names (plain floats and lists), splits nested
+        under their names."""
         counts, edges = self.histogram
         return {
             "name": self.name,
             "n_samples": self.n_samples,
             "n_pairs": self.n_pairs,
-            "mean": self.mean,
-            "std": self.std,
+            "mean_cosine": self.mean_cosine,
+            "std_cosine": self.std_cosine,
             "quantiles": dict(self.quantiles),
             "histogram": {
                 "counts": [int(c) for c in counts],
@@ -106,8 +109,8 @@ def _summary(name: str, values: np.ndarray, edges: np.ndarray, n_samples: int) -
     return SimilarityResult(
         name=name,
         n_pairs=int(values.size),
-        mean=float(np.mean(values, dtype=np.float64)),
-        std=float(np.std(values, dtype=np.float64)),
+        mean_cosine=float(np.mean(values, dtype=np.float64)),
+        std_cosine=float(np.std(values, dtype=np.float64)),
         quantiles={k: float(v) for k, v in zip(QUANTILES, q, strict=True)},
         histogram=(counts.astype(np.int64), edges),
         n_samples=n_samples,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 from collapsekit.diagnostics.rank import as_spectrum, effective_rank, numerical_rank
 from collapsekit.diagnostics.validation import as_embeddings, l2_normalize_rows
 from collapsekit.errors import InputError
+from collapsekit.glossary import canonical_key, lookup
 
 __all__ = [
     "singular_spectrum",
@@ -223,18 +224,20 @@ def _finite_or_none(x: float) -> float | None:
 class SpectrumResult:
     """Collapse diagnostics of one ``(N, D)`` embedding matrix.
 
+    Field names are the names of :mod:`collapsekit.glossary` (and the keys of :meth:`to_dict`).
+
     Attributes:
         name: label of the embeddings (file, checkpoint, ``random:resnet18``).
-        n: number of samples ``N``.
+        n: number of samples ``N`` (every rank below is measured on these ``N`` rows).
         d: embedding dimension ``D``.
         normalized: whether rows were L2-normalised before everything below (except ``std_l2``,
             which always normalises).
-        spectrum: ``(D,)`` float64 covariance singular values (= eigenvalues), descending.
-        effective_rank_centered: effective rank of the centred matrix ``Z - 1 zbarᵀ``, whose
-            singular values are ``sqrt((N-1) * spectrum)``.
-        effective_rank_uncentered: effective rank of the raw (normalised) matrix ``Z``, the RankMe
-            form of Garrido et al. (2023).
-        effective_rank_eigenvalues: effective rank of the covariance eigenvalues ``λ = σ²/(N−1)``
+        spectrum: ``(D,)`` float64 covariance singular values (= eigenvalues λ), descending.
+        effective_rank_sigma: effective rank of the singular values σ of the centred matrix
+            ``Z - 1 zbarᵀ`` (``σ = sqrt((N-1) λ)``).
+        rankme: effective rank of the singular values of the raw (normalised) matrix ``Z``, the
+            RankMe form of Garrido et al. (2023).
+        effective_rank_lambda: effective rank of the covariance eigenvalues ``λ = σ²/(N−1)``
             (the variance spectrum, the quantity plotted by Jing et al. 2022). It shows collapse far
             more clearly than the σ-based ranks: for ``λ_i ∝ i^{-1.5}`` over 64 dimensions it is
             10.8 on λ against 42.9 on σ = √λ.
@@ -250,6 +253,9 @@ class SpectrumResult:
         rank_tolerance: that relative tolerance (on singular values, not eigenvalues).
         rank_bound: ``min(D, N-1)``, the largest rank a centred ``N x D`` matrix can have; when
             ``N - 1 < D`` the rank is bounded by the sample count, not by the embeddings.
+        pooling: how the rows were made from a model output (the rule of
+            :func:`~collapsekit.diagnostics.pooling.pool_features`, e.g. ``"as is (B, 512)"``);
+            empty when the rows were given as they are.
     """
 
     name: str
@@ -257,9 +263,9 @@ class SpectrumResult:
     d: int
     normalized: bool
     spectrum: np.ndarray
-    effective_rank_centered: float
-    effective_rank_uncentered: float
-    effective_rank_eigenvalues: float
+    effective_rank_sigma: float
+    rankme: float
+    effective_rank_lambda: float
     alpha: float
     alpha_r2: float
     std_l2: float
@@ -268,47 +274,60 @@ class SpectrumResult:
     numerical_rank: int
     rank_tolerance: float
     rank_bound: int
+    pooling: str = ""
 
     @property
     def bounded_by_samples(self) -> bool:
         """True when ``N - 1 < D``: no rank above ``N - 1`` is possible, whatever the model."""
         return self.n - 1 < self.d
 
+    @property
+    def measured_on(self) -> str:
+        """The set and normalisation every rank of this result was measured on, e.g.
+        ``"N=2048 rows, L2-normalised"``."""
+        return f"N={self.n} rows, {'L2-normalised' if self.normalized else 'not normalised'}"
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpectrumResult:
-        """Rebuild a result from :meth:`to_dict` output (e.g. a saved ``spectrum.json``)."""
+        """Rebuild a result from :meth:`to_dict` output (e.g. a saved ``spectrum.json``); JSON
+        written by earlier versions (``effective_rank_centered``, ``alpha_req``, …) loads too."""
         return spectrum_result_from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (lists and plain floats; NaN becomes ``None``), keys spelled out."""
-        return {
-            "name": self.name,
-            "n": self.n,
-            "d": self.d,
-            "rows_l2_normalized": self.normalized,
-            "covariance_singular_values": [float(v) for v in self.spectrum],
-            "effective_rank_centered": self.effective_rank_centered,
-            "effective_rank_uncentered": self.effective_rank_uncentered,
-            "effective_rank_eigenvalues": self.effective_rank_eigenvalues,
-            "alpha_req": _finite_or_none(self.alpha),
-            "alpha_req_r2": _finite_or_none(self.alpha_r2),
-            "std_of_l2_normalized": self.std_l2,
-            "std_of_l2_normalized_isotropic": 1.0 / math.sqrt(self.d),
-            "top1_variance_fraction": _finite_or_none(self.top1_variance),
-            "top10_variance_fraction": _finite_or_none(self.top10_variance),
-            "numerical_rank": self.numerical_rank,
-            "numerical_rank_rtol": self.rank_tolerance,
-            "rank_bound": self.rank_bound,
-            "rank_bounded_by_samples": self.bounded_by_samples,
-            "definitions": {
-                "covariance_singular_values": "eigenvalues of C = 1/(N-1) sum (z - mean)(z - mean)^T, descending",
-                "effective_rank_centered": "exp entropy of the singular values of the centred matrix Z - mean",
-                "effective_rank_uncentered": "exp entropy of the singular values of the raw matrix Z (RankMe)",
-                "effective_rank_eigenvalues": "exp entropy of the covariance eigenvalues (variance spectrum, lambda = sigma^2 / (N - 1))",
-                "numerical_rank": "singular values of the centred matrix above rtol * largest",
-                "rank_bound": "min(D, N - 1)",
-            },
-        }
+        """JSON-ready dict whose keys are the field names (NaN becomes ``None``), plus
+        ``bounded_by_samples`` and ``definitions`` (each quantity's formula from the glossary)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "spectrum":
+                v = [float(x) for x in v]
+            elif isinstance(v, float):
+                v = _finite_or_none(v)
+            out[f.name] = v
+        out["bounded_by_samples"] = self.bounded_by_samples
+        out["definitions"] = {k: lookup(k).formula for k in _QUANTITY_FIELDS}
+        return out
+
+
+_QUANTITY_FIELDS = (
+    "effective_rank_sigma",
+    "rankme",
+    "effective_rank_lambda",
+    "alpha",
+    "alpha_r2",
+    "std_l2",
+    "top1_variance",
+    "top10_variance",
+    "numerical_rank",
+    "rank_bound",
+)
+# keys of spectrum JSON written before the glossary that are not quantities (quantities are mapped
+# by collapsekit.glossary.canonical_key)
+_LEGACY_FIELDS = {
+    "rows_l2_normalized": "normalized",
+    "covariance_singular_values": "spectrum",
+    "numerical_rank_rtol": "rank_tolerance",
+}
 
 
 def _nan(x: Any) -> float:
@@ -316,27 +335,30 @@ def _nan(x: Any) -> float:
 
 
 def spectrum_result_from_dict(d: dict[str, Any]) -> SpectrumResult:
-    """Inverse of :meth:`SpectrumResult.to_dict` (``None`` back to NaN)."""
+    """Inverse of :meth:`SpectrumResult.to_dict` (``None`` back to NaN; legacy keys mapped)."""
+    d = {_LEGACY_FIELDS.get(k, canonical_key(k)): v for k, v in d.items()}
+    spectrum = np.asarray(d["spectrum"], dtype=np.float64)
     return SpectrumResult(
         name=d["name"],
         n=int(d["n"]),
         d=int(d["d"]),
-        normalized=bool(d["rows_l2_normalized"]),
-        spectrum=np.asarray(d["covariance_singular_values"], dtype=np.float64),
-        effective_rank_centered=_nan(d["effective_rank_centered"]),
-        effective_rank_uncentered=_nan(d["effective_rank_uncentered"]),
+        normalized=bool(d["normalized"]),
+        spectrum=spectrum,
+        effective_rank_sigma=_nan(d["effective_rank_sigma"]),
+        rankme=_nan(d["rankme"]),
         # results saved before the λ-based rank existed: recompute it from the stored spectrum
-        effective_rank_eigenvalues=_nan(d["effective_rank_eigenvalues"])
-        if "effective_rank_eigenvalues" in d
-        else effective_rank(np.clip(np.asarray(d["covariance_singular_values"], float), 0, None)),
-        alpha=_nan(d["alpha_req"]),
-        alpha_r2=_nan(d["alpha_req_r2"]),
-        std_l2=_nan(d["std_of_l2_normalized"]),
-        top1_variance=_nan(d["top1_variance_fraction"]),
-        top10_variance=_nan(d["top10_variance_fraction"]),
+        effective_rank_lambda=_nan(d["effective_rank_lambda"])
+        if "effective_rank_lambda" in d
+        else effective_rank(np.clip(spectrum, 0, None)),
+        alpha=_nan(d["alpha"]),
+        alpha_r2=_nan(d["alpha_r2"]),
+        std_l2=_nan(d["std_l2"]),
+        top1_variance=_nan(d["top1_variance"]),
+        top10_variance=_nan(d["top10_variance"]),
         numerical_rank=int(d["numerical_rank"]),
-        rank_tolerance=float(d["numerical_rank_rtol"]),
+        rank_tolerance=float(d["rank_tolerance"]),
         rank_bound=int(d["rank_bound"]),
+        pooling=str(d.get("pooling", "")),
     )
 
 
@@ -398,9 +420,9 @@ def summarize_spectrum(
         d=d,
         normalized=bool(normalized),
         spectrum=cov,
-        effective_rank_centered=effective_rank(sigma_eff),
-        effective_rank_uncentered=effective_rank(np.sqrt(raw)),
-        effective_rank_eigenvalues=effective_rank(cov_eff),
+        effective_rank_sigma=effective_rank(sigma_eff),
+        rankme=effective_rank(np.sqrt(raw)),
+        effective_rank_lambda=effective_rank(cov_eff),
         alpha=alpha,
         alpha_r2=r2,
         std_l2=float(std_l2),

@@ -23,6 +23,7 @@ import torch
 
 from collapsekit.data.slices import select_slices, slice_tensor
 from collapsekit.data.volume import Volume
+from collapsekit.diagnostics import pool_features
 from collapsekit.errors import InputError
 from collapsekit.models import recalibrate_batch_norm
 from collapsekit.options import look_up_option
@@ -93,6 +94,9 @@ class Embeddings:
         z: float32 ``(N, D)``.
         volume: ``(N,)`` index of the source volume of each row (for same/different-volume splits).
         slice: ``(N,)`` slice index of each row.
+        pooling: how the model output became rows (:func:`~collapsekit.diagnostics.pool_features`
+            for ``backbone``/``head``, e.g. ``"as is (B, 512)"``; the per-location rule for
+            ``dense``; ``"file"`` for embeddings read from a file).
     """
 
     name: str
@@ -100,6 +104,7 @@ class Embeddings:
     z: np.ndarray
     volume: np.ndarray
     slice: np.ndarray
+    pooling: str = "file"
 
 
 def _model_parts(model: Any) -> tuple[Any, Any]:
@@ -163,6 +168,7 @@ def extract_embeddings(
     for m, _ in was_training:
         m.eval()
     zs: list[np.ndarray] = []
+    pooling = ""
     vols: list[np.ndarray] = []
     sls: list[np.ndarray] = []
     emit(progress, TaskStarted("extract", total=len(index), description=f"embedding {label}"))
@@ -172,11 +178,10 @@ def extract_embeddings(
             x = slice_tensor(volumes, chunk, image_size).to(device)
             v = np.array([c[0] for c in chunk])
             s = np.array([c[1] for c in chunk])
-            if mode == "backbone":
-                z = backbone(x)
-            elif mode == "head":
-                assert encoder is not None
-                z = encoder(x)
+            if mode in ("backbone", "head"):
+                out = backbone(x) if mode == "backbone" else encoder(x)
+                z, rule = pool_features(out, name=f"{label} {mode} output")
+                pooling = rule.replace(f"({len(chunk)},", "(B,", 1)
             else:
                 fmap = backbone.forward_features(x)  # B×C×h×w
                 b, c, h, w = fmap.shape
@@ -187,6 +192,7 @@ def extract_embeddings(
                     )
                     flat = flat[:, keep]
                 n_loc = flat.shape[1]
+                pooling = f"{n_loc} locations per slice of (B, {c}, {h}, {w}), not pooled"
                 z = flat.reshape(b * n_loc, c)
                 v = np.repeat(v, n_loc)
                 s = np.repeat(s, n_loc)
@@ -204,6 +210,7 @@ def extract_embeddings(
         z=np.concatenate(zs),
         volume=np.concatenate(vols),
         slice=np.concatenate(sls),
+        pooling=pooling,
     )
 
 

@@ -10,7 +10,7 @@ into a directory (what the commands do, in one call).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ def embeddings_for(
         if isinstance(obj, np.ndarray):
             z = as_embeddings(obj, name=spec, drop_nonfinite=drop_nonfinite).cpu().numpy()
             n = len(z)
-            out.append(Embeddings(_name(spec), "file", z, np.zeros(n, dtype=int), np.arange(n)))
+            out.append(Embeddings(_name(spec), "file", z, np.zeros(n, dtype=int), np.arange(n), ""))
             continue
         if volumes is None:
             volumes = load_eval_volumes(data, progress, loading=loading)
@@ -189,7 +189,8 @@ def spectrum_analysis(
     progress: ProgressCallback | None = None,
     model_options: ModelOptions | None = None,
 ) -> list[SpectrumResult]:
-    """Spectrum reports (:class:`~collapsekit.diagnostics.SpectrumResult`) of every input."""
+    """Spectrum reports (:class:`~collapsekit.diagnostics.SpectrumResult`) of every input, each
+    with the pooling rule that made its rows (empty for an embeddings file)."""
 
     results = []
     for emb in embeddings_for(
@@ -207,9 +208,10 @@ def spectrum_analysis(
             acc = SpectrumAccumulator(emb.z.shape[1], normalize=normalize, name=name)
             for i in range(0, len(emb.z), _CHUNK):
                 acc.update(emb.z[i : i + _CHUNK])
-            results.append(acc.compute())
+            result = acc.compute()
         else:
-            results.append(spectrum_report(emb.z, name=name, normalize=normalize))
+            result = spectrum_report(emb.z, name=name, normalize=normalize)
+        results.append(replace(result, pooling=emb.pooling))
     return results
 
 
@@ -293,17 +295,24 @@ class SimilarityReport:
         return {"results": [r.to_dict() for r in self.results]}
 
 
-def _outputs(specs: Sequence[str], out: str | Path | None, stem: str, overwrite: bool) -> Path:
-    """The output directory, checked before any work: writable, and ``<stem>.png``/``.json``
-    there are not replaced unless ``overwrite`` (they may be another run's results).
-    Default: ``RUN/diagnostics`` for one run, else ``./diagnostics``."""
+def _outputs(
+    specs: Sequence[str], out: str | Path | None, stem: str, overwrite: bool, figure_format: str
+) -> tuple[Path, Path]:
+    """The output directory and figure path, checked before any work: writable, and
+    ``<stem>.<format>``/``<stem>.json`` there are not replaced unless ``overwrite`` (they may be
+    another run's results). Default directory: ``RUN/diagnostics`` for one run, else
+    ``./diagnostics``."""
+    from collapsekit.options import look_up_option
     from collapsekit.outputs import check_writable_dir, refuse_overwrite
+    from collapsekit.plotting import FIGURE_FORMATS
     from collapsekit.runs.rundir import diagnostics_dir
 
+    fmt = look_up_option(figure_format.lower(), FIGURE_FORMATS, "--format")
     directory = Path(out) if out is not None else diagnostics_dir(list(specs))
     check_writable_dir(directory, "--out")
-    refuse_overwrite([directory / f"{stem}.png", directory / f"{stem}.json"], overwrite=overwrite)
-    return directory
+    figure = directory / f"{stem}.{fmt}"
+    refuse_overwrite([figure, directory / f"{stem}.json"], overwrite=overwrite)
+    return directory, figure
 
 
 def _write(payload: Any, fig: Any, json_path: Path, figure_path: Path) -> None:
@@ -330,6 +339,7 @@ def write_spectrum_report(
     loading: LoadOptions = LoadOptions(),
     progress: ProgressCallback | None = None,
     model_options: ModelOptions | None = None,
+    figure_format: str = "png",
 ) -> SpectrumReport:
     """:func:`spectrum_analysis` of every input, written to ``out/spectrum.json`` and
     ``out/spectrum.png`` (``collapsekit spectrum``).
@@ -339,7 +349,8 @@ def write_spectrum_report(
             as in :func:`spectrum_analysis`.
         out: the output directory (default ``RUN/diagnostics`` for one run, else
             ``./diagnostics``); checked before any work.
-        overwrite: replace ``spectrum.json``/``.png`` that exist there already.
+        overwrite: replace ``spectrum.json`` and the figure if they exist there already.
+        figure_format: ``png``, ``pdf`` or ``svg``.
 
     Raises:
         OutputError: ``out`` is not writable, its files exist (without ``overwrite``), or a write
@@ -347,7 +358,7 @@ def write_spectrum_report(
     """
     from collapsekit.plotting import plot_spectrum
 
-    directory = _outputs(specs, out, "spectrum", overwrite)
+    directory, figure = _outputs(specs, out, "spectrum", overwrite, figure_format)
     results = spectrum_analysis(
         specs,
         data,
@@ -359,9 +370,7 @@ def write_spectrum_report(
         progress=progress,
         model_options=model_options,
     )
-    report = SpectrumReport(
-        mode, normalize, results, directory / "spectrum.json", directory / "spectrum.png"
-    )
+    report = SpectrumReport(mode, normalize, results, directory / "spectrum.json", figure)
     fig, _ = plot_spectrum(results, title=f"Embedding spectrum ({mode})")
     _write(report.to_dict(), fig, report.json_path, report.figure_path)
     return report
@@ -379,13 +388,14 @@ def write_similarity_report(
     loading: LoadOptions = LoadOptions(),
     progress: ProgressCallback | None = None,
     model_options: ModelOptions | None = None,
+    figure_format: str = "png",
 ) -> SimilarityReport:
     """:func:`similarity_analysis` of every input, written to ``out/similarity.json`` and
     ``out/similarity.png`` (``collapsekit similarity``); ``out`` and ``overwrite`` as in
     :func:`write_spectrum_report`."""
     from collapsekit.plotting import plot_similarity
 
-    directory = _outputs(specs, out, "similarity", overwrite)
+    directory, figure = _outputs(specs, out, "similarity", overwrite, figure_format)
     results = similarity_analysis(
         specs,
         data,
@@ -396,7 +406,7 @@ def write_similarity_report(
         progress=progress,
         model_options=model_options,
     )
-    report = SimilarityReport(results, directory / "similarity.json", directory / "similarity.png")
+    report = SimilarityReport(results, directory / "similarity.json", figure)
     fig, _ = plot_similarity(results)
     _write(report.to_dict(), fig, report.json_path, report.figure_path)
     return report

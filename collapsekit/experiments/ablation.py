@@ -329,18 +329,18 @@ def _summary(ev: dict[str, Any], last: dict[str, Any] | None = None) -> dict[str
     glob, dense = SpectrumResult.from_dict(ev["global"]), SpectrumResult.from_dict(ev["dense"])
     last = last or {}
     out: dict[str, float | None] = {
-        "effective_rank": ev["global"]["effective_rank_centered"],
-        "effective_rank_uncentered": ev["global"]["effective_rank_uncentered"],
-        "effective_rank_eigenvalues": glob.effective_rank_eigenvalues,
-        "dense_effective_rank": ev["dense"]["effective_rank_centered"],
-        "dense_effective_rank_eigenvalues": dense.effective_rank_eigenvalues,
+        "effective_rank": glob.effective_rank_sigma,
+        "effective_rank_uncentered": glob.rankme,
+        "effective_rank_eigenvalues": glob.effective_rank_lambda,
+        "dense_effective_rank": dense.effective_rank_sigma,
+        "dense_effective_rank_eigenvalues": dense.effective_rank_lambda,
         "final_loss": last.get("loss_global"),
         "loss_chance": last.get("loss_chance"),
         "top1": last.get("top1"),
         "proj_effective_rank_eigenvalues": last.get("proj_effective_rank_eigenvalues"),
         "proj_mean_cosine": last.get("proj_mean_cosine"),
-        "alpha": ev["global"]["alpha_req"],
-        "cosine_mean": ev["similarity"]["mean"],
+        "alpha": glob.to_dict()["alpha"],  # None when NaN
+        "cosine_mean": SimilarityResult.from_dict(ev["similarity"]).mean_cosine,
         "mean_dice": ev["probe"]["mean_dice"],
     }
     for organ, d in ev["probe"]["dice"].items():
@@ -622,10 +622,10 @@ def render_report(results: dict[str, Any], out: str | Path) -> Path:
             for o in organs
         ]
         lines.append(f"| {m['method']} | " + " | ".join(cells) + " |")
-    px = results["pixels"]
+    px = SimilarityResult.from_dict(results["pixels"])
     lines += [
         "",
-        f"Pixel-space cosine similarity of the slices: mean {px['mean']:.3f} — CT slices look alike, the "
+        f"Pixel-space cosine similarity of the slices: mean {px.mean_cosine:.3f} — CT slices look alike, the "
         "regime in which the paper observes collapse.",
         "",
         "![global spectra](spectra_global.png)",

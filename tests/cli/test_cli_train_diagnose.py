@@ -120,13 +120,8 @@ def test_spectrum_of_checkpoint_and_random_json(run_dir: Path, tmp_path: Path) -
     data = json.loads(res.output)  # nothing but JSON on stdout
     assert [r["name"] for r in data["results"]] == ["run", "random:resnet18 (BN recalibrated)"]
     for r in data["results"]:
-        assert (
-            r["n"] == 40
-            and r["d"] == 512
-            and r["rank_bound"] == 39
-            and r["rank_bounded_by_samples"]
-        )
-        assert 1.0 <= r["effective_rank_centered"] <= 39.0
+        assert r["n"] == 40 and r["d"] == 512 and r["rank_bound"] == 39 and r["bounded_by_samples"]
+        assert 1.0 <= r["effective_rank_sigma"] <= 39.0
     assert (tmp_path / "spectrum.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "spectrum.json").read_text()) == data
 
@@ -142,7 +137,7 @@ def test_spectrum_of_embeddings_file_matches_numpy(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     r = json.loads(res.output)["results"][0]
     ref = np.linalg.svd(np.cov(z.astype(np.float32).astype(np.float64).T), compute_uv=False)
-    np.testing.assert_allclose(r["covariance_singular_values"], ref, rtol=1e-5)
+    np.testing.assert_allclose(r["spectrum"], ref, rtol=1e-5)
     assert r["numerical_rank"] == 16
 
 
@@ -151,6 +146,21 @@ def test_spectrum_table_output(tmp_path: Path) -> None:
     res = runner.invoke(app, ["spectrum", str(tmp_path / "emb.npy"), "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "bounded by N-1 = 9" in res.output and "emb" in res.output
+    assert "rank (λ)" in res.output and "rank (σ)" in res.output and "(σ, raw)" in res.output
+    assert "Every rank is measured on the N rows shown, each L2-normalised" in res.output
+
+
+@pytest.mark.parametrize(("fmt", "magic"), [("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_figure_format_option(tmp_path: Path, fmt: str, magic: bytes) -> None:
+    np.save(tmp_path / "emb.npy", np.random.default_rng(1).normal(size=(10, 8)).astype(np.float32))
+    for command in ("spectrum", "similarity"):
+        args = [command, str(tmp_path / "emb.npy"), "--out", str(tmp_path), "--format", fmt]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / f"{command}.{fmt}").read_bytes().startswith(magic)
+        assert not (tmp_path / f"{command}.png").exists()
+    res = runner.invoke(app, ["spectrum", str(tmp_path / "emb.npy"), "--format", "jpg"])
+    assert res.exit_code == 2 and "--format" in res.output and len(res.output.splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -237,6 +247,6 @@ def test_similarity_pixels_and_identical_rows(tmp_path: Path) -> None:
         "same",
         "random:resnet18 (BN recalibrated)",
     ]
-    assert results[1]["mean"] == pytest.approx(1.0) and results[1]["n_pairs"] == 15
+    assert results[1]["mean_cosine"] == pytest.approx(1.0) and results[1]["n_pairs"] == 15
     assert results[0]["same_volume"] is not None and results[0]["different_volume"] is not None
     assert (tmp_path / "similarity.png").exists()

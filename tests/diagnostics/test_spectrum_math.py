@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -17,7 +18,9 @@ from collapsekit.diagnostics import (
     spectrum_report,
     std_of_l2_normalized,
 )
+from collapsekit.diagnostics.spectrum import SpectrumResult
 from collapsekit.errors import InputError
+from collapsekit.glossary import lookup
 
 
 def _decaying(n: int, d: int, seed: int = 0, offset: float = 0.0) -> np.ndarray:
@@ -65,13 +68,13 @@ def test_report_for_d_greater_than_n_is_bounded_by_samples() -> None:
     res = spectrum_report(z, normalize=False)
     assert res.rank_bound == 19 and res.numerical_rank == 19 and res.bounded_by_samples
     d = res.to_dict()
-    assert d["rank_bound"] == 19 and d["rank_bounded_by_samples"] is True
+    assert d["rank_bound"] == 19 and d["bounded_by_samples"] is True
 
 
 def test_isotropic_gaussian_has_effective_rank_close_to_d() -> None:
     z = np.random.default_rng(6).standard_normal((20000, 32))
     res = spectrum_report(z)
-    assert 0.95 * 32 < res.effective_rank_centered <= 32
+    assert 0.95 * 32 < res.effective_rank_sigma <= 32
     assert res.numerical_rank == 32
     assert res.top1_variance == pytest.approx(1 / 32, rel=0.1)
     assert res.std_l2 == pytest.approx(1 / math.sqrt(32), rel=0.02)
@@ -84,29 +87,29 @@ def test_report_ranks_equal_effective_rank_of_svd() -> None:
     zn = _normalize(z)
     centred = np.linalg.svd(zn - zn.mean(0), compute_uv=False)
     raw = np.linalg.svd(zn, compute_uv=False)
-    assert res.effective_rank_centered == pytest.approx(effective_rank(centred), rel=1e-8)
-    assert res.effective_rank_uncentered == pytest.approx(effective_rank(raw), rel=1e-8)
+    assert res.effective_rank_sigma == pytest.approx(effective_rank(centred), rel=1e-8)
+    assert res.rankme == pytest.approx(effective_rank(raw), rel=1e-8)
     # the mean offset takes one large singular value of the raw matrix: RankMe (uncentred) is lower
-    assert res.effective_rank_uncentered < res.effective_rank_centered - 1
+    assert res.rankme < res.effective_rank_sigma - 1
 
 
 def test_rank_one_embeddings() -> None:
     rng = np.random.default_rng(8)
     z = np.outer(rng.standard_normal(100), rng.standard_normal(32))
     res = spectrum_report(z, normalize=False)
-    assert res.effective_rank_centered == pytest.approx(1.0, abs=1e-4)  # float64 rounding tail
+    assert res.effective_rank_sigma == pytest.approx(1.0, abs=1e-4)  # float64 rounding tail
     assert res.numerical_rank == 1
     assert res.top1_variance == pytest.approx(1.0, abs=1e-12)
-    assert math.isnan(res.alpha) and res.to_dict()["alpha_req"] is None
+    assert math.isnan(res.alpha) and res.to_dict()["alpha"] is None
 
 
 def test_collapsed_to_a_point() -> None:
     z = np.tile(np.arange(1.0, 9.0), (50, 1))
     res = spectrum_report(z)
-    assert res.numerical_rank == 0 and res.effective_rank_centered == 0.0
+    assert res.numerical_rank == 0 and res.effective_rank_sigma == 0.0
     assert math.isnan(res.top1_variance) and math.isnan(res.alpha)
     assert res.std_l2 == pytest.approx(0.0, abs=1e-12)
-    assert res.effective_rank_uncentered == pytest.approx(1.0, abs=1e-6)
+    assert res.rankme == pytest.approx(1.0, abs=1e-6)
     json.dumps(res.to_dict(), allow_nan=False)
 
 
@@ -169,15 +172,46 @@ def test_report_drop_nonfinite_and_errors() -> None:
     np.testing.assert_allclose(res.spectrum, ref.spectrum, rtol=1e-12)
 
 
-def test_to_dict_is_json_ready_and_spells_out_semantics() -> None:
+def test_to_dict_is_json_ready_keys_are_the_field_names() -> None:
     res = spectrum_report(_decaying(200, 10), name="model.pt")
     d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
+    fields = [f.name for f in dataclasses.fields(res)]
+    assert list(d)[: len(fields)] == fields
+    assert set(d) - set(fields) == {"bounded_by_samples", "definitions"}
     assert d["name"] == "model.pt" and d["n"] == 200 and d["d"] == 10
-    assert d["covariance_singular_values"] == pytest.approx(res.spectrum.tolist())
-    for key in ("effective_rank_centered", "effective_rank_uncentered", "rows_l2_normalized"):
-        assert key in d
-    assert d["numerical_rank_rtol"] == pytest.approx(10 * np.finfo(np.float32).eps)
-    assert "centred" in d["definitions"]["effective_rank_centered"]
+    assert d["spectrum"] == pytest.approx(res.spectrum.tolist())
+    assert d["rank_tolerance"] == pytest.approx(10 * np.finfo(np.float32).eps)
+    assert "centred" in d["definitions"]["effective_rank_sigma"]
+    assert d["definitions"]["rankme"] == lookup("rankme").formula
+    back = SpectrumResult.from_dict(d)
+    assert back.effective_rank_lambda == res.effective_rank_lambda and back.rankme == res.rankme
+
+
+def test_json_written_by_earlier_versions_still_loads() -> None:
+    res = spectrum_report(_decaying(200, 10), name="old")
+    legacy = {  # the spectrum.json keys before the glossary
+        "name": "old",
+        "n": 200,
+        "d": 10,
+        "rows_l2_normalized": True,
+        "covariance_singular_values": res.spectrum.tolist(),
+        "effective_rank_centered": res.effective_rank_sigma,
+        "effective_rank_uncentered": res.rankme,
+        "effective_rank_eigenvalues": res.effective_rank_lambda,
+        "alpha_req": res.alpha,
+        "alpha_req_r2": res.alpha_r2,
+        "std_of_l2_normalized": res.std_l2,
+        "std_of_l2_normalized_isotropic": 10**-0.5,
+        "top1_variance_fraction": res.top1_variance,
+        "top10_variance_fraction": res.top10_variance,
+        "numerical_rank": res.numerical_rank,
+        "numerical_rank_rtol": res.rank_tolerance,
+        "rank_bound": res.rank_bound,
+        "rank_bounded_by_samples": False,
+        "definitions": {},
+    }
+    old = SpectrumResult.from_dict(legacy)
+    assert old.to_dict() == res.to_dict()
 
 
 def test_eigenvalue_effective_rank_is_the_variance_spectrum() -> None:
@@ -185,18 +219,18 @@ def test_eigenvalue_effective_rank_is_the_variance_spectrum() -> None:
     res = spectrum_report(z)
     zn = _normalize(z)
     lam = np.linalg.eigvalsh(np.cov(zn.T))
-    assert res.effective_rank_eigenvalues == pytest.approx(effective_rank(lam.clip(0)), rel=1e-8)
+    assert res.effective_rank_lambda == pytest.approx(effective_rank(lam.clip(0)), rel=1e-8)
     # λ = σ²: the λ-based rank is always the lower one (squaring sharpens the distribution)
-    assert res.effective_rank_eigenvalues < res.effective_rank_centered
+    assert res.effective_rank_lambda < res.effective_rank_sigma
     # the known value of the docstring: λ_i ∝ i^-1.5 over 64 dimensions
     lam = np.arange(1, 65.0) ** -1.5
     assert effective_rank(lam) == pytest.approx(10.82, abs=0.01)
     assert effective_rank(np.sqrt(lam)) == pytest.approx(42.89, abs=0.01)
     # saved results without the field get it back from their spectrum
     d = res.to_dict()
-    del d["effective_rank_eigenvalues"]
+    del d["effective_rank_lambda"]
     old = type(res).from_dict(d)
-    assert old.effective_rank_eigenvalues == pytest.approx(res.effective_rank_eigenvalues, rel=1e-6)
+    assert old.effective_rank_lambda == pytest.approx(res.effective_rank_lambda, rel=1e-6)
 
 
 def test_float32_rounding_of_a_collapsed_set_is_not_read_as_spread() -> None:
@@ -209,15 +243,15 @@ def test_float32_rounding_of_a_collapsed_set_is_not_read_as_spread() -> None:
     direction = rng.normal(size=32)
     z = (direction[None, :] * rng.uniform(0.5, 2.0, size=(512, 1))).astype(np.float32)
     res = spectrum_report(z)
-    assert res.effective_rank_centered == 0.0 and res.effective_rank_eigenvalues == 0.0
+    assert res.effective_rank_sigma == 0.0 and res.effective_rank_lambda == 0.0
     assert res.numerical_rank == 0
-    assert res.effective_rank_uncentered == pytest.approx(1.0, abs=1e-3)  # RankMe agrees
+    assert res.rankme == pytest.approx(1.0, abs=1e-3)  # RankMe agrees
     acc = SpectrumAccumulator()
     for block in np.array_split(z, 4):
         acc.update(block)
-    assert acc.compute().effective_rank_eigenvalues == 0.0
+    assert acc.compute().effective_rank_lambda == 0.0
     # Cast to float64, the float32 rounding is taken for signal: the dtype says the precision.
     assert spectrum_report(z.astype(np.float64)).numerical_rank > 1
     # A healthy isotropic float32 set keeps its full rank.
     iso = rng.normal(size=(4096, 32)).astype(np.float32)
-    assert spectrum_report(iso).effective_rank_eigenvalues > 31.0
+    assert spectrum_report(iso).effective_rank_lambda > 31.0

@@ -21,8 +21,8 @@ SCALARS = (
     "n",
     "d",
     "normalized",
-    "effective_rank_centered",
-    "effective_rank_uncentered",
+    "effective_rank_sigma",
+    "rankme",
     "alpha",
     "alpha_r2",
     "std_l2",
@@ -124,7 +124,7 @@ def test_fast_mode_is_close_at_the_top() -> None:
     fast = _stream(z, SIZES, normalize=False, fast=True)
     exact = spectrum_report(z, normalize=False)
     np.testing.assert_allclose(fast.spectrum[:10], exact.spectrum[:10], rtol=1e-4)
-    assert fast.effective_rank_centered == pytest.approx(exact.effective_rank_centered, rel=1e-3)
+    assert fast.effective_rank_sigma == pytest.approx(exact.effective_rank_sigma, rel=1e-3)
 
 
 def test_nonfinite_batches() -> None:
@@ -155,5 +155,5 @@ def test_bad_batches_and_too_few_rows() -> None:
 
 def test_collapsed_stream() -> None:
     res = _stream(np.tile([1.0, 2.0, 3.0], (30, 1)), [10, 20])
-    assert res.numerical_rank == 0 and res.effective_rank_centered == 0.0
+    assert res.numerical_rank == 0 and res.effective_rank_sigma == 0.0
     assert math.isnan(res.alpha)

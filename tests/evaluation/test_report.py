@@ -35,10 +35,10 @@ def test_spectrum_analysis_of_a_file_is_the_spectrum_report(npy: Path) -> None:
     ref = spectrum_report(np.load(npy), name="z", normalize=True)
     assert res.name == "z"
     np.testing.assert_allclose(res.spectrum, ref.spectrum, rtol=1e-6)
-    assert res.effective_rank_centered == pytest.approx(ref.effective_rank_centered)
+    assert res.effective_rank_sigma == pytest.approx(ref.effective_rank_sigma)
 
 
 def test_similarity_analysis_of_a_file_has_no_volume_split(npy: Path) -> None:
     (res,) = similarity_analysis([str(npy)])
     ref = pairwise_cosine_stats(np.load(npy), name="z")
-    assert res.mean == pytest.approx(ref.mean)
+    assert res.mean_cosine == pytest.approx(ref.mean_cosine)

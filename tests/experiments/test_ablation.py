@@ -66,7 +66,7 @@ def test_results_complete_and_consistent(ablation: tuple[Path, dict]) -> None:
             ev = json.loads((out / name.replace("+", "_") / f"seed{s}" / "eval.json").read_text())
             # numbers in results.json are exactly those of the per-run files
             assert m["per_seed"][s]["mean_dice"] == ev["probe"]["mean_dice"]
-            assert m["per_seed"][s]["effective_rank"] == ev["global"]["effective_rank_centered"]
+            assert m["per_seed"][s]["effective_rank"] == ev["global"]["effective_rank_sigma"]
             metrics = (
                 (out / name.replace("+", "_") / f"seed{s}" / "metrics.jsonl")
                 .read_text()

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from collapsekit.diagnostics import pairwise_cosine_stats, spectrum_report
+from collapsekit.diagnostics.health import Health
 from collapsekit.errors import ConfigError, InputError
 from collapsekit.monitoring import CollapseMonitor, CollapseWarning, MonitorResult
 
@@ -54,12 +55,12 @@ def _expected(z: torch.Tensor) -> dict[str, float]:
     """The diagnostics functions themselves, called directly on ``z``."""
     s = spectrum_report(z, normalize=True)
     return {
-        "effective_rank_sigma": s.effective_rank_centered,
-        "effective_rank_lambda": s.effective_rank_eigenvalues,
-        "rankme": s.effective_rank_uncentered,
-        "alpha_req": s.alpha,
+        "effective_rank_sigma": s.effective_rank_sigma,
+        "effective_rank_lambda": s.effective_rank_lambda,
+        "rankme": s.rankme,
+        "alpha": s.alpha,
         "std_l2": s.std_l2,
-        "mean_cosine": pairwise_cosine_stats(z, max_samples=2048).mean,
+        "mean_cosine": pairwise_cosine_stats(z, max_samples=2048).mean_cosine,
     }
 
 
@@ -131,29 +132,52 @@ class RankOne(nn.Module):
 def test_collapse_warns_and_a_healthy_space_does_not() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 1, 4, 4, generator=g)
-    mon = CollapseMonitor(RankOne(), x, std_fraction=0.5, max_cosine=0.9)
+    mon = CollapseMonitor(RankOne(), x, std_fraction=0.5, rank_fraction=0.02)
     with pytest.warns(CollapseWarning) as record:
         res = mon.measure(step=5)
     texts = [str(w.message) for w in record]
-    assert len(texts) == 3 and res.alerts == tuple(texts)
+    assert len(texts) == 4 and res.alerts == tuple(texts)
     # every row points the same way: no variance left at all (rank 0 of the centred matrix)
-    assert texts[0].startswith("step 5: effective rank 0.0 is below 2% of the embeddings width 32")
-    assert "std of L2-normalised" in texts[1] and "mean pairwise cosine 1.000" in texts[2]
+    assert texts[0] == (
+        "step 5: embeddings effective_rank_lambda 0.00 is below 1.5 (D=32; N=200 rows, "
+        "L2-normalised): the embeddings have collapsed to about one direction"
+    )
+    assert "mean_cosine 1.000 is at or above 0.95 (200 rows)" in texts[1]
+    assert "effective_rank_sigma 0.0 is below 2% of the width" in texts[2]
+    assert "std_l2 0.0000 is below 0.5/√32" in texts[3]
     assert res["embeddings"].std_l2 == pytest.approx(0.0, abs=1e-7)
+    assert res.health is not None and res.health.health is Health.COLLAPSED
+    assert res.health_space == "embeddings"
 
     iso = torch.randn(200, 32, generator=g)  # isotropic: rank ≈ D, std ≈ 1/√D, cosine ≈ 0
-    healthy = CollapseMonitor(nn.Identity(), iso, std_fraction=0.5, max_cosine=0.9)
+    healthy = CollapseMonitor(nn.Identity(), iso, std_fraction=0.5, rank_fraction=0.02)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         res = healthy.measure()
     assert res.alerts == () and res["embeddings"].effective_rank_sigma > 0.8 * 32
     assert abs(res["embeddings"].std_l2 * math.sqrt(32) - 1) < 0.1
+    # only collapse signals given, and they pass: learning unknown
+    assert res.health is not None and res.health.health is Health.UNKNOWN
     # warn=False keeps the alerts but raises nothing; warn_spaces limits the watched spaces
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         silent = CollapseMonitor(RankOne(), x, warn=False).measure()
         unwatched = CollapseMonitor(RankOne(), x, warn_spaces=("projector",)).measure()
-    assert len(silent.alerts) == 1 and unwatched.alerts == ()
+        off = CollapseMonitor(RankOne(), x, min_rank_lambda=None, max_cosine=None).measure()
+    assert len(silent.alerts) == 2 and unwatched.alerts == () and off.alerts == ()
+
+
+def test_training_signals_join_the_health_verdict() -> None:
+    iso = torch.randn(200, 32, generator=torch.Generator().manual_seed(0))
+    mon = CollapseMonitor(nn.Identity(), iso)
+    # loss 6.5 against ln(1025) = 6.93: above 0.9·ln(K+1) = 6.24, not learning
+    res = mon.measure(1, loss_global=6.5, queue_size=1024, top1_in_batch=0.5, batch_size=32)
+    assert res.health is not None and res.health.health is Health.NOT_LEARNING
+    assert res.health.reasons == ("loss_global 6.50 > 0.9·ln(K+1) = 6.24",)
+    ok = mon.measure(2, loss_global=3.0, queue_size=1024)
+    assert ok.health is not None and ok.health.health is Health.HEALTHY
+    with pytest.raises(ConfigError, match="unexpected keyword"):
+        mon.measure(3, loss=1.0)
 
 
 def test_bad_arguments_raise_one_clear_error(images: torch.Tensor) -> None:
@@ -165,8 +189,10 @@ def test_bad_arguments_raise_one_clear_error(images: torch.Tensor) -> None:
         CollapseMonitor(lambda x: x, images, layers=["x"])
     with pytest.raises(InputError, match="got str"):
         CollapseMonitor(_net(), ["not a batch"]).measure()
-    with pytest.raises(InputError, match="expected \\(N, D\\)|shape"):
+    with pytest.raises(InputError, match=r"embeddings: cannot pool a 1-D output \(40\); \(B, D\)"):
         CollapseMonitor(lambda x: x[:, 0, 0, 0], images).measure()  # (B,) is no embedding
+    with pytest.raises(ConfigError, match="pool must be one of mean, cls, channels_first"):
+        CollapseMonitor(_net(), images, pool="max")  # type: ignore[arg-type]
 
 
 def test_result_is_frozen(images: torch.Tensor) -> None:

@@ -45,15 +45,15 @@ def test_last_record_equals_the_diagnostics_of_the_final_encoder(tmp_path: Path)
         h, z = fmap.mean(dim=(2, 3)), enc.project(fmap)
     b, p = spectrum_report(h), spectrum_report(z)
     expected = {
-        "effective_rank": b.effective_rank_centered,
-        "effective_rank_uncentered": b.effective_rank_uncentered,
-        "effective_rank_eigenvalues": b.effective_rank_eigenvalues,
+        "effective_rank": b.effective_rank_sigma,
+        "effective_rank_uncentered": b.rankme,
+        "effective_rank_eigenvalues": b.effective_rank_lambda,
         "std_l2": b.std_l2,
-        "mean_cosine": pairwise_cosine_stats(h).mean,
+        "mean_cosine": pairwise_cosine_stats(h).mean_cosine,
         "rank_bound": b.rank_bound,
-        "proj_effective_rank": p.effective_rank_centered,
-        "proj_effective_rank_eigenvalues": p.effective_rank_eigenvalues,
+        "proj_effective_rank": p.effective_rank_sigma,
+        "proj_effective_rank_eigenvalues": p.effective_rank_lambda,
         "proj_std_l2": p.std_l2,
-        "proj_mean_cosine": pairwise_cosine_stats(z).mean,
+        "proj_mean_cosine": pairwise_cosine_stats(z).mean_cosine,
     }
     assert {k: last[k] for k in expected} == pytest.approx(expected, rel=1e-6)
