@@ -14,6 +14,7 @@ from collapsekit.cli.common import (
     CacheDirOpt,
     PreprocessWorkersOpt,
     console,
+    err_console,
     data_loading,
     handle_errors,
     print_json,
@@ -160,3 +161,5 @@ def check_cmd(
             f"{dcm['spacing']['min']} .. {dcm['spacing']['max']}",
             highlight=False,
         )
+    for warning in report["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

@@ -41,10 +41,17 @@ from collapsekit.data.layouts import discover
 from collapsekit.data.preprocess import PreprocessConfig, preprocess_record
 from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.validate import check_label_map, check_labelled
-from collapsekit.data.volume import CaseRecord, Volume
+from collapsekit.data.volume import CaseRecord, Volume, check_label_geometry
 from collapsekit.errors import CollapsekitError, ConfigError, DataError, OutputError
 from collapsekit.options import look_up_option
-from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
+from collapsekit.progress import (
+    Message,
+    ProgressCallback,
+    TaskAdvanced,
+    TaskFinished,
+    TaskStarted,
+    emit,
+)
 
 __all__ = [
     "POOL_MIN_SECONDS",
@@ -370,12 +377,18 @@ def _run_pool(
     """
     pool = _pool(workers)
     running: dict[Future[tuple[Volume | None, bool]], tuple[str, CaseRecord]] = {}
+    interrupted = True
     try:
-        for digest, rec in jobs:
-            fut = pool.submit(
-                _preprocess_job, rec, preprocess, phantom, cache, digest, keys[digest]
-            )
-            running[fut] = (digest, rec)
+        # The forkserver and the workers start here. They inherit this thread's signal mask: with
+        # SIGINT/SIGTERM blocked they never see a Ctrl-C or SLURM's SIGTERM sent to the whole
+        # process group (the forkserver is unprotected while it imports torch, and printed a
+        # traceback); this process alone handles it and stops them below.
+        with _stop_signals_blocked():
+            for digest, rec in jobs:
+                fut = pool.submit(
+                    _preprocess_job, rec, preprocess, phantom, cache, digest, keys[digest]
+                )
+                running[fut] = (digest, rec)
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -394,8 +407,27 @@ def _run_pool(
                         "'__main__':`); retry with fewer --preprocess-workers, or 0"
                     ) from None
                 done(digest, result)
+        interrupted = False
     finally:
+        if interrupted:  # Ctrl-C, SIGTERM or an error: do not wait for volumes being decoded
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.kill()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread inside the block (a no-op where the platform has
+    no ``pthread_sigmask``); a signal that arrives meanwhile is delivered on leaving it."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:
+        yield
+        return
+    old = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
 
 
 def load_split(
@@ -422,6 +454,8 @@ def load_split(
     """
     split = look_up_option(split, ("training", "validation", "test", "all"), "split")
     index = discover(dataset, data_dir, phantom)
+    for note in index.notes:
+        emit(progress, Message(note, level="warning"))
     return load_volumes(
         index.split(split),
         preprocess,
@@ -460,11 +494,15 @@ def check_dataset(
         ``phantom``, else ``None``): ``{"usable", "reason"}``, the verdict of the probe's and
         fine-tuning's own split check (:func:`~collapsekit.data.validate.check_labelled`: labels
         on every training and validation case, a non-empty validation split with an organ in it),
-        so ``data check`` and ``probe`` never disagree.
+        so ``data check`` and ``probe`` never disagree. ``"outside_data_dir"``: files of
+        ``dataset_0.json`` outside the data directory (read as listed); ``"warnings"``: one line
+        each (DICOM series read with blank UIDs or without rescale tags, volumes or a dataset
+        without a usable slice, files outside the data directory). Each label file's affine is
+        compared with its image's (a mirrored label map has the right shape and the wrong organs).
 
     Raises:
         LayoutError, DataError, ConfigError: the first problem found (a label value outside the
-        class set included).
+        class set, or a label whose affine differs from its image's, included).
     """
     index = discover(dataset, data_dir, phantom)
     volumes: dict[str, list[Volume]] = {}
@@ -499,6 +537,25 @@ def check_dataset(
     slices = {k: int(sum(len(v.slices) for v in vs)) for k, vs in volumes.items()}
     slices["total"] = sum(slices.values())
     records = [r for split in ("training", "validation", "test") for r in index.split(split)]
+    for v, r in zip(every, records, strict=True):
+        if r.label is not None:
+            check_label_geometry(v, r.label)
+    warnings = list(index.notes)
+    empty = [v.case_id for v in every if len(v.slices) == 0]
+    if slices["total"] == 0:
+        warnings.append(
+            "no usable slice in the whole dataset (every slice has less body than "
+            f"min_body_fraction {preprocess.min_body_fraction}): all air, or not CT in HU?"
+        )
+    elif empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        warnings.append(f"{len(empty)} volumes have no usable slice: {shown}")
+    if index.outside:
+        warnings.append(
+            f"{len(index.outside)} files listed in dataset_0.json lie outside {index.root} "
+            f"(read as listed): {', '.join(str(p) for p in index.outside[:5])}"
+            + (", ..." if len(index.outside) > 5 else "")
+        )
     dicom = [v for v, r in zip(every, records, strict=True) if r.series_uid is not None]
     spacing = np.array([voxel_spacing(v.affine) for v in every])
     shape = np.array([v.image.shape for v in every])
@@ -515,4 +572,6 @@ def check_dataset(
         "shape": {"min": [int(x) for x in shape.min(0)], "max": [int(x) for x in shape.max(0)]},
         "dicom": series_summary(dicom),
         "segmentation": segmentation,
+        "outside_data_dir": [str(p) for p in index.outside],
+        "warnings": warnings,
     }
