@@ -43,6 +43,7 @@ from monai.data import PydicomReader
 from nibabel.orientations import io_orientation
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.pixels import get_decoder
 
 from collapsekit.data.volume import Volume
 from collapsekit.errors import DataError
@@ -394,6 +395,33 @@ def _position(ds: Any) -> float:
     return float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=np.float64), _normal(iop)))
 
 
+#: What to install when a compressed slice has no decoder (the dependencies collapsekit declares).
+DECODER_PACKAGES = "pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg pylibjpeg-rle"
+
+
+def _missing_decoder(files: tuple[Path, ...]) -> str | None:
+    """A one-line message when a slice's transfer syntax has no installed decoder, else None."""
+    for f in files:
+        try:
+            meta = pydicom.dcmread(f, stop_before_pixels=True).file_meta
+            syntax = pydicom.uid.UID(str(meta.TransferSyntaxUID))
+        except Exception:  # noqa: BLE001 - an unreadable header is _unreadable_slice's to name
+            continue
+        if not syntax.is_compressed:
+            continue
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:
+            return f"DICOM slice {f} is {syntax.name} ({syntax}), which pydicom cannot decode"
+        if not decoder.is_available:
+            missing = "; ".join(decoder.missing_dependencies)
+            return (
+                f"DICOM slice {f} is {syntax.name} ({syntax}) and no decoder is installed "
+                f"({missing}); pip install {DECODER_PACKAGES}"
+            )
+    return None
+
+
 def _unreadable_slice(files: tuple[Path, ...]) -> tuple[Path, str] | None:
     """The first file whose pixels pydicom cannot decode, with the reason (only on the error path)."""
     for f in files:
@@ -442,6 +470,9 @@ def read_series(directory: str | Path, uid: str | None = None) -> tuple[np.ndarr
             datasets[i].InstanceNumber = rank + 1
         array, meta = reader.get_data(datasets)
     except Exception as e:  # noqa: BLE001 - translated into one line naming the file
+        undecodable = _missing_decoder(series.files)
+        if undecodable is not None:
+            raise DataError(undecodable) from None
         bad = _unreadable_slice(series.files)
         if bad is not None:
             raise DataError(
