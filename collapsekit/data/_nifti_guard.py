@@ -60,7 +60,8 @@ def check_nifti_header(path: Path, case_id: str, what: str) -> None:
     import nibabel as nib
 
     try:
-        shape = tuple(int(n) for n in nib.load(str(path)).header.get_data_shape())
+        header = nib.load(str(path)).header
+        shape = tuple(int(n) for n in header.get_data_shape())  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - the reader reports an unreadable file with its own message
         return
     if not shape or min(shape) == 0:

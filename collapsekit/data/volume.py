@@ -104,7 +104,7 @@ def check_label_geometry(volume: Volume, label_path: Path) -> None:
     import nibabel as nib
 
     try:
-        lab = np.asarray(nib.load(str(label_path)).affine, dtype=np.float64)
+        lab = np.asarray(nib.load(str(label_path)).affine, dtype=np.float64)  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - reading the voxels reports a bad file with its own message
         return
     img = np.asarray(volume.source_affine, dtype=np.float64)
