@@ -11,6 +11,7 @@ crosses a pipe; without one the volume is sent back and kept in the in-memory ca
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import time
@@ -206,6 +207,13 @@ def _pool(workers: int) -> ProcessPoolExecutor:
         server = multiprocessing.get_context("forkserver")
         # The server imports torch and MONAI once; every later worker forks from it in ~10 ms.
         server.set_forkserver_preload(["collapsekit.data.loading"])
+        # Started with SIGINT/SIGTERM blocked, which it and every worker forked from it inherit:
+        # a Ctrl-C sent to the whole process group (or SLURM's SIGTERM to every process) reaches
+        # this process alone, which stops the pool; the server is unprotected while it imports
+        # torch and printed a KeyboardInterrupt traceback. Only the start is blocked (it does not
+        # wait for the import), so this process still hears the signal at once.
+        with _stop_signals_blocked():
+            multiprocessing.forkserver.ensure_running()
         ctx = server
     else:
         ctx = multiprocessing.get_context("spawn")
@@ -377,18 +385,12 @@ def _run_pool(
     """
     pool = _pool(workers)
     running: dict[Future[tuple[Volume | None, bool]], tuple[str, CaseRecord]] = {}
-    interrupted = True
     try:
-        # The forkserver and the workers start here. They inherit this thread's signal mask: with
-        # SIGINT/SIGTERM blocked they never see a Ctrl-C or SLURM's SIGTERM sent to the whole
-        # process group (the forkserver is unprotected while it imports torch, and printed a
-        # traceback); this process alone handles it and stops them below.
-        with _stop_signals_blocked():
-            for digest, rec in jobs:
-                fut = pool.submit(
-                    _preprocess_job, rec, preprocess, phantom, cache, digest, keys[digest]
-                )
-                running[fut] = (digest, rec)
+        for digest, rec in jobs:
+            fut = pool.submit(
+                _preprocess_job, rec, preprocess, phantom, cache, digest, keys[digest]
+            )
+            running[fut] = (digest, rec)
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -407,11 +409,10 @@ def _run_pool(
                         "'__main__':`); retry with fewer --preprocess-workers, or 0"
                     ) from None
                 done(digest, result)
-        interrupted = False
     finally:
-        if interrupted:  # Ctrl-C, SIGTERM or an error: do not wait for volumes being decoded
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.kill()
+        # Ctrl-C, SIGTERM or an error: queued jobs are cancelled and the volumes being decoded
+        # finish (a worker killed while it sends a result would leave the pool's reader thread
+        # blocked on half a message, and shutdown with it).
         pool.shutdown(wait=True, cancel_futures=True)
 
 
