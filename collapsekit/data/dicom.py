@@ -359,7 +359,8 @@ def find_series(root: str | Path, *, allow_non_ct: bool = False) -> list[DicomSe
 
 
 def series_fingerprint(directory: str | Path) -> list[list[Any]]:
-    """``[[name, size, mtime_ns], ...]`` of every non-hidden file directly in ``directory``.
+    """``[[name, size, mtime_ns, ctime_ns, inode], ...]`` of every non-hidden file directly in
+    ``directory`` (the ctime and inode catch a rewrite that keeps size and mtime).
 
     Used in the preprocessed-volume cache key of a series: adding, removing, renaming or rewriting
     any file of the directory (a slice of this series or of another one sharing the directory)
@@ -370,7 +371,7 @@ def series_fingerprint(directory: str | Path) -> list[list[Any]]:
         if entry.name.startswith(".") or not entry.is_file():
             continue
         st = entry.stat()
-        out.append([entry.name, st.st_size, st.st_mtime_ns])
+        out.append([entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     return out
 
 

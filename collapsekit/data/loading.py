@@ -314,7 +314,10 @@ def load_volumes(
         digest, key_json = cache_key(rec, preprocess, phantom)
         vol = MEMORY.get(digest)
         if vol is None and cache is not None and digest not in todo:
-            vol = read_disk(cache, digest, key_json, rec.case_id)
+            damaged: list[str] = []
+            vol = read_disk(cache, digest, key_json, rec.case_id, damaged)
+            for note in damaged:  # a damaged entry is rebuilt below, and the user told
+                emit(progress, Message(note, level="warning"))
         if vol is None:
             todo.setdefault(digest, []).append(i)
             keys[digest] = key_json
