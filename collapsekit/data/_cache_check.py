@@ -11,13 +11,14 @@ size was served silently. Checked on every map of an entry (:func:`entry_problem
   :data:`SAMPLE_BLOCKS` blocks of :data:`SAMPLE_BYTES` bytes spread evenly over its body (the first
   and the last block included), recorded in the ``.json`` when the entry is written.
 
-What it costs: 2 x 16 reads of 4 KiB (256 KiB at most per entry, whatever the volume's size) and
-their hash, ~0.2 ms from the page cache (16 cores/2 cores alike: it is I/O, not arithmetic); on a cold
-disk, 32 small random reads. What it does not catch: a change to bytes between the sampled blocks
-(a flipped bit in a 40 MB body is found with probability ~ sampled / total, 0.6 % for a
-512 x 512 x 80 float16 image). Hashing whole bodies would read every entry in full on every map,
-which is what memory-mapping the cache avoids; a damaged disk is not what this guards against,
-a corrupted or hand-edited entry is.
+What it costs: 2 x 16 reads of 4 KiB (128 KiB per entry, whatever the volume's size) and their
+hash: 1.5 ms per 512 x 512 x 80 entry from the page cache (measured on the shared 2-core dev
+machine, 2026-12-07, ``entry_problem`` in a loop); on a cold disk, 32 small random reads.
+What it does not catch: a change to bytes between the sampled blocks (a flipped bit in a 42 MB
+body is found with probability sampled / total, 0.16 % for a 512 x 512 x 80 float16 image;
+garbage over more than one block spacing is always found). Hashing whole bodies would read every
+entry in full on every map, which is what memory-mapping the cache avoids; a damaged disk is not
+what this guards against, a corrupted or hand-edited entry is.
 """
 
 from __future__ import annotations

@@ -237,7 +237,8 @@ def test_cache_key_covers_every_file_of_the_series(tmp_path):
     cache = tmp_path.parent / f"{tmp_path.name}-cache"
     first = load_volumes(rec, cache_dir=cache)[0]
     fp = series_fingerprint(tmp_path / "ct")
-    assert [name for name, _, _ in fp] == sorted(f.name for f in files)
+    assert [name for name, *_ in fp] == sorted(f.name for f in files)
+    assert all(len(entry) == 5 for entry in fp)  # name, size, mtime_ns, ctime_ns, inode
 
     # rewrite one slice in place (same name and size, new pixels): the cached volume is not reused
     ds = pydicom.dcmread(files[2])

@@ -176,3 +176,21 @@ def test_second_train_process_on_one_out_is_refused(tmp_path: Path) -> None:
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and len(set(steps)) == len(steps)  # one run's records only
     assert ckpt["step"] >= 1
+
+
+@pytest.mark.slow  # ~8 s
+def test_out_with_a_tilde_is_the_home_directory(tmp_path: Path, monkeypatch) -> None:
+    """Issue 22, item 12: a quoted '~/x' created a literal ./~ directory."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY)
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--steps", "1", "--batch-size", "8",
+                              "--image-size", "32", "--workers", "0", "--device", "cpu",
+                              "--out", "~/x", "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (home / "x" / "checkpoint.pt").is_file()
+    assert list(cwd.iterdir()) == []
