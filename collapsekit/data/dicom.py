@@ -1,7 +1,12 @@
 """DICOM series: find them beside NIfTI files, check their geometry, read one as a HU volume.
 
 A series is the set of CT slices that share a ``SeriesInstanceUID`` inside one directory (usually a
-directory holds exactly one series; several are told apart by that UID). Headers are read with
+directory holds exactly one series; several are told apart by that UID). Slices whose UID is blank
+or absent (anonymised exports) form one series when they are alone in their directory and agree as
+one series must; else the conflict is named. Slices whose ``Modality`` is not CT are refused unless
+asked for; missing Rescale Slope/Intercept are noted (:attr:`DicomSeries.notes`). Compressed
+transfer syntaxes (JPEG 2000, JPEG-LS, JPEG lossless, RLE) are decoded by pydicom's pylibjpeg
+plugins, dependencies of collapsekit; a slice with no installed decoder is named. Headers are read with
 pydicom to find and check series; pixels, the Rescale Slope/Intercept and the affine come from
 MONAI's :class:`~monai.data.PydicomReader`, so that, like the NIfTI path, the volume is
 
@@ -25,7 +30,8 @@ Everything a series needs is checked from the headers first, so a bad file is na
 (:class:`~collapsekit.errors.DataError`): unreadable or truncated files, non-image objects such as
 structured reports, multi-frame or colour images, a missing Pixel Spacing / Image Position /
 Image Orientation, slices of different size, orientation or pixel spacing in one series, two
-slices at one position, unevenly spaced slices (a missing slice) and single-slice series.
+slices at one position, unevenly spaced slices (a missing slice), single-slice series and non-CT
+modalities.
 """
 
 from __future__ import annotations
