@@ -159,21 +159,24 @@ def as_embeddings(
 
 
 def l2_normalize_rows(
-    z: torch.Tensor, *, inplace: bool = False, name: str = "embeddings"
+    z: torch.Tensor, *, inplace: bool = False, strict: bool = False, name: str = "embeddings"
 ) -> torch.Tensor:
-    """Divide each row by its L2 norm, ``z_i / ||z_i||``.
+    """Divide each row by its L2 norm, ``z_i / max(||z_i||, 1e-12)`` (a zero row stays zero).
 
-    Rows whose norm is below ``1e-12`` have no direction to keep: dividing by the clamped norm (as
-    :func:`torch.nn.functional.normalize` does) leaves them near zero, so the normalised matrix
-    would read as collapsed (``std_of_l2_normalized`` ~1e-13) while the JSON says its rows were
-    L2-normalised. They are refused instead. With ``inplace=True`` the rows of ``z`` are
-    overwritten (``z`` must own its memory).
+    Same convention as :func:`torch.nn.functional.normalize`; right for cosines (a zero row has
+    cosine 0 with everything, e.g. an all-air image). With ``strict=True`` rows whose norm is below
+    ``1e-12`` are refused instead (:func:`refuse_tiny_rows`): where a statistic of the normalised
+    rows is reported (the spectrum, ``std_of_l2_normalized``), a row left ~0 would read as
+    collapse while the JSON says the rows were normalised. With ``inplace=True`` the rows of ``z``
+    are overwritten (``z`` must own its memory).
 
     Raises:
-        InputError: some rows have an L2 norm below ``1e-12`` (the message gives their count).
+        InputError: ``strict`` and some rows have an L2 norm below ``1e-12``.
     """
     norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
-    refuse_tiny_rows(norms, name)
+    if strict:
+        refuse_tiny_rows(norms, name)
+    norms = norms.clamp_min(_NORM_EPS)
     return z.div_(norms) if inplace else z / norms
 
 

@@ -110,10 +110,10 @@ def test_as_matrix_allows_single_row_batches() -> None:
     assert as_matrix(np.ones((1, 5)), min_rows=1).shape == (1, 5)
 
 
-def test_l2_normalize_rows_unit_norm() -> None:
-    z = torch.tensor([[3.0, 4.0], [-5.0, 12.0]])
+def test_l2_normalize_rows_unit_norm_and_zero_row() -> None:
+    z = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
     out = l2_normalize_rows(z)
-    torch.testing.assert_close(out, torch.tensor([[0.6, 0.8], [-5 / 13, 12 / 13]]))
+    torch.testing.assert_close(out, torch.tensor([[0.6, 0.8], [0.0, 0.0]]))
     assert z[0, 0] == 3.0  # not in place by default
 
 
@@ -127,7 +127,7 @@ def test_rows_too_small_to_normalise_are_refused(tiny: float) -> None:
     z = rng.standard_normal((50, 8))
     z[[3, 7]] = tiny * np.eye(8)[0]
     with pytest.raises(InputError, match=r"2 of 50 rows have an L2 norm below 1e-12"):
-        l2_normalize_rows(torch.from_numpy(z))
+        l2_normalize_rows(torch.from_numpy(z), strict=True)
     with pytest.raises(InputError, match="2 of 50 rows"):
         std_of_l2_normalized(z)
     for normalize in (True, False):  # std_of_l2_normalized is in every report
@@ -139,5 +139,5 @@ def test_rows_too_small_to_normalise_are_refused(tiny: float) -> None:
     # rows of norm 1e-6 are normalised exactly: the small scale is no reason to refuse
     small = rng.standard_normal((10, 8))
     small *= 1e-6 / np.linalg.norm(small, axis=1, keepdims=True)
-    out = l2_normalize_rows(torch.from_numpy(small)).numpy()
+    out = l2_normalize_rows(torch.from_numpy(small), strict=True).numpy()
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-12)
