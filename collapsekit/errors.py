@@ -19,6 +19,7 @@ __all__ = [
     "TrainingError",
     "OutputError",
     "TrainingInterrupted",
+    "Terminated",
 ]
 
 
@@ -62,3 +63,11 @@ class TrainingInterrupted(TrainingError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where a command or a run installed a handler for it, as
+    Ctrl-C raises KeyboardInterrupt (so nothing catching ``Exception`` swallows it). Python's
+    default SIGTERM action ends the process without a word; SLURM preempts with SIGTERM."""
+
+    signum = 15  # signal.SIGTERM on every platform Python supports

@@ -6,7 +6,9 @@ import errno
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from collapsekit.errors import CollapsekitError
+from collapsekit.errors import CollapsekitError, Terminated
 from collapsekit.outputs import os_error_in
 from collapsekit.progress import Message, ProgressEvent, TaskAdvanced, TaskFinished, TaskStarted
 from collapsekit.serialization import to_jsonable
@@ -105,12 +107,20 @@ def load_options(cache_dir: Path | None = None, workers: int | None = None) -> L
 
 def handle_errors(fn: F) -> F:
     """Translate :class:`CollapsekitError` into one red line on stderr and exit code 2 (or the
-    error's own ``exit_code``: 130/143 for training stopped by SIGINT/SIGTERM)."""
+    error's own ``exit_code``: 130/143 for training stopped by SIGINT/SIGTERM).
+
+    While the command runs, SIGTERM raises :class:`~collapsekit.errors.Terminated` (Python's
+    default would end the process without a word): one line, exit 143."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main else None
         try:
             return fn(*args, **kwargs)
+        except Terminated:  # SLURM preemption, kill: one line, as a shell reports it (128 + 15)
+            err_console.print("[bold red]stopped by SIGTERM[/]")
+            raise typer.Exit(code=143) from None
         except CollapsekitError as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             # escape: messages name TOML tables like [model], which rich would eat as markup
@@ -131,8 +141,15 @@ def handle_errors(fn: F) -> F:
                 f"[bold red]error:[/] {escape(where + reason)}", highlight=False, soft_wrap=True
             )
             raise typer.Exit(code=2) from None
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 def _fmt(v: Any) -> str:

@@ -10,7 +10,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from collapsekit.cli.app import App, app
-from collapsekit.cli.common import console, handle_errors, load_options, print_json, rich_progress
+from collapsekit.cli.common import (
+    console,
+    err_console,
+    handle_errors,
+    load_options,
+    print_json,
+    rich_progress,
+)
 from collapsekit.cli.options import (
     CacheDirOpt,
     DataDirOpt,
@@ -152,3 +159,5 @@ def check_cmd(
             f"{dcm['spacing']['min']} .. {dcm['spacing']['max']}",
             highlight=False,
         )
+    for warning in report["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

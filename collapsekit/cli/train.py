@@ -176,16 +176,29 @@ def train(
         if config
         else config_from_dict({}, budget, **overrides)  # type: ignore[arg-type]
     )
+    if out is not None:
+        out = out.expanduser()  # a quoted '~/x' must not become a directory named '~'
     if resume and out is None:
         from collapsekit.runs.rundir import resolve_latest
 
         out = resolve_latest()
+    given = None
+    if resume:
+        from collapsekit.train.resume import given_settings
+
+        given = given_settings(overrides, config, budget)  # only what the user set counts
     is_main = loading.rank == 0
     if not quiet and is_main and not resume:
         _print_config(cfg)
     with rich_progress(quiet or not is_main) as progress:
         result = run_training(
-            cfg, out, resume=resume, overwrite=overwrite, progress=progress, tensorboard=tensorboard
+            cfg,
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            tensorboard=tensorboard,
+            given=given,
         )
     if not quiet and is_main:
         _print_result(result, tensorboard)
@@ -193,6 +206,12 @@ def train(
 
 def _print_result(result: Any, tensorboard: bool) -> None:
     """The run's outcome: state, the last metrics record, where the spectrum is, what next."""
+    if result.already_finished:
+        console.print(
+            f"run already finished at step {result.step}; nothing rewritten in {result.run_dir} "
+            f"(extend it with --steps N > {result.total_steps})"
+        )
+        return
     last = result.history[-1] if result.history else {}
     state = "finished" if result.finished else f"stopped at step {result.step}/{result.total_steps}"
     console.print(f"[green]{state}[/] — run directory [bold]{result.run_dir}[/]")

@@ -6,9 +6,12 @@ Private to the data layer (:mod:`collapsekit.data.loading` is its user); not par
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from multiprocessing.context import BaseContext
 from typing import TypeVar
 
@@ -74,12 +77,34 @@ def rank_order(jobs: list[T], rank: int = 0, world_size: int = 1) -> list[T]:
     return jobs[k:] + jobs[:k]
 
 
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread inside the block (a no-op where the platform has
+    no ``pthread_sigmask``); a signal that arrives meanwhile is delivered on leaving it."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:
+        yield
+        return
+    old = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
+
+
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     ctx: BaseContext
     if "forkserver" in multiprocessing.get_all_start_methods():
         server = multiprocessing.get_context("forkserver")
         # The server imports torch and MONAI once; every later worker forks from it in ~10 ms.
         server.set_forkserver_preload(["collapsekit.data.loading"])
+        # Started with SIGINT/SIGTERM blocked, which it and every worker forked from it inherit:
+        # a Ctrl-C sent to the whole process group (or SLURM's SIGTERM to every process) reaches
+        # this process alone, which stops the pool; the server is unprotected while it imports
+        # torch and printed a KeyboardInterrupt traceback. Only the start is blocked (it does not
+        # wait for the import), so this process still hears the signal at once.
+        with stop_signals_blocked():
+            multiprocessing.forkserver.ensure_running()
         ctx = server
     else:
         ctx = multiprocessing.get_context("spawn")

@@ -1,10 +1,14 @@
 """Preprocessed-volume cache: a process-wide dict plus an optional directory of memory-mapped entries.
 
 A cache key is the JSON of ``{format, case, image file, label file, preprocessing}``, where a file
-is ``(resolved path, size, mtime_ns)`` (a DICOM series directory adds ``(name, size, mtime_ns)`` of
-every file in it) and a phantom case is ``(seed, size, slices, generator
-version)``. Changing a file or any preprocessing field changes the key, so a stale entry is never
-used. Cached volumes are shared and read-only (``image.flags.writeable`` is False).
+is ``(resolved path, size, mtime_ns, ctime_ns, inode)`` (a DICOM series directory adds the same of
+every file in it) and a phantom case is ``(seed, size, slices, generator version)``. Changing a
+file or any preprocessing field changes the key, so a stale entry is never used: a rewrite in
+place that keeps the size and the mtime (``cp -p``, ``os.utime``) still changes the ctime, which
+user space cannot set back; a file replaced by another (``mv``) has another inode. What is not
+detected: a change made with the system clock set back to the old ctime, or by writing to the
+block device under the file system. The cost is false misses: ``chmod``, ``chown``, a hard link or
+(on some file systems) a rename also set the ctime, and the volume is recomputed once. Cached volumes are shared and read-only (``image.flags.writeable`` is False).
 
 On disk an entry is three files named by the key's digest (the first 32 hex digits of its SHA-256):
 
@@ -30,8 +34,9 @@ Concurrent writers (two torchrun ranks, two runs) are safe: every file is writte
 file in the cache directory and moved into place with ``os.replace``, data files before the
 ``.json``; an entry for a digest always holds the same bytes whoever wrote it, and a reader accepts
 it only if the ``.json`` exists, its stored key equals the expected key (a cache written by another
-preprocessing configuration, or a hash collision, is never read) and the arrays' shapes and dtypes
-match it. Anything else is a miss and is recomputed.
+preprocessing configuration, or a hash collision, is never read) and the arrays check out against
+it (:mod:`collapsekit.data._cache_check`: shapes, dtypes, slice indices, affines, a sample
+checksum). Anything else is a miss and is recomputed; a damaged entry with a one-line note.
 
 The public API is ``__all__`` (:func:`clear_cache`, :func:`memory_cache_info` and two constants);
 the entry functions (``cache_key``, ``read_disk``, ``write_disk``, ``EntryImage``, ...) are shared
@@ -51,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from collapsekit.data._cache_check import entry_checks, entry_problem
 from collapsekit.data._direct_io import DirectFile, NpyBuffer
 from collapsekit.data.dicom import series_fingerprint
 from collapsekit.data.preprocess import PreprocessConfig, cast_into
@@ -62,7 +68,7 @@ from collapsekit.serialization import atomic_write
 __all__ = ["CACHE_IMAGE_DTYPE", "QUANTISATION_ERROR", "clear_cache", "memory_cache_info"]
 
 #: Bump when the preprocessing code or the on-disk format changes what is stored.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 #: Bump when the phantom generator changes its output.
 PHANTOM_VERSION = 1
 #: dtype of cached images on disk.
@@ -90,6 +96,10 @@ def _file_key(path: Path, case_id: str, what: str) -> dict[str, Any]:
         "path": str(path.resolve()),
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
+        # a rewrite that keeps size and mtime (cp -p, os.utime) still sets the ctime, which no
+        # user-space call can set back; a new file at the path has another inode
+        "ctime_ns": st.st_ctime_ns,
+        "inode": st.st_ino,
     }
     if path.is_dir():  # a DICOM series: every file of its directory
         key["files"] = series_fingerprint(path)
@@ -165,11 +175,17 @@ def _mapped(path: Path, shape: list[int], dtype: str) -> np.ndarray | None:
     return a
 
 
-def read_disk(cache_dir: Path, digest: str, key_json: str, case_id: str) -> Volume | None:
+def read_disk(
+    cache_dir: Path, digest: str, key_json: str, case_id: str, notes: list[str] | None = None
+) -> Volume | None:
     """The cached volume, memory-mapped, or ``None`` if absent, incomplete, damaged or for another key.
 
     The image is float16 (see the module docstring for the bound on its difference from float32),
     the label keeps its integer dtype; both are read-only ``np.memmap`` arrays in Fortran order.
+    A present entry of this key is validated against its arrays
+    (:func:`~collapsekit.data._cache_check.entry_problem`: shapes, dtypes, slice indices, affines,
+    a sample checksum); a damaged one reads as a miss (so it is rebuilt) and, with ``notes``,
+    adds one line saying why.
     """
     files = entry_files(cache_dir, digest)
     try:
@@ -178,11 +194,18 @@ def read_disk(cache_dir: Path, digest: str, key_json: str, case_id: str) -> Volu
             return None
         image = _mapped(files["image"], meta["shape"], CACHE_IMAGE_DTYPE.str)
         label = None
-        if meta["label_dtype"] is not None:
+        problem = None if image is not None else "its image does not match its shape or dtype"
+        if meta["label_dtype"] is not None and problem is None:
             label = _mapped(files["label"], meta["shape"], meta["label_dtype"])
             if label is None:
-                return None
-        if image is None:
+                problem = "its label map does not match its shape or dtype"
+        if problem is None and image is not None:
+            problem = entry_problem(files, meta, image, label)
+        if problem is not None or image is None:
+            if notes is not None:
+                notes.append(
+                    f"cache entry of case {case_id} in {cache_dir} is damaged ({problem}); rebuilt"
+                )
             return None
         return Volume(
             case_id=case_id,
@@ -348,6 +371,12 @@ def _write_entry(
         "slices": [int(s) for s in volume.slices],
         "source_path": str(volume.source_path) if volume.source_path else "",
     }
+    # the checksum of the files as they now lie on disk, read back as a reader will map them
+    meta["check"] = entry_checks(
+        files,
+        np.load(files["image"], mmap_mode="r"),
+        None if volume.label is None else np.load(files["label"], mmap_mode="r"),
+    )
     with atomic_write(files["meta"], "w") as f:
         json.dump(meta, f)
 

@@ -1,7 +1,12 @@
 """DICOM series: find them beside NIfTI files, check their geometry, read one as a HU volume.
 
 A series is the set of CT slices that share a ``SeriesInstanceUID`` inside one directory (usually a
-directory holds exactly one series; several are told apart by that UID). Headers are read with
+directory holds exactly one series; several are told apart by that UID). Slices whose UID is blank
+or absent (anonymised exports) form one series when they are alone in their directory and agree as
+one series must; else the conflict is named. Slices whose ``Modality`` is not CT are refused unless
+asked for; missing Rescale Slope/Intercept are noted (:attr:`DicomSeries.notes`). Compressed
+transfer syntaxes (JPEG 2000, JPEG-LS, JPEG lossless, RLE) are decoded by pydicom's pylibjpeg
+plugins, dependencies of collapsekit; a slice with no installed decoder is named. Headers are read with
 pydicom to find and check series; pixels, the Rescale Slope/Intercept and the affine come from
 MONAI's :class:`~monai.data.PydicomReader`, so that, like the NIfTI path, the volume is
 
@@ -25,7 +30,8 @@ Everything a series needs is checked from the headers first, so a bad file is na
 (:class:`~collapsekit.errors.DataError`): unreadable or truncated files, non-image objects such as
 structured reports, multi-frame or colour images, a missing Pixel Spacing / Image Position /
 Image Orientation, slices of different size, orientation or pixel spacing in one series, two
-slices at one position, unevenly spaced slices (a missing slice) and single-slice series.
+slices at one position, unevenly spaced slices (a missing slice), single-slice series and non-CT
+modalities.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from monai.data import PydicomReader
 from nibabel.orientations import io_orientation
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.pixels import get_decoder
 
 from collapsekit.data.volume import Volume
 from collapsekit.errors import DataError
@@ -64,7 +71,12 @@ _HEADER_TAGS = [
     "PixelSpacing",
     "ImagePositionPatient",
     "ImageOrientationPatient",
+    "Modality",
+    "RescaleSlope",
+    "RescaleIntercept",
 ]
+#: Modalities read as CT (HU) without being asked.
+CT_MODALITIES = frozenset({"CT"})
 _NII = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 #: Tolerance on direction cosines (absolute) and pixel spacings (relative) within one series.
 _TOL = 1e-3
@@ -79,12 +91,16 @@ class DicomSeries:
 
     Attributes:
         directory: the directory holding its files.
-        uid: its ``SeriesInstanceUID``.
+        uid: its ``SeriesInstanceUID``; ``""`` when the UID is blank or absent (anonymised series:
+            the directory's files with blank UIDs are then read as one series, see
+            :func:`list_series`).
         files: its slices, ordered by position along the slice normal (inferior first for an
             axial series in the usual orientation).
         shape: ``(Rows, Columns)`` of every slice.
         pixel_spacing: ``(dr, dc)`` in mm: between rows, between columns (DICOM order).
         slice_spacing: distance in mm between neighbouring slice positions along the normal.
+        notes: what ``data check`` tells about it: a blank ``SeriesInstanceUID`` read as one
+            series, slices without Rescale Slope/Intercept (stored values taken as HU).
     """
 
     directory: Path
@@ -93,6 +109,7 @@ class DicomSeries:
     shape: tuple[int, int]
     pixel_spacing: tuple[float, float]
     slice_spacing: float
+    notes: tuple[str, ...] = ()
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -169,8 +186,19 @@ def _check_slice(path: Path, ds: pydicom.Dataset) -> None:
             raise DataError(f"{path} has a non-finite {tag}: {values.tolist()}")
     if _floats(ds.PixelSpacing).min() <= 0:  # type: ignore[union-attr]
         raise DataError(f"{path} has a non-positive PixelSpacing {list(ds.PixelSpacing)}")
-    if not str(ds.get("SeriesInstanceUID", "")).strip():
-        raise DataError(f"{path} has no SeriesInstanceUID")
+
+
+def _check_modality(path: Path, ds: pydicom.Dataset, allow_non_ct: bool) -> None:
+    """A CT slice (``Modality`` CT), or a DataError: other modalities are not in HU."""
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality in CT_MODALITIES or allow_non_ct:
+        return
+    what = f"Modality {modality}" if modality else "no Modality"
+    raise DataError(
+        f"{path} has {what}, not CT: its values are not Hounsfield units and the HU window "
+        "would be meaningless; move it out of the dataset (or pass allow_non_ct=True to read "
+        "it anyway)"
+    )
 
 
 def _floats(value: Any) -> np.ndarray | None:
@@ -189,6 +217,7 @@ def _normal(iop: np.ndarray) -> np.ndarray:
 
 def _build_series(directory: Path, uid: str, items: list[tuple[Path, Any]]) -> DicomSeries:
     """Check that the slices of one series agree and order them along the slice normal."""
+    name = uid or "(blank SeriesInstanceUID)"
     first_path, first = items[0]
     shape = (int(first.Rows), int(first.Columns))
     iop = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
@@ -203,20 +232,20 @@ def _build_series(directory: Path, uid: str, items: list[tuple[Path, Any]]) -> D
         if other != shape:
             raise DataError(
                 f"{path} is {other[0]}x{other[1]} pixels but {first_path} of the same series "
-                f"({uid}) is {shape[0]}x{shape[1]}; a series must have one slice size"
+                f"({name}) is {shape[0]}x{shape[1]}; a series must have one slice size"
             )
         if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=_TOL):
             raise DataError(
-                f"{path} has another ImageOrientationPatient than {first_path} of the same series ({uid})"
+                f"{path} has another ImageOrientationPatient than {first_path} of the same series ({name})"
             )
         if not np.allclose(np.asarray(ds.PixelSpacing, float), spacing, rtol=_TOL):
             raise DataError(
                 f"{path} has PixelSpacing {list(ds.PixelSpacing)} but {first_path} of the same "
-                f"series ({uid}) has {list(spacing)}"
+                f"series ({name}) has {list(spacing)}"
             )
     if len(items) < 2:
         raise DataError(
-            f"series {uid} in {directory} has a single slice ({first_path}); a CT volume needs at least 2"
+            f"series {name} in {directory} has a single slice ({first_path}); a CT volume needs at least 2"
         )
     normal = _normal(iop)
     pos = np.array([np.dot(np.asarray(ds.ImagePositionPatient, float), normal) for _, ds in items])
@@ -227,15 +256,27 @@ def _build_series(directory: Path, uid: str, items: list[tuple[Path, Any]]) -> D
     if gaps.min() <= _TOL * max(float(spacing.min()), 1.0):
         i = int(np.argmin(gaps))
         raise DataError(
-            f"{files[i]} and {files[i + 1]} of series {uid} lie at the same position "
+            f"{files[i]} and {files[i + 1]} of series {name} lie at the same position "
             f"({pos[i]:.3f} mm along the slice normal); two acquisitions in one series?"
         )
     step = float(np.median(gaps))
     if np.abs(gaps - step).max() > _GAP_TOL * step:
         i = int(np.argmax(np.abs(gaps - step)))
         raise DataError(
-            f"the slices of series {uid} in {directory} are not evenly spaced: {gaps[i]:.3f} mm "
+            f"the slices of series {name} in {directory} are not evenly spaced: {gaps[i]:.3f} mm "
             f"between {files[i].name} and {files[i + 1].name}, {step:.3f} mm elsewhere (a missing slice?)"
+        )
+    notes = []
+    if not uid:
+        notes.append(
+            f"{directory}: {len(files)} DICOM slices with a blank SeriesInstanceUID agree in "
+            "size, orientation, spacing and positions; read as one series"
+        )
+    bare = [p for p, ds in items if "RescaleSlope" not in ds or "RescaleIntercept" not in ds]
+    if bare:
+        notes.append(
+            f"{directory}: {len(bare)} of {len(files)} slices (e.g. {bare[0].name}) have no "
+            "RescaleSlope/RescaleIntercept; their stored values are taken as HU"
         )
     return DicomSeries(
         directory=directory,
@@ -244,14 +285,23 @@ def _build_series(directory: Path, uid: str, items: list[tuple[Path, Any]]) -> D
         shape=shape,
         pixel_spacing=(float(spacing[0]), float(spacing[1])),
         slice_spacing=step,
+        notes=tuple(notes),
     )
 
 
-def list_series(directory: str | Path) -> list[DicomSeries]:
+def list_series(directory: str | Path, *, allow_non_ct: bool = False) -> list[DicomSeries]:
     """The checked DICOM series whose files lie directly in ``directory`` (not recursive).
 
     Files are grouped by ``SeriesInstanceUID``; DICOMDIR index files are skipped; non-DICOM files
-    (see :func:`is_dicom_file`) are ignored.
+    (see :func:`is_dicom_file`) are ignored. Files whose UID is blank or absent (anonymisers blank
+    UIDs) form one series with ``uid == ""`` when they are the only series of the directory and
+    agree as one series must (size, orientation, spacing, distinct evenly spaced positions; its
+    :attr:`DicomSeries.notes` says so); else they are refused, naming the conflict.
+
+    Args:
+        directory: the directory.
+        allow_non_ct: also accept slices whose ``Modality`` is not CT (or absent); by default they
+            are refused, since their values are not Hounsfield units.
 
     Returns:
         The series sorted by UID; empty when the directory holds no DICOM file.
@@ -268,7 +318,8 @@ def list_series(directory: str | Path) -> list[DicomSeries]:
             if ds is None:
                 continue
             _check_slice(path, ds)
-            uid = str(ds.SeriesInstanceUID).strip()
+            _check_modality(path, ds, allow_non_ct)
+            uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - pydicom converts values lazily, on first access
@@ -276,13 +327,22 @@ def list_series(directory: str | Path) -> list[DicomSeries]:
                 f"{path} has a malformed DICOM header ({_reason(e)}); truncated or corrupt file?"
             ) from None
         groups.setdefault(uid, []).append((path, ds))
+    if "" in groups and len(groups) > 1:
+        blank = groups[""]
+        uids = ", ".join(u for u in sorted(groups) if u)
+        raise DataError(
+            f"{len(blank)} DICOM files in {directory} (e.g. {blank[0][0].name}) have a blank "
+            f"SeriesInstanceUID beside series {uids}: which series they belong to cannot be "
+            "told; move them into a directory of their own"
+        )
     return [_build_series(directory, uid, items) for uid, items in sorted(groups.items())]
 
 
-def find_series(root: str | Path) -> list[DicomSeries]:
+def find_series(root: str | Path, *, allow_non_ct: bool = False) -> list[DicomSeries]:
     """Every DICOM series under ``root`` (recursively), as :func:`list_series` finds them per directory.
 
-    Hidden directories (``.name``) are skipped. Only headers are read.
+    Hidden directories (``.name``) are skipped. Only headers are read. ``allow_non_ct``: see
+    :func:`list_series`.
     """
     root = Path(root)
     dirs = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
@@ -292,12 +352,13 @@ def find_series(root: str | Path) -> list[DicomSeries]:
         if any(part.startswith(".") for part in rel):
             continue
         if any(p.is_file() and is_dicom_file(p) for p in d.iterdir()):
-            found.extend(list_series(d))
+            found.extend(list_series(d, allow_non_ct=allow_non_ct))
     return found
 
 
 def series_fingerprint(directory: str | Path) -> list[list[Any]]:
-    """``[[name, size, mtime_ns], ...]`` of every non-hidden file directly in ``directory``.
+    """``[[name, size, mtime_ns, ctime_ns, inode], ...]`` of every non-hidden file directly in
+    ``directory`` (the ctime and inode catch a rewrite that keeps size and mtime).
 
     Used in the preprocessed-volume cache key of a series: adding, removing, renaming or rewriting
     any file of the directory (a slice of this series or of another one sharing the directory)
@@ -308,12 +369,13 @@ def series_fingerprint(directory: str | Path) -> list[list[Any]]:
         if entry.name.startswith(".") or not entry.is_file():
             continue
         st = entry.stat()
-        out.append([entry.name, st.st_size, st.st_mtime_ns])
+        out.append([entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     return out
 
 
 def _pick(directory: Path, uid: str | None) -> DicomSeries:
-    found = list_series(directory)
+    # The modality was checked when the dataset was discovered; a named series is read as asked.
+    found = list_series(directory, allow_non_ct=True)
     if not found:
         raise DataError(f"{directory} holds no DICOM files")
     if uid is None:
@@ -330,6 +392,33 @@ def _pick(directory: Path, uid: str | None) -> DicomSeries:
 def _position(ds: Any) -> float:
     iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
     return float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=np.float64), _normal(iop)))
+
+
+#: What to install when a compressed slice has no decoder (the dependencies collapsekit declares).
+DECODER_PACKAGES = "pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg pylibjpeg-rle"
+
+
+def _missing_decoder(files: tuple[Path, ...]) -> str | None:
+    """A one-line message when a slice's transfer syntax has no installed decoder, else None."""
+    for f in files:
+        try:
+            meta = pydicom.dcmread(f, stop_before_pixels=True).file_meta
+            syntax = pydicom.uid.UID(str(meta.TransferSyntaxUID))
+        except Exception:  # noqa: BLE001 - an unreadable header is _unreadable_slice's to name
+            continue
+        if not syntax.is_compressed:
+            continue
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:
+            return f"DICOM slice {f} is {syntax.name} ({syntax}), which pydicom cannot decode"
+        if not decoder.is_available:
+            missing = "; ".join(decoder.missing_dependencies)
+            return (
+                f"DICOM slice {f} is {syntax.name} ({syntax}) and no decoder is installed "
+                f"({missing}); pip install {DECODER_PACKAGES}"
+            )
+    return None
 
 
 def _unreadable_slice(files: tuple[Path, ...]) -> tuple[Path, str] | None:
@@ -380,6 +469,9 @@ def read_series(directory: str | Path, uid: str | None = None) -> tuple[np.ndarr
             datasets[i].InstanceNumber = rank + 1
         array, meta = reader.get_data(datasets)
     except Exception as e:  # noqa: BLE001 - translated into one line naming the file
+        undecodable = _missing_decoder(series.files)
+        if undecodable is not None:
+            raise DataError(undecodable) from None
         bad = _unreadable_slice(series.files)
         if bad is not None:
             raise DataError(

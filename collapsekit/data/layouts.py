@@ -15,7 +15,7 @@ from pathlib import Path
 
 from collapsekit.data.dicom import DicomSeries, find_series
 from collapsekit.data.spec import PhantomConfig, phantom_case_seed
-from collapsekit.data.volume import CaseRecord
+from collapsekit.data.volume import CaseRecord, describe_path
 from collapsekit.errors import ConfigError, DataError, LayoutError
 from collapsekit.options import look_up_option
 
@@ -59,6 +59,10 @@ class DatasetIndex:
         root: the data directory (``None`` for the phantom).
         training, validation, test: case records; test cases usually have no label.
         phantom: the phantom configuration (phantom only), needed to generate its volumes.
+        outside: files listed in ``dataset_0.json`` that lie outside ``root`` (``../`` or
+            absolute paths); they are read, and ``data check`` lists them.
+        notes: warnings found while listing (DICOM series read with a blank UID or without
+            rescale tags), one line each; ``data check`` and training show them.
     """
 
     dataset: str
@@ -67,6 +71,8 @@ class DatasetIndex:
     validation: list[CaseRecord]
     test: list[CaseRecord]
     phantom: PhantomConfig | None = field(default=None, compare=False)
+    outside: tuple[Path, ...] = field(default=(), compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def split(self, name: str) -> list[CaseRecord]:
         """Records of split ``name`` (``training``, ``validation``, ``test`` or ``all``)."""
@@ -96,14 +102,30 @@ def _require_dir(root: Path, dataset: str, help_text: str) -> None:
         raise LayoutError(f"{dataset} data directory {root} is not a directory; {help_text}")
 
 
-def _json_path(root: Path, value: object, json_file: Path, where: str) -> Path:
+def _json_path(root: Path, value: object, json_file: Path, where: str, outside: list[Path]) -> Path:
+    """The file an entry of ``dataset_0.json`` names: relative to ``root`` or absolute.
+
+    Entries may leave ``root`` (``../other/img.nii.gz``, ``/data/img.nii.gz``): users share image
+    directories between datasets on purpose, so they are read; each is added to ``outside`` so that
+    ``data check`` lists them.
+    """
     if not isinstance(value, str) or not value:
         raise LayoutError(f"{json_file}: {where} must be a relative file path, got {value!r}")
     p = Path(value)
     p = p if p.is_absolute() else root / p
     if not p.is_file():
-        raise DataError(f"{p} does not exist (listed in {json_file} under {where})")
+        raise DataError(f"{p} {describe_path(p)} (listed in {json_file} under {where})")
+    if not _inside(p, root):
+        outside.append(p)
     return p
+
+
+def _inside(p: Path, root: Path) -> bool:
+    """Whether ``p`` lies under ``root`` once ``..`` and symlinks are resolved."""
+    try:
+        return p.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
 
 
 def _btcv_from_json(root: Path, json_file: Path) -> DatasetIndex:
@@ -111,9 +133,14 @@ def _btcv_from_json(root: Path, json_file: Path) -> DatasetIndex:
         doc = json.loads(json_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LayoutError(f"{json_file} is not valid JSON ({e}); {BTCV_LAYOUT_HELP}") from None
+    except RecursionError:
+        raise LayoutError(
+            f"{json_file} is nested too deeply to be a dataset list; {BTCV_LAYOUT_HELP}"
+        ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("training"), list):
         raise LayoutError(f"{json_file} has no 'training' list; {BTCV_LAYOUT_HELP}")
     splits: dict[str, list[CaseRecord]] = {}
+    outside: list[Path] = []
     for split in ("training", "validation", "test"):
         entries = doc.get(split, [])
         if not isinstance(entries, list):
@@ -124,11 +151,11 @@ def _btcv_from_json(root: Path, json_file: Path) -> DatasetIndex:
         for i, entry in enumerate(entries):
             where = f"'{split}'[{i}]"
             if isinstance(entry, str):
-                image, label = _json_path(root, entry, json_file, where), None
+                image, label = _json_path(root, entry, json_file, where, outside), None
             elif isinstance(entry, dict) and "image" in entry:
-                image = _json_path(root, entry["image"], json_file, where + ".image")
+                image = _json_path(root, entry["image"], json_file, where + ".image", outside)
                 label = (
-                    _json_path(root, entry["label"], json_file, where + ".label")
+                    _json_path(root, entry["label"], json_file, where + ".label", outside)
                     if entry.get("label")
                     else None
                 )
@@ -140,7 +167,14 @@ def _btcv_from_json(root: Path, json_file: Path) -> DatasetIndex:
         splits[split] = records
     if not any(splits.values()):
         raise LayoutError(f"{json_file} lists no cases; {BTCV_LAYOUT_HELP}")
-    return DatasetIndex("btcv", root, splits["training"], splits["validation"], splits["test"])
+    return DatasetIndex(
+        "btcv",
+        root,
+        splits["training"],
+        splits["validation"],
+        splits["test"],
+        outside=tuple(dict.fromkeys(outside)),
+    )
 
 
 def _case_number(name: str) -> int | None:
@@ -229,7 +263,7 @@ def _series_case_id(root: Path, series: DicomSeries, shared: bool) -> str:
     return f"{name}/{series.uid}" if shared else name
 
 
-def _discover_folder(root: Path) -> DatasetIndex:
+def _discover_folder(root: Path, allow_non_ct: bool = False) -> DatasetIndex:
     _require_dir(root, "folder", FOLDER_LAYOUT_HELP)
     files = sorted(
         p
@@ -237,7 +271,7 @@ def _discover_folder(root: Path) -> DatasetIndex:
         if p.is_file() and _NII.search(p.name) and not p.name.startswith(".")
     )
     records = [CaseRecord(_strip_nii(str(p.relative_to(root).as_posix())), p, None) for p in files]
-    series = find_series(root)
+    series = find_series(root, allow_non_ct=allow_non_ct)
     per_dir = Counter(s.directory for s in series)
     records += [
         CaseRecord(
@@ -252,11 +286,16 @@ def _discover_folder(root: Path) -> DatasetIndex:
         raise LayoutError(
             f"folder data directory {root} holds no .nii/.nii.gz files and no DICOM series; {FOLDER_LAYOUT_HELP}"
         )
-    return DatasetIndex("folder", root, records, [], [])
+    notes = tuple(n for s in series for n in s.notes)
+    return DatasetIndex("folder", root, records, [], [], notes=notes)
 
 
 def discover(
-    dataset: str, data_dir: str | Path | None = None, phantom: PhantomConfig | None = None
+    dataset: str,
+    data_dir: str | Path | None = None,
+    phantom: PhantomConfig | None = None,
+    *,
+    allow_non_ct: bool = False,
 ) -> DatasetIndex:
     """List the cases of a dataset without reading them.
 
@@ -279,6 +318,8 @@ def discover(
         dataset: one of :data:`DATASETS` (case-insensitive, misspellings get a suggestion).
         data_dir: the dataset directory (required except for the phantom).
         phantom: phantom configuration (phantom only).
+        allow_non_ct: ``folder``: also read DICOM series whose Modality is not CT (or absent);
+            refused by default, since their values are not Hounsfield units.
 
     Returns:
         A :class:`DatasetIndex` with files checked to exist.
@@ -286,8 +327,9 @@ def discover(
     Raises:
         LayoutError: missing or empty directory, or a structure that matches no layout; the message
             names the directory and the expected structure.
-        DataError: a file listed in ``dataset_0.json`` or a raw label file does not exist; a DICOM
-            file of a folder that is not a usable CT slice (named in the message).
+        DataError: a file listed in ``dataset_0.json`` or a raw label file does not exist or is
+            not a regular file (a directory, a FIFO: said so); a DICOM file of a folder that is
+            not a usable CT slice, or not CT (named in the message).
         ConfigError: unknown dataset, a phantom with a ``data_dir``, or a file dataset without one.
     """
     dataset = look_up_option(dataset, DATASETS, "dataset")
@@ -316,4 +358,4 @@ def discover(
         return _discover_btcv(root)
     if dataset == "abdomenct1k":
         return _discover_abdomenct1k(root)
-    return _discover_folder(root)
+    return _discover_folder(root, allow_non_ct)

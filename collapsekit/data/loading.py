@@ -36,7 +36,14 @@ from collapsekit.data.spec import PhantomConfig
 from collapsekit.data.volume import CaseRecord, Volume
 from collapsekit.errors import CollapsekitError, ConfigError, DataError, OutputError
 from collapsekit.options import look_up_option
-from collapsekit.progress import ProgressCallback, TaskAdvanced, TaskFinished, TaskStarted, emit
+from collapsekit.progress import (
+    Message,
+    ProgressCallback,
+    TaskAdvanced,
+    TaskFinished,
+    TaskStarted,
+    emit,
+)
 
 __all__ = ["LoadOptions", "load_volumes", "load_split"]
 
@@ -203,7 +210,10 @@ def load_volumes(
         digest, key_json = cache_key(rec, preprocess, phantom)
         vol = MEMORY.get(digest)
         if vol is None and cache is not None and digest not in todo:
-            vol = read_disk(cache, digest, key_json, rec.case_id)
+            damaged: list[str] = []
+            vol = read_disk(cache, digest, key_json, rec.case_id, damaged)
+            for note in damaged:  # a damaged entry is rebuilt below, and the user told
+                emit(progress, Message(note, level="warning"))
         if vol is None:
             todo.setdefault(digest, []).append(i)
             keys[digest] = key_json
@@ -303,6 +313,9 @@ def _run_pool(
                     ) from None
                 done(digest, result)
     finally:
+        # Ctrl-C, SIGTERM or an error: queued jobs are cancelled and the volumes being decoded
+        # finish (a worker killed while it sends a result would leave the pool's reader thread
+        # blocked on half a message, and shutdown with it).
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -329,6 +342,8 @@ def load_split(
     """
     split = look_up_option(split, ("training", "validation", "test", "all"), "split")
     index = discover(dataset, data_dir, phantom)
+    for note in index.notes:
+        emit(progress, Message(note, level="warning"))
     return load_volumes(
         index.split(split),
         preprocess,

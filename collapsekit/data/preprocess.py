@@ -41,6 +41,7 @@ from monai.transforms import (
     Spacing,
 )
 
+from collapsekit.data._nifti_guard import check_nifti_header
 from collapsekit.data.dicom import read_series
 from collapsekit.data.phantom import generate_phantom
 from collapsekit.data.spec import PhantomConfig
@@ -118,8 +119,7 @@ def check_readable(path: Path) -> None:
 def _read_nifti(path: Path, case_id: str, what: str, *, native: bool = False):
     """The volume as a MetaTensor ``(H, W, Z)``: float32, or with ``native`` in the file's own
     dtype where torch and the window take it as it is (see :func:`_as_meta`)."""
-    if not path.is_file():
-        raise DataError(f"{what} file {path} of case {case_id} does not exist")
+    check_nifti_header(path, case_id, what)  # before a voxel is decompressed
     check_readable(path)
     try:
         # MONAI's reader, called as LoadImage calls it: LoadImage itself constructs every registered

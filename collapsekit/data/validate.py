@@ -21,7 +21,7 @@ from collapsekit.data.layouts import discover
 from collapsekit.data.loading import LoadOptions, load_volumes, voxel_spacing
 from collapsekit.data.preprocess import PreprocessConfig
 from collapsekit.data.spec import PhantomConfig
-from collapsekit.data.volume import Volume
+from collapsekit.data.volume import Volume, check_label_geometry
 from collapsekit.errors import DataError
 from collapsekit.progress import ProgressCallback
 
@@ -152,11 +152,15 @@ def check_dataset(
         ``phantom``, else ``None``): ``{"usable", "reason"}``, the verdict of the probe's and
         fine-tuning's own split check (:func:`~collapsekit.data.validate.check_labelled`: labels
         on every training and validation case, a non-empty validation split with an organ in it),
-        so ``data check`` and ``probe`` never disagree.
+        so ``data check`` and ``probe`` never disagree. ``"outside_data_dir"``: files of
+        ``dataset_0.json`` outside the data directory (read as listed); ``"warnings"``: one line
+        each (DICOM series read with blank UIDs or without rescale tags, volumes or a dataset
+        without a usable slice, files outside the data directory). Each label file's affine is
+        compared with its image's (a mirrored label map has the right shape and the wrong organs).
 
     Raises:
         LayoutError, DataError, ConfigError: the first problem found (a label value outside the
-        class set included).
+        class set, or a label whose affine differs from its image's, included).
     """
     index = discover(dataset, data_dir, phantom)
     volumes: dict[str, list[Volume]] = {}
@@ -190,6 +194,25 @@ def check_dataset(
     slices = {k: int(sum(len(v.slices) for v in vs)) for k, vs in volumes.items()}
     slices["total"] = sum(slices.values())
     records = [r for split in ("training", "validation", "test") for r in index.split(split)]
+    for v, r in zip(every, records, strict=True):
+        if r.label is not None:
+            check_label_geometry(v, r.label)
+    warnings = list(index.notes)
+    empty = [v.case_id for v in every if len(v.slices) == 0]
+    if slices["total"] == 0:
+        warnings.append(
+            "no usable slice in the whole dataset (every slice has less body than "
+            f"min_body_fraction {preprocess.min_body_fraction}): all air, or not CT in HU?"
+        )
+    elif empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        warnings.append(f"{len(empty)} volumes have no usable slice: {shown}")
+    if index.outside:
+        warnings.append(
+            f"{len(index.outside)} files listed in dataset_0.json lie outside {index.root} "
+            f"(read as listed): {', '.join(str(p) for p in index.outside[:5])}"
+            + (", ..." if len(index.outside) > 5 else "")
+        )
     dicom = [v for v, r in zip(every, records, strict=True) if r.series_uid is not None]
     spacing = np.array([voxel_spacing(v.affine) for v in every])
     shape = np.array([v.image.shape for v in every])
@@ -206,4 +229,6 @@ def check_dataset(
         "shape": {"min": [int(x) for x in shape.min(0)], "max": [int(x) for x in shape.max(0)]},
         "dicom": series_summary(dicom),
         "segmentation": segmentation,
+        "outside_data_dir": [str(p) for p in index.outside],
+        "warnings": warnings,
     }

@@ -121,11 +121,26 @@ def embeddings_from_object(obj: Any, path: str | Path) -> np.ndarray:
             f"{path}: expected a saved tensor or a dict with one tensor, got {type(obj).__name__}"
         )
     t = obj.detach()
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16
-        t = t.to(torch.float32)
+    if t.layout != torch.strided:  # sparse COO/CSR/...: numpy has no such arrays
+        raise InputError(
+            f"{path}: the tensor is {str(t.layout).removeprefix('torch.')}, not dense; save "
+            "tensor.to_dense() instead"
+        )
+    if t.is_meta:
+        raise InputError(
+            f"{path}: the tensor is on the meta device (a shape without values); save the "
+            "computed embeddings"
+        )
     if t.is_complex():
         raise InputError(f"{path}: expected real embeddings, got dtype {t.dtype}")
-    return t.cpu().numpy()
+    if t.dtype == torch.bfloat16 or (t.is_floating_point() and t.element_size() == 1):
+        t = t.to(torch.float32)  # numpy has no bfloat16 or float8: exact in float32
+    try:
+        return t.cpu().numpy()
+    except (TypeError, RuntimeError):  # a dtype numpy has no equivalent for
+        raise InputError(
+            f"{path}: tensor dtype {t.dtype} has no numpy equivalent; save it as float32"
+        ) from None
 
 
 def load_embeddings(

@@ -43,7 +43,7 @@ def _float64_blocks(z: torch.Tensor, normalize: bool) -> Iterator[torch.Tensor]:
     """Row blocks of ``z`` as fresh float64 tensors, row-L2-normalised if asked."""
     for block in z.split(_BLOCK_ROWS):
         y = block.to(torch.float64, copy=True)
-        yield l2_normalize_rows(y, inplace=True) if normalize else y
+        yield l2_normalize_rows(y, inplace=True, strict=True) if normalize else y
 
 
 def _eigvalsh_desc(m: torch.Tensor, d: int) -> torch.Tensor:
@@ -79,7 +79,7 @@ def _spectra(
         return cov, raw
     y = z.to(torch.float64, copy=True)
     if normalize:
-        l2_normalize_rows(y, inplace=True)
+        l2_normalize_rows(y, inplace=True, strict=True)
     yc = y - y.mean(dim=0)
     cov = _eigvalsh_desc(yc @ yc.T / (n - 1), d)  # N×N, same nonzero eigenvalues as D×D
     raw = _eigvalsh_desc(y @ y.T, d) if uncentered else None

@@ -26,7 +26,7 @@ from collapsekit.diagnostics.spectrum import (
     data_precision,
     summarize_spectrum,
 )
-from collapsekit.diagnostics.validation import as_matrix
+from collapsekit.diagnostics.validation import as_matrix, refuse_tiny_rows
 from collapsekit.errors import InputError
 
 __all__ = ["SpectrumAccumulator"]
@@ -152,6 +152,7 @@ class SpectrumAccumulator:
         y, norms = self._drop_nonfinite(y, norms)
         if y.shape[0] == 0:
             return
+        refuse_tiny_rows(norms, self.name)
         inv = 1.0 / norms.clamp_min(_NORM_EPS)
         if self.normalize:
             y.mul_(inv[:, None])

@@ -15,7 +15,13 @@ import torch
 
 from collapsekit.errors import InputError
 
-__all__ = ["as_embeddings", "as_matrix", "nonfinite_rows", "l2_normalize_rows"]
+__all__ = [
+    "as_embeddings",
+    "as_matrix",
+    "nonfinite_rows",
+    "l2_normalize_rows",
+    "refuse_tiny_rows",
+]
 
 # Rows per block when scanning for NaN/inf, so a memory-mapped (N, D) file is never expanded into
 # an N x D boolean mask.
@@ -152,11 +158,35 @@ def as_embeddings(
     return kept
 
 
-def l2_normalize_rows(z: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+def l2_normalize_rows(
+    z: torch.Tensor, *, inplace: bool = False, strict: bool = False, name: str = "embeddings"
+) -> torch.Tensor:
     """Divide each row by its L2 norm, ``z_i / max(||z_i||, 1e-12)`` (a zero row stays zero).
 
-    Same convention as :func:`torch.nn.functional.normalize`. With ``inplace=True`` the rows of
-    ``z`` are overwritten (``z`` must own its memory).
+    Same convention as :func:`torch.nn.functional.normalize`; right for cosines (a zero row has
+    cosine 0 with everything, e.g. an all-air image). With ``strict=True`` rows whose norm is below
+    ``1e-12`` are refused instead (:func:`refuse_tiny_rows`): where a statistic of the normalised
+    rows is reported (the spectrum, ``std_of_l2_normalized``), a row left ~0 would read as
+    collapse while the JSON says the rows were normalised. With ``inplace=True`` the rows of ``z``
+    are overwritten (``z`` must own its memory).
+
+    Raises:
+        InputError: ``strict`` and some rows have an L2 norm below ``1e-12``.
     """
-    norms = torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min(_NORM_EPS)
+    norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+    if strict:
+        refuse_tiny_rows(norms, name)
+    norms = norms.clamp_min(_NORM_EPS)
     return z.div_(norms) if inplace else z / norms
+
+
+def refuse_tiny_rows(norms: torch.Tensor, name: str = "embeddings") -> None:
+    """Raise :class:`InputError` when any row norm in ``norms`` (``(N,)`` or ``(N, 1)``) is below
+    ``1e-12``: such rows cannot be L2-normalised (see :func:`l2_normalize_rows`)."""
+    tiny = int((norms < _NORM_EPS).sum())
+    if tiny:
+        raise InputError(
+            f"{name}: {tiny} of {norms.shape[0]} rows have an L2 norm below {_NORM_EPS:g} and "
+            "cannot be L2-normalised (all-zero outputs?), and std_of_l2_normalized needs every "
+            "row normalised; drop those rows"
+        )

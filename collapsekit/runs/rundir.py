@@ -1,17 +1,20 @@
 """Run directories: the one naming rule and the one ``runs/latest`` resolver.
 
 A run directory holds ``checkpoint.pt``, ``config.toml`` and ``metrics.jsonl``; under ``runs/`` the
-symlink ``runs/latest`` points at the newest one (relative link, replaced atomically).
+symlink ``runs/latest`` points at the newest one (relative link, replaced atomically; a file or a
+link collapsekit did not make is never replaced). A training process holds its run directory
+exclusively (:func:`hold_run_dir`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from collapsekit.errors import CheckpointError
+from collapsekit.errors import CheckpointError, OutputError
 
 __all__ = [
     "RUN_FILES",
@@ -21,6 +24,7 @@ __all__ = [
     "run_dir_name",
     "default_run_dir",
     "update_latest",
+    "hold_run_dir",
     "resolve_latest",
     "holds_run",
     "diagnostics_dir",
@@ -54,16 +58,34 @@ def holds_run(run_dir: str | Path) -> list[str]:
     return [f for f in RUN_FILES if (Path(run_dir) / f).exists()]
 
 
-def update_latest(run_dir: str | Path) -> None:
+def update_latest(run_dir: str | Path) -> str | None:
     """Point ``<parent>/latest`` at ``run_dir`` when its parent is a ``runs`` directory.
 
-    The link is relative and replaced atomically; a filesystem without symlinks is not worth
-    failing a run for, so errors are ignored.
+    Only a symlink collapsekit made is replaced (atomically): a relative link to a sibling
+    directory name. A regular file, a directory or a link the user made (to a path) is left as
+    it is, and the returned line says so. A filesystem without symlinks is not worth failing a
+    run for, so write errors are ignored.
+
+    Returns:
+        ``None``, or one line saying why ``latest`` was left as it is.
     """
     run_dir = Path(run_dir).resolve()  # never point latest at itself when run via runs/latest
     if run_dir.parent.name != RUNS_ROOT.name:
-        return
+        return None
     link = run_dir.parent / LATEST
+    if link.is_symlink():
+        target = os.readlink(link)
+        if Path(target).name != target:  # "/elsewhere" or "../x": not one of ours
+            return (
+                f"{link} is a symlink to {target}, not one collapsekit made; left as it is "
+                f"(it does not point at {run_dir.name})"
+            )
+    elif link.exists() or os.path.lexists(link):
+        what = "a directory" if link.is_dir() else "a file"
+        return (
+            f"{link} is {what}, not the symlink collapsekit keeps there; left as it is "
+            f"(it does not point at {run_dir.name})"
+        )
     tmp = run_dir.parent / f".{LATEST}.{os.getpid()}"
     try:
         if tmp.is_symlink() or tmp.exists():
@@ -72,6 +94,65 @@ def update_latest(run_dir: str | Path) -> None:
         os.replace(tmp, link)
     except OSError:
         pass
+    return None
+
+
+@contextmanager
+def hold_run_dir(run_dir: str | Path) -> Iterator[Path]:
+    """Create ``run_dir`` if needed and hold it exclusively: one training process per run.
+
+    The lock is ``flock(LOCK_EX | LOCK_NB)`` on the directory itself (no lock file is written):
+    the kernel releases it when the holder exits, crashed or killed included, so a stale lock
+    cannot outlive its process. A second process is refused at once, naming the holder's PID and
+    command line where the OS shows them (Linux: ``/proc/locks``). Where ``flock`` does not exist
+    (Windows) or the filesystem refuses it (some network filesystems), the run is not locked.
+
+    Raises:
+        OutputError: another process holds ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield run_dir
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"{run_dir} is in use by another training process ({_holder(fd)}); wait for it "
+                "to finish or stop it, or choose another --out"
+            ) from None
+        except OSError:  # ENOLCK, EINVAL: a filesystem without locks
+            pass
+        yield run_dir
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    """``PID n: command`` of the process holding a flock on ``fd``'s inode, from /proc/locks."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return "PID unknown"
+    for line in lines:
+        parts = line.split()
+        if "FLOCK" in parts and inode in parts and "->" not in parts:
+            pid = parts[parts.index(inode) - 1]
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                cmd = ""
+            return f"PID {pid}" + (f": {cmd[:200]}" if cmd else "")
+    return "PID unknown"
 
 
 def resolve_latest(root: str | Path = RUNS_ROOT) -> Path:

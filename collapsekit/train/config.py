@@ -302,6 +302,11 @@ def load_config(path: str | Path, budget: str | None = None, **overrides: Any) -
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot parse config {path}: {e}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"cannot parse config {path}: its tables or arrays are nested too deeply "
+            "(a training config has two levels)"
+        ) from None
     return config_from_dict(data, budget, source=str(path), **overrides)
 
 

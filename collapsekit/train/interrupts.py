@@ -11,14 +11,48 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from collapsekit.errors import Terminated, TrainingInterrupted
 from collapsekit.train.distributed import DistContext
 
-__all__ = ["StopSignals", "ignore_stop_signals"]
+__all__ = ["StopSignals", "Terminated", "ignore_stop_signals", "before_first_step"]
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextmanager
+def before_first_step(run_dir: Path) -> Iterator[None]:
+    """Turn Ctrl-C and SIGTERM while a run prepares (volumes load, the model is built) into one
+    line: ``TrainingInterrupted("stopped by SIGTERM before the first step; nothing was written
+    to RUN")`` with exit code 128 + the signal.
+
+    Python's default SIGTERM action ends the process with no message at all (SLURM preempts at
+    any time); here SIGTERM raises :class:`Terminated` in the main thread while the block runs.
+    Nothing of the run is written before the first step (the run directory is created after).
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main else None
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        signum = int(getattr(e, "signum", signal.SIGINT))
+        raise TrainingInterrupted(
+            f"stopped by {signal.Signals(signum).name} before the first step; nothing was "
+            f"written to {run_dir}",
+            exit_code=128 + signum,
+        ) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 class StopSignals:

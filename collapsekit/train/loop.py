@@ -9,11 +9,11 @@ DataLoader workers.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +51,9 @@ from collapsekit.runs.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from collapsekit.runs.rundir import default_run_dir, holds_run, update_latest
+from collapsekit.runs.rundir import default_run_dir, hold_run_dir, holds_run, update_latest
 from collapsekit.serialization import append_line
-from collapsekit.train.config import TrainConfig, config_from_dict, config_to_dict, save_config
+from collapsekit.train.config import TrainConfig, config_to_dict, save_config
 from collapsekit.train.distributed import (
     DistContext,
     barrier,
@@ -61,7 +61,7 @@ from collapsekit.train.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
-from collapsekit.train.interrupts import StopSignals, ignore_stop_signals
+from collapsekit.train.interrupts import StopSignals, before_first_step, ignore_stop_signals
 from collapsekit.train.monitor import (
     encoder_monitor,
     metrics_record,
@@ -69,6 +69,7 @@ from collapsekit.train.monitor import (
     spectrum_figure,
     write_final_spectrum,
 )
+from collapsekit.train.resume import ResumePlan, explicit_fields, plan_resume
 from collapsekit.train.sampling import EpochSampler, SeededViews
 from collapsekit.train.tensorboard import TensorBoardLog, require_tensorboard
 
@@ -79,14 +80,6 @@ __all__ = ["TrainResult", "train"]
 PREFILL_EPOCH = 1_000_000
 
 # Fields of the given config that win over the stored one when resuming.
-RUNTIME_FIELDS = (
-    "stop_after",
-    "num_workers",
-    "device",
-    "checkpoint_every",
-    "preprocess_workers",
-    "cache_direct_io",
-)
 
 
 @dataclass
@@ -100,6 +93,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
+    #: resumed at its last step: nothing was trained or written this session
+    already_finished: bool = False
 
 
 def load_training_volumes(
@@ -165,6 +160,7 @@ def train(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     tensorboard: bool | str | Path = False,
+    given: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Pretrain a MoCo v2 model (method per ``cfg.model.method``) and write a run directory.
 
@@ -174,9 +170,14 @@ def train(
     Under ``torchrun`` every rank trains on its share of each batch and only rank 0 writes.
 
     Args:
-        cfg: the configuration (ignored except for runtime fields when ``resume``: the stored config wins).
+        cfg: the configuration. When ``resume``: the saved config wins, and the settings given
+            explicitly (``given``, else the fields of ``cfg`` that differ from ``TrainConfig()``)
+            must agree with it (:func:`~collapsekit.train.resume.plan_resume`).
         out: run directory; default ``runs/<time>-<method>-<arch>``.
-        resume: continue the run in ``out`` from its ``checkpoint.pt``.
+        resume: continue the run in ``out`` from its ``checkpoint.pt``. A run already at its last
+            step is left as it is (``TrainResult.already_finished``) unless ``steps`` extends it.
+        given: with ``resume``, the settings the user gave explicitly, flat (``"num_workers"``,
+            ``"model.method"``): what the CLI passes.
         overwrite: allow writing into a directory that already holds another run.
         progress: progress callback (task ``train``; warnings as :class:`Message`).
         tensorboard: also log every metrics record (and the spectrum figure at each monitor step)
@@ -184,7 +185,9 @@ def train(
             given. Needs the ``tensorboard`` package.
 
     Raises:
-        ConfigError: ``out`` holds another run (without ``resume``/``overwrite``), or nothing to resume.
+        ConfigError: ``out`` holds another run (without ``resume``/``overwrite``), nothing to
+            resume, or a setting given on resume that conflicts with the saved run.
+        OutputError: another process is training in ``out`` (the run directory is locked).
         TrainingError: batch larger than the data, a non-finite loss or a failed write (the last good
             checkpoint is kept).
         TrainingInterrupted: SIGINT/SIGTERM; the step finished and a checkpoint was written.
@@ -194,33 +197,49 @@ def train(
         require_tensorboard()  # before any work
     ctx = setup_distributed(cfg.device)
     try:
-        return _train(
-            cfg,
-            out,
-            resume=resume,
-            overwrite=overwrite,
-            progress=progress if ctx.is_main else None,
-            ctx=ctx,
-            tensorboard=tensorboard,
-        )
+        with ExitStack() as resources:  # the run-directory lock, released however we leave
+            return _train(
+                cfg,
+                out,
+                resume=resume,
+                overwrite=overwrite,
+                progress=progress if ctx.is_main else None,
+                ctx=ctx,
+                tensorboard=tensorboard,
+                given=given,
+                resources=resources,
+            )
     finally:
         cleanup_distributed(ctx)
 
 
 def _open_run(
-    cfg: TrainConfig, out: str | Path | None, *, resume: bool, overwrite: bool, ctx: DistContext
-) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
-    """The run directory, the effective config and, when resuming, the checkpoint to resume from."""
+    cfg: TrainConfig,
+    out: str | Path | None,
+    *,
+    resume: bool,
+    overwrite: bool,
+    ctx: DistContext,
+    given: Mapping[str, Any] | None = None,
+) -> tuple[TrainConfig, Path, dict[str, Any] | None, ResumePlan | None]:
+    """The run directory, the effective config and, when resuming, the checkpoint to resume from
+    and the resume plan."""
     run_dir = Path(out) if out is not None else default_run_dir(cfg.model.method, cfg.model.arch)
     run_dir = Path(broadcast_object(str(run_dir), ctx))
     ckpt: dict[str, Any] | None = None
+    plan: ResumePlan | None = None
     if resume:
         ckpt_path = run_dir / "checkpoint.pt"
         if not ckpt_path.is_file():
             raise ConfigError(f"nothing to resume: {ckpt_path} does not exist")
         ckpt = load_checkpoint(ckpt_path)
-        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS}
-        cfg = dataclasses.replace(config_from_dict(ckpt["config"]), **runtime)
+        plan = plan_resume(
+            ckpt["config"],
+            int(ckpt["step"]),
+            int(ckpt.get("total_steps") or ckpt["step"]),
+            explicit_fields(cfg) if given is None else given,
+        )
+        cfg = plan.config
     else:
         _check_new_run_dir(run_dir, overwrite=overwrite)
     if ctx.is_main:
@@ -229,7 +248,7 @@ def _open_run(
         raise ConfigError(
             f"batch_size {cfg.batch_size} is not divisible by the {ctx.world_size} processes"
         )
-    return cfg, run_dir, ckpt
+    return cfg, run_dir, ckpt, plan if resume else None
 
 
 def _check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
@@ -571,24 +590,45 @@ def _train(
     progress: ProgressCallback | None,
     ctx: DistContext,
     tensorboard: bool | str | Path = False,
+    given: Mapping[str, Any] | None = None,
+    resources: ExitStack,
 ) -> TrainResult:
-    cfg, run_dir, ckpt = _open_run(cfg, out, resume=resume, overwrite=overwrite, ctx=ctx)
+    cfg, run_dir, ckpt, plan = _open_run(
+        cfg, out, resume=resume, overwrite=overwrite, ctx=ctx, given=given
+    )
+    if plan is not None:
+        for line in plan.changes:
+            emit(progress, Message(f"resume: {line}"))
+        if plan.already_finished and ckpt is not None:  # nothing to train: nothing is written
+            return TrainResult(
+                run_dir=run_dir,
+                step=plan.step,
+                total_steps=plan.total_steps,
+                epoch=int(ckpt.get("epoch", 0)) + 1,
+                losses=list(ckpt.get("losses", [])),
+                history=list(ckpt.get("history", [])),
+                finished=True,
+                already_finished=True,
+            )
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # noqa: NPY002 - seeds the legacy global RNG that user code may use
-    session = _Session(cfg, run_dir, progress, ctx)
-    if ckpt is not None:
-        session.restore(ckpt)
-        session.saved_step = session.step
-    elif cfg.prefill_queue:
-        session.prefill()
+    with before_first_step(run_dir):  # Ctrl-C/SIGTERM while volumes load: one line, exit 130/143
+        session = _Session(cfg, run_dir, progress, ctx)
+        if ckpt is not None:
+            session.restore(ckpt)
+            session.saved_step = session.step
+        elif cfg.prefill_queue:
+            session.prefill()
     for message in session.warnings():
         emit(progress, message)
 
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        resources.enter_context(hold_run_dir(run_dir))  # creates it; one process per run
         remove_stale_temp_files(run_dir)  # a kill during a checkpoint write leaves one
         session._write(save_config, cfg, run_dir / "config.toml")
-        update_latest(run_dir)
+        note = update_latest(run_dir)
+        if note is not None:
+            emit(progress, Message(note, level="warning"))
         if tensorboard is not False:
             tb_dir = run_dir / "tb" if tensorboard is True else Path(tensorboard)
             # TensorBoard drops earlier events at or after purge_step: a resumed run replays the

@@ -238,7 +238,8 @@ def test_cache_key_covers_every_file_of_the_series(tmp_path):
     cache = tmp_path.parent / f"{tmp_path.name}-cache"
     first = load_volumes(rec, options=LoadOptions(cache_dir=cache))[0]
     fp = series_fingerprint(tmp_path / "ct")
-    assert [name for name, _, _ in fp] == sorted(f.name for f in files)
+    assert [name for name, *_ in fp] == sorted(f.name for f in files)
+    assert all(len(entry) == 5 for entry in fp)  # name, size, mtime_ns, ctime_ns, inode
 
     # rewrite one slice in place (same name and size, new pixels): the cached volume is not reused
     ds = pydicom.dcmread(files[2])
@@ -526,3 +527,112 @@ def test_train_and_spectrum_on_a_dicom_folder(tmp_path, monkeypatch):
     (result,) = json.loads(spec.output)["results"]
     assert result["n"] == 16 and result["d"] == 512
     assert (tmp_path / "spec" / "spectrum.json").is_file()
+
+
+# --- issue 22: blank UIDs, modality, rescale tags ---------------------------------------------
+
+
+def _edit(files: list[Path], fn) -> None:
+    for f in files:
+        ds = pydicom.dcmread(f)
+        fn(ds)
+        ds.save_as(f)
+
+
+def _blank_uid(ds: Dataset) -> None:
+    ds.SeriesInstanceUID = ""
+
+
+def _no_uid(ds: Dataset) -> None:
+    del ds.SeriesInstanceUID
+
+
+@pytest.mark.parametrize("edit", [_blank_uid, _no_uid], ids=["blank", "absent"])
+def test_series_with_blank_uid_is_read_as_one_series(tmp_path, edit):
+    """An anonymised series (SeriesInstanceUID present but empty, or absent) in a directory of
+    its own reads as one series, HU equal to the original, and data check says so."""
+    vol = phantom_volume(size=16, slices=5)
+    files = write_series(tmp_path / "ct", vol)
+    _edit(files, edit)
+    (series,) = find_series(tmp_path)
+    assert series.uid == "" and series.files == tuple(files)
+    assert any("blank SeriesInstanceUID" in n and "read as one series" in n for n in series.notes)
+    index = discover("folder", tmp_path)
+    (rec,) = index.training
+    assert rec.case_id == "ct" and rec.series_uid == ""
+    hu, affine = read_series(tmp_path / "ct", "")
+    np.testing.assert_array_equal(hu, vol.astype(np.float32))
+    np.testing.assert_allclose(affine, AFFINE, atol=1e-9)
+    report = check_dataset("folder", tmp_path)
+    assert report["dicom"]["series"] == 1 and report["dicom"]["slices"] == 5
+    assert any("blank SeriesInstanceUID" in w for w in report["warnings"])
+    result = CliRunner().invoke(
+        app, ["data", "check", "--dataset", "folder", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.output and "read as one series" in result.output
+
+
+@pytest.mark.parametrize(
+    "second,needle",
+    [
+        ("other_size", r"is 12x12 pixels but .* \(\(blank SeriesInstanceUID\)\) is 16x16"),
+        ("same_positions", r"of series \(blank SeriesInstanceUID\) lie at the same position"),
+        ("named_beside", r"have a blank SeriesInstanceUID beside series 1\.2\.3\.4"),
+    ],
+)
+def test_blank_uids_that_would_mix_series_are_refused(tmp_path, second, needle):
+    files = write_series(tmp_path / "ct", phantom_volume(size=16, slices=4))
+    _edit(files, _blank_uid)
+    if second == "other_size":
+        more = write_series(tmp_path / "ct", phantom_volume(size=12, slices=4), seed=5)
+        _edit(more, _blank_uid)
+    elif second == "same_positions":  # a second acquisition over the same range, same size
+        more = write_series(tmp_path / "ct", phantom_volume(size=16, slices=4, seed=8), seed=5)
+        _edit(more, _blank_uid)
+    else:
+        write_series(tmp_path / "ct", phantom_volume(size=16, slices=4), uid="1.2.3.4", seed=5)
+    with pytest.raises(DataError, match=needle) as err:
+        discover("folder", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("modality", ["MR", None], ids=["MR", "absent"])
+def test_non_ct_series_is_refused_unless_allowed(tmp_path, modality):
+    vol = phantom_volume(size=16, slices=4)
+    files = write_series(tmp_path / "mr", vol)
+
+    def set_modality(ds: Dataset) -> None:
+        if modality is None:
+            del ds.Modality
+        else:
+            ds.Modality = modality
+
+    _edit(files, set_modality)
+    what = f"Modality {modality}" if modality else "no Modality"
+    with pytest.raises(DataError, match=f"has {what}, not CT: its values are not Hounsfield"):
+        discover("folder", tmp_path)
+    result = CliRunner().invoke(
+        app, ["data", "check", "--dataset", "folder", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "not CT" in result.output and "Traceback" not in result.output
+    (rec,) = discover("folder", tmp_path, allow_non_ct=True).training
+    (v,) = load_volumes([rec])
+    assert v.image.shape == (16, 16, 4)
+
+
+def test_missing_rescale_tags_are_noted(tmp_path):
+    """Stored values are then taken as HU (what MONAI does), and data check says so."""
+    vol = phantom_volume(size=16, slices=4)
+    files = write_series(tmp_path / "ct", vol, encoding=(np.int16, 1.0, 0.0))
+
+    def drop(ds: Dataset) -> None:
+        del ds.RescaleSlope, ds.RescaleIntercept
+
+    _edit(files[:2], drop)
+    hu, _ = read_series(tmp_path / "ct")
+    np.testing.assert_array_equal(hu, vol.astype(np.float32))
+    report = check_dataset("folder", tmp_path)
+    (note,) = report["warnings"]
+    assert "2 of 4 slices" in note and "no RescaleSlope/RescaleIntercept" in note
+    assert "taken as HU" in note

@@ -169,3 +169,40 @@ def test_phantom_index():
         discover("phantom", "/tmp")
     with pytest.raises(ConfigError, match="did you mean 'abdomenct1k'"):
         discover("abdomenCT1k-", "/tmp")
+
+
+def test_btcv_json_nested_a_million_levels_is_one_error(tmp_path):
+    """Issue 22, item 10: json.loads raised RecursionError (a traceback)."""
+    (tmp_path / "dataset_0.json").write_text("[" * 1_000_000 + "]" * 1_000_000)
+    with pytest.raises(LayoutError, match="dataset_0.json is nested too deeply"):
+        discover("btcv", tmp_path)
+
+
+def test_btcv_json_entries_outside_the_data_dir_are_read_and_listed(tmp_path, nifti, ct):
+    """Issue 22, item 13: ``../`` and absolute entries are read (users share image folders on
+    purpose) and ``data check`` lists them; entries inside, even through ``a/../``, are not."""
+    root, shared = tmp_path / "btcv", tmp_path / "shared"
+    lab = np.zeros((8, 8, 4), np.uint8)
+    lab[2:5, 2:5] = 1
+    nifti(shared / "img1.nii.gz", ct(1))
+    nifti(shared / "label1.nii.gz", lab)
+    nifti(root / "imagesTr" / "img2.nii.gz", ct(2))
+    nifti(root / "labelsTr" / "label2.nii.gz", lab)
+    doc = {
+        "training": [
+            {"image": "../shared/img1.nii.gz", "label": str(shared / "label1.nii.gz")},
+            {"image": "imagesTr/../imagesTr/img2.nii.gz", "label": "labelsTr/label2.nii.gz"},
+        ],
+        "validation": [],
+    }
+    (root / "dataset_0.json").write_text(json.dumps(doc))
+    index = discover("btcv", root)
+    assert [r.case_id for r in index.training] == ["img1", "img2"]
+    assert index.outside == (root / "../shared/img1.nii.gz", shared / "label1.nii.gz")
+    from collapsekit.data import check_dataset
+
+    report = check_dataset("btcv", root)
+    assert report["outside_data_dir"] == [str(p) for p in index.outside]
+    assert any(
+        w.startswith("2 files listed in dataset_0.json lie outside") for w in report["warnings"]
+    )

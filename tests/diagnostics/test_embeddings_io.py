@@ -132,3 +132,38 @@ def test_wrong_shapes_and_dtypes_name_the_file(tmp_path: Path) -> None:
     np.save(tmp_path / "text.npy", np.array([["a", "b"]]))
     with pytest.raises(InputError, match="text.npy: expected a numeric array"):
         load_embeddings(tmp_path / "text.npy")
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda: torch.eye(3).to_sparse(), "sparse_coo, not dense"),
+        (lambda: torch.eye(3).to_sparse_csr(), "sparse_csr, not dense"),
+        (lambda: {"embeddings": torch.eye(3).to_sparse()}, "sparse_coo, not dense"),
+        (lambda: torch.zeros(4, 3, device="meta"), "meta device"),
+    ],
+)
+def test_tensors_numpy_cannot_hold_are_refused_in_one_line(
+    tmp_path: Path, make, needle: str
+) -> None:
+    """Issue 22, item 10: sparse and meta tensors raised TypeError/NotImplementedError."""
+    path = tmp_path / "z.pt"
+    with pytest.warns(UserWarning) if "csr" in needle else _no_warning():
+        torch.save(make(), path)
+    with pytest.raises(InputError, match=needle) as err:
+        load_embeddings(path)
+    _assert_one_line(err, path)
+
+
+def test_float8_embeddings_are_read_exactly_as_float32(tmp_path: Path) -> None:
+    values = torch.tensor([[0.5, -2.0, 448.0], [0.0, 1.0, -0.25]])
+    torch.save(values.to(torch.float8_e4m3fn), tmp_path / "f8.pt")
+    arr = load_embeddings(tmp_path / "f8.pt")
+    assert arr.dtype == np.float32
+    np.testing.assert_array_equal(arr, values.numpy())  # each value is exact in e4m3
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()

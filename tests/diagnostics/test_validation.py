@@ -115,3 +115,29 @@ def test_l2_normalize_rows_unit_norm_and_zero_row() -> None:
     out = l2_normalize_rows(z)
     torch.testing.assert_close(out, torch.tensor([[0.6, 0.8], [0.0, 0.0]]))
     assert z[0, 0] == 3.0  # not in place by default
+
+
+@pytest.mark.parametrize("tiny", [0.0, 1e-13])
+def test_rows_too_small_to_normalise_are_refused(tiny: float) -> None:
+    """A row of norm < 1e-12 would stay ~0 after the clamped division and read as collapsed
+    (std_of_l2_normalized 1e-13) while the JSON says rows were normalised (issue 22, item 14)."""
+    from collapsekit.diagnostics import SpectrumAccumulator, spectrum_report, std_of_l2_normalized
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((50, 8))
+    z[[3, 7]] = tiny * np.eye(8)[0]
+    with pytest.raises(InputError, match=r"2 of 50 rows have an L2 norm below 1e-12"):
+        l2_normalize_rows(torch.from_numpy(z), strict=True)
+    with pytest.raises(InputError, match="2 of 50 rows"):
+        std_of_l2_normalized(z)
+    for normalize in (True, False):  # std_of_l2_normalized is in every report
+        with pytest.raises(InputError, match="cannot be L2-normalised"):
+            spectrum_report(z, normalize=normalize)
+        acc = SpectrumAccumulator(normalize=normalize)
+        with pytest.raises(InputError, match="cannot be L2-normalised"):
+            acc.update(z)
+    # rows of norm 1e-6 are normalised exactly: the small scale is no reason to refuse
+    small = rng.standard_normal((10, 8))
+    small *= 1e-6 / np.linalg.norm(small, axis=1, keepdims=True)
+    out = l2_normalize_rows(torch.from_numpy(small), strict=True).numpy()
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-12)

@@ -87,3 +87,75 @@ def test_spectrum_without_out_writes_a_named_folder_not_the_cwd(tmp_path, monkey
         "spectrum.json",
         "spectrum.png",
     ]
+
+
+# --- issue 22: runs/latest is only ever a link collapsekit made; one process per run dir --------
+
+
+@pytest.mark.parametrize("kind", ["file", "directory", "foreign_link"])
+def test_latest_that_collapsekit_did_not_make_is_left_and_reported(tmp_path: Path, kind) -> None:
+    runs = tmp_path / "runs"
+    (runs / "a").mkdir(parents=True)
+    latest = runs / "latest"
+    if kind == "file":
+        latest.write_text("my notes\n")
+    elif kind == "directory":
+        latest.mkdir()
+        (latest / "keep").write_text("k")
+    else:
+        latest.symlink_to(tmp_path)  # an absolute link the user made
+    note = update_latest(runs / "a")
+    assert note is not None and note.startswith(f"{latest} is ")
+    assert "left as it is (it does not point at a)" in note
+    if kind == "file":
+        assert latest.read_text() == "my notes\n" and not latest.is_symlink()
+    elif kind == "directory":
+        assert (latest / "keep").read_text() == "k" and not latest.is_symlink()
+    else:
+        assert os.readlink(latest) == str(tmp_path)
+    assert not list(runs.glob(".latest.*"))  # no temporary link left behind
+
+
+def test_latest_made_by_collapsekit_is_replaced(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        (runs / name).mkdir(parents=True)
+    assert update_latest(runs / "a") is None
+    assert update_latest(runs / "b") is None
+    assert os.readlink(runs / "latest") == "b"
+
+
+def test_run_dir_lock_is_exclusive_names_the_holder_and_dies_with_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from collapsekit.errors import OutputError
+    from collapsekit.runs.rundir import hold_run_dir
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY);"
+         " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(OutputError) as err:
+            with hold_run_dir(tmp_path):
+                pass
+        assert str(err.value).startswith(
+            f"{tmp_path} is in use by another training process (PID {holder.pid}: "
+        )
+        assert "time.sleep(60)" in str(err.value)
+    finally:
+        holder.kill()  # a crash: the kernel releases the lock, no stale lock is left
+        holder.wait()
+    with hold_run_dir(tmp_path):
+        pass
+    with hold_run_dir(run) as held:  # creates the directory, writes no file into it
+        assert held == run and run.is_dir() and list(run.iterdir()) == []
+        with pytest.raises(OutputError, match="in use by another training process"):
+            with hold_run_dir(run):  # a second holder, even in this process
+                pass
+    with hold_run_dir(run):  # released on exit
+        pass

@@ -51,3 +51,14 @@ def test_config_directory_and_the_cli_keeps_the_table_name(tmp_path: Path) -> No
     (tmp_path / "c.toml").write_text("[model]\narhc = 1\n")
     res = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "c.toml")])
     assert res.exit_code == 2 and "unknown [model] key 'arhc'" in res.output  # not eaten as markup
+
+
+def test_config_nested_a_hundred_thousand_levels_is_one_error(tmp_path) -> None:
+    """Issue 22, item 10: tomllib raised RecursionError (a traceback)."""
+    from collapsekit.errors import ConfigError
+    from collapsekit.train.config import load_config
+
+    path = tmp_path / "deep.toml"
+    path.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match="deep.toml: its tables or arrays are nested too deeply"):
+        load_config(path)

@@ -157,3 +157,83 @@ def test_signal_to_the_process_group_with_dataloader_workers(
     assert errors == [
         f"error: stopped at step {step}; resume with: collapsekit train --resume --out {run}"
     ]
+
+
+# --- issue 22, items 10 and 11: signals while volumes load -------------------------------------
+
+BIG = "phantom_cases = 12\nphantom_size = 128\nphantom_slices = 48\nmonitor_samples = 12\n[model]\nqueue_size = 32\n"
+
+
+def _default_sigint() -> None:
+    # A shell's background job (CI, a job runner) starts with SIGINT ignored, which children
+    # inherit; a terminal's Ctrl-C finds Python's own handler.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _wait_for(stream, prefix: str) -> None:
+    for line in stream:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"no line starting with {prefix!r}")
+
+
+@pytest.mark.slow
+def test_sigterm_while_volumes_load_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(BIG)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*_cmd(cfg, run), "--preprocess-workers", "0"], cwd=tmp_path, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    _wait_for(proc.stderr, "loading volumes")  # the first volume is being generated
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out + err
+    assert "Traceback" not in err
+    errors = [x for x in err.splitlines() if x.startswith("error")]
+    assert errors == [
+        f"error: stopped by SIGTERM before the first step; nothing was written to {run}"
+    ], err[-3000:]
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_worker_pool_loads_prints_no_traceback(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: the forkserver (importing torch) and the workers
+    must not print tracebacks; the command says "interrupted" and exits 130."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collapsekit", "spectrum", "random:resnet18", "--samples", "16",
+         "--device", "cpu", "--preprocess-workers", "2", "--out", str(tmp_path / "d")],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=_default_sigint,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    _wait_for(proc.stderr, "loading volumes")
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: every process of the group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert [x for x in err.splitlines() if x.strip() and not x.startswith("loading")] == [
+        "interrupted"
+    ], err[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_in_any_command_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collapsekit", "spectrum", "random:resnet18", "--samples", "16",
+         "--device", "cpu", "--preprocess-workers", "0", "--out", str(tmp_path / "d")],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    _wait_for(proc.stderr, "loading volumes")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out + err
+    assert "Traceback" not in err
+    assert [x for x in err.splitlines() if x.strip() and not x.startswith("loading")] == [
+        "stopped by SIGTERM"
+    ], err[-3000:]
+    assert not (tmp_path / "d").exists()
