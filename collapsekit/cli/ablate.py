@@ -32,7 +32,8 @@ def ablate(
         str,
         typer.Option(
             help="demo (the regime where MoCo v2 is healthy and collapse shows; ~10 min per run "
-            "on 2 CPU cores) | small (128 px, 10 epochs) | paper (GPU)"
+            "on 2 CPU cores) | fair96 (issue 20's fair test: 96 px, ct preset, same-image local "
+            "negatives, block ZCA) | small (128 px, 10 epochs) | paper (GPU)"
         ),
     ] = "demo",
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (mean ± std when > 1).")] = 1,
@@ -41,6 +42,21 @@ def ablate(
     ] = None,
     probe_epochs: Annotated[
         int | None, typer.Option("--probe-epochs", min=1, help="Override probe epochs.")
+    ] = None,
+    local_negatives: Annotated[
+        str | None,
+        typer.Option(
+            "--local-negatives",
+            help="Override the budget's local negatives: same_image | other_images | both.",
+        ),
+    ] = None,
+    zca_placement: Annotated[
+        str | None,
+        typer.Option(
+            "--zca-placement",
+            help="Override the budget's ZCA placement: block (the authors' code) | "
+            "pre_projector (the paper's wording).",
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Results directory (re-run to resume).")] = Path(
         "runs/ablation"
@@ -68,7 +84,14 @@ def ablate(
     check_writable_dir(out, "--out")
 
     overrides = {
-        k: v for k, v in {"epochs": epochs, "probe_epochs": probe_epochs}.items() if v is not None
+        k: v
+        for k, v in {
+            "epochs": epochs,
+            "probe_epochs": probe_epochs,
+            "local_negatives": local_negatives,
+            "zca_placement": zca_placement,
+        }.items()
+        if v is not None
     }
     cfg = AblationConfig(
         dataset=dataset,
