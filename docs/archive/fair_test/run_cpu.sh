@@ -7,7 +7,12 @@ set -u
 cd "$(dirname "$0")/../../.."
 OUT=docs/archive/fair_test/cpu96
 PY=${PY:-/work/main/.venv/bin/python}
-export PYTHONPATH=$PWD OMP_NUM_THREADS=2
+# the code of one commit, frozen, so later edits in the worktree do not change running arms
+COMMIT=${COMMIT:-$(git rev-parse HEAD)}
+SNAP=/tmp/collapsekit_fair_$COMMIT
+if [ ! -d "$SNAP" ]; then mkdir -p "$SNAP" && git archive "$COMMIT" collapsekit | tar -x -C "$SNAP"; fi
+echo "=== code: commit $COMMIT ($SNAP)" >&2
+export PYTHONPATH=$SNAP OMP_NUM_THREADS=2
 for seeds in 1 2 3; do
   for method in mocov2 local+zca; do
     echo "=== $(date -u +%FT%TZ) $method seeds=$seeds" >&2
