@@ -281,7 +281,7 @@ class ZCAWhitening(nn.Module):
                 warnings.warn(
                     UndersampledWhiteningWarning(
                         f"ZCA whitens groups of {d} channels from {m} vectors per statistic "
-                        f"(m < 2d): the whitening is mostly noise; use a group size <= {m // 4} "
+                        f"(m < 2d): the whitening is mostly noise; use a group size <= {max(1, m // 4)} "
                         "(m >= 4d; zca_group_size 0 chooses it) or a larger batch"
                     ),
                     stacklevel=2,
