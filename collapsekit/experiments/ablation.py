@@ -164,6 +164,18 @@ BUDGETS: dict[str, Budget] = {
         local_negatives="same_image",
         zca_placement="block",
     ),
+    "fair128": Budget(
+        train_budget="fair128",
+        arch="resnet18",
+        image_size=128,
+        phantom_cases=48,
+        samples=1024,
+        probe_epochs=20,
+        probe_image_size=128,
+        probe_output_stride=8,
+        local_negatives="same_image",
+        zca_placement="block",
+    ),
     "small": Budget(
         arch="resnet18",
         image_size=128,

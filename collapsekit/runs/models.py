@@ -27,6 +27,7 @@ from torch import nn
 from collapsekit.errors import CheckpointError
 from collapsekit.filetypes import FileKind
 from collapsekit.models import ModelConfig, build_encoder
+from collapsekit.models.builder import upgrade_model_keys
 from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone
 from collapsekit.runs.checkpoint import (
     FORMAT,
@@ -145,7 +146,7 @@ def model_config_from_checkpoint(config: dict[str, Any], path: str | Path) -> Mo
     Raises:
         CheckpointError: the stored model config does not build (another version's keys or values).
     """
-    data = dict(config.get("model") or {})
+    data = upgrade_model_keys(dict(config.get("model") or {}))  # keys of earlier versions
     names = {f.name for f in fields(ModelConfig)}
     try:
         unknown = sorted(set(data) - names)

@@ -240,6 +240,21 @@ TRAIN_BUDGETS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 50,
         "model": {"queue_size": 256, "momentum": 0.99, "zca_group_size": 0},
     },
+    # The same test on one GPU (docs/archive/fair_test/gpu_full.sh, not yet run): 128 px (layer3
+    # 8×8), batch 256 (pre_projector whitens 128 vectors per split: d = 32), K = 512 ≤ N/4.
+    "fair128": {
+        "image_size": 128,
+        "steps": 300,
+        "batch_size": 256,
+        "warmup_steps": 20,
+        "augment": "ct",
+        "phantom_cases": 70,
+        "phantom_validation": 22,
+        "monitor_every": 100,
+        "checkpoint_every": 50,
+        "num_workers": 12,
+        "model": {"queue_size": 512, "momentum": 0.99, "zca_group_size": 0},
+    },
 }
 
 
