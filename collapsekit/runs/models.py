@@ -27,8 +27,8 @@ from torch import nn
 from collapsekit.errors import CheckpointError
 from collapsekit.filetypes import FileKind
 from collapsekit.models import ModelConfig, build_encoder
-from collapsekit.models.builder import upgrade_model_keys
 from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone
+from collapsekit.models.builder import upgrade_model_keys
 from collapsekit.runs.checkpoint import (
     FORMAT,
     NotACheckpointError,

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from collapsekit.data import eval_phantom, load_split
-from collapsekit.diagnostics import spectrum_report
 from collapsekit.data.slices import select_slices, slice_tensor
+from collapsekit.diagnostics import spectrum_report
 from collapsekit.evaluation.extract import calibrate_baseline
 from collapsekit.runs.models import load_model
 
