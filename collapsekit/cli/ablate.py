@@ -82,6 +82,14 @@ def ablate(
     if tensorboard:
         require_tensorboard()
     check_writable_dir(out, "--out")
+    from collapsekit.models import LOCAL_NEGATIVES, ZCA_PLACEMENTS
+    from collapsekit.options import look_up_option
+
+    # a misspelt model option fails now, not when the first run is built
+    if local_negatives is not None:
+        local_negatives = look_up_option(local_negatives, LOCAL_NEGATIVES, "local negatives")
+    if zca_placement is not None:
+        zca_placement = look_up_option(zca_placement, ZCA_PLACEMENTS, "zca placement")
 
     overrides = {
         k: v
