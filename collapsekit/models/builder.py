@@ -29,7 +29,6 @@ __all__ = [
     "ModelConfig",
     "Encoder",
     "build_encoder",
-    "model_config_from_dict",
     "whitening_group_size",
     "whitening_samples",
 ]
@@ -67,17 +66,13 @@ def whitening_group_size(width: int, samples: int) -> int:
     return max(d for d in range(1, limit + 1) if width % d == 0)
 
 
-def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
-    """A :class:`ModelConfig` from plain data, with the keys of earlier versions mapped.
-
-    ``local_same_image_negatives`` (≤ 0.2) becomes ``local_negatives``: ``true`` → ``both`` (its
-    meaning then: every other point of the batch), ``false`` → ``other_images``.
-    """
-    return ModelConfig(**upgrade_model_keys(data))
-
-
 def upgrade_model_keys(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` (a ``[model]`` table) with the keys of earlier versions renamed (a copy)."""
+    """``data`` (a ``[model]`` table) with the keys of earlier versions renamed (a copy).
+
+    ``local_same_image_negatives`` (≤ 0.2) becomes ``local_negatives``: ``true`` → ``both`` (what
+    it meant: every other point of the batch), ``false`` → ``other_images``. Used where stored
+    configs are read (training configs, checkpoints).
+    """
     data = dict(data)
     if "local_same_image_negatives" in data:
         old = data.pop("local_same_image_negatives")

@@ -54,3 +54,10 @@ def test_zca_group_size_zero_is_resolved_from_the_batch() -> None:
     assert fair.model.zca_group_size == 32 and fair.model.local_negatives == "same_image"
     explicit = config_from_dict({}, None, model={"method": "zca", "zca_group_size": 16})
     assert explicit.model.zca_group_size == 16
+
+
+def test_old_checkpoint_model_config_loads() -> None:
+    from collapsekit.runs.models import model_config_from_checkpoint
+
+    old = {"model": {"method": "local", "local_same_image_negatives": True}}
+    assert model_config_from_checkpoint(old, "old.pt").local_negatives == "both"
