@@ -33,7 +33,8 @@ def ablate(
         typer.Option(
             help="demo (the regime where MoCo v2 is healthy and collapse shows; ~10 min per run "
             "on 2 CPU cores) | fair96 (issue 20's fair test: 96 px, ct preset, same-image local "
-            "negatives, block ZCA) | small (128 px, 10 epochs) | paper (GPU)"
+            "negatives, block ZCA) | fair128 (its GPU version, batch 256) | small (128 px, "
+            "10 epochs) | paper (GPU)"
         ),
     ] = "demo",
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (mean ± std when > 1).")] = 1,

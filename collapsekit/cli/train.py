@@ -62,7 +62,8 @@ def train(
             show_default=HELP_DEFAULTS["budget"],
             help="Named settings under the config file and flags: default | demo (the CPU regime "
             "where MoCo v2 is healthy on the phantom and dimensional collapse shows, ~10 min) | "
-            "fair96 (issue 20's fair test: 96 px, ct preset, 600 steps).",
+            "fair96 (issue 20's fair test: 96 px, ct preset, 600 steps) | fair128 (its GPU "
+            "version: 128 px, batch 256).",
         ),
     ] = None,
     method: Annotated[
