@@ -111,7 +111,7 @@ class ModelConfig:
         local_grid: points per side of the local grid (``G×G`` points per pair).
         local_weight: ``λ`` in ``L = L_global + λ L_local`` (0.5).
         local_dim: output width of the local head.
-        local_queue_size: length of the queue of past local keys.
+        local_queue_size: length of the queue of past local keys (none for ``same_image``).
         local_min_overlap: pairs whose overlap is below this fraction of the smaller crop are
             masked out of the local loss.
         local_layer: feature map the local points are sampled from: ``layer3`` (stride 16,
