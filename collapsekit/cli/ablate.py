@@ -33,7 +33,9 @@ def ablate(
         str,
         typer.Option(
             help="demo (the regime where MoCo v2 is healthy and collapse shows; ~10 min per run "
-            "on 2 CPU cores) | small (128 px, 10 epochs) | paper (GPU)"
+            "on 2 CPU cores) | fair96 (issue 20's fair test: 96 px, ct preset, same-image local "
+            "negatives, block ZCA) | fair128 (its GPU version, batch 256) | small (128 px, "
+            "10 epochs) | paper (GPU)"
         ),
     ] = "demo",
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (mean ± std when > 1).")] = 1,
@@ -42,6 +44,21 @@ def ablate(
     ] = None,
     probe_epochs: Annotated[
         int | None, typer.Option("--probe-epochs", min=1, help="Override probe epochs.")
+    ] = None,
+    local_negatives: Annotated[
+        str | None,
+        typer.Option(
+            "--local-negatives",
+            help="Override the budget's local negatives: same_image | other_images | both.",
+        ),
+    ] = None,
+    zca_placement: Annotated[
+        str | None,
+        typer.Option(
+            "--zca-placement",
+            help="Override the budget's ZCA placement: block (the authors' code) | "
+            "pre_projector (the paper's wording).",
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Results directory (re-run to resume).")] = Path(
         "runs/ablation"
@@ -67,9 +84,24 @@ def ablate(
     if tensorboard:
         require_tensorboard()
     check_writable_dir(out, "--out")
+    from collapsekit.models import LOCAL_NEGATIVES, ZCA_PLACEMENTS
+    from collapsekit.options import look_up_option
+
+    # a misspelt model option fails now, not when the first run is built
+    if local_negatives is not None:
+        local_negatives = look_up_option(local_negatives, LOCAL_NEGATIVES, "local negatives")
+    if zca_placement is not None:
+        zca_placement = look_up_option(zca_placement, ZCA_PLACEMENTS, "zca placement")
 
     overrides = {
-        k: v for k, v in {"epochs": epochs, "probe_epochs": probe_epochs}.items() if v is not None
+        k: v
+        for k, v in {
+            "epochs": epochs,
+            "probe_epochs": probe_epochs,
+            "local_negatives": local_negatives,
+            "zca_placement": zca_placement,
+        }.items()
+        if v is not None
     }
     cfg = AblationConfig(
         dataset=dataset,

@@ -18,6 +18,8 @@ from collapsekit.cli.options import CacheDirOpt, DataDirOpt, PreprocessWorkersOp
 HELP_DEFAULTS = {
     "dataset": "phantom",
     "budget": "default",
+    "augment": "ct",
+    "local_negatives": "same_image",
     "method": "local+zca",
     "backbone": "resnet18",
     "epochs": "10",
@@ -50,12 +52,31 @@ def train(
         typer.Option(
             show_default=HELP_DEFAULTS["budget"],
             help="Named settings under the config file and flags: default | demo (the CPU regime "
-            "where MoCo v2 is healthy on the phantom and dimensional collapse shows, ~10 min).",
+            "where MoCo v2 is healthy on the phantom and dimensional collapse shows, ~10 min) | "
+            "fair96 (issue 20's fair test: 96 px, ct preset, 600 steps) | fair128 (its GPU "
+            "version: 128 px, batch 256).",
         ),
     ] = None,
     method: Annotated[
         str | None,
         typer.Option(show_default=HELP_DEFAULTS["method"], help="mocov2 | local | zca | local+zca"),
+    ] = None,
+    augment: Annotated[
+        str | None,
+        typer.Option(
+            show_default=HELP_DEFAULTS["augment"],
+            help="Augmentation preset: ct (crops 0.2-1, quarter-strength intensity jitter) | "
+            "mocov2 (full jitter + blur; collapsed in every measured run) | demo (crops 0.8-1).",
+        ),
+    ] = None,
+    local_negatives: Annotated[
+        str | None,
+        typer.Option(
+            "--local-negatives",
+            show_default=HELP_DEFAULTS["local_negatives"],
+            help="Negatives of the local loss: same_image (the paper's: other regions of the "
+            "same image) | other_images (DenseCL/PixPro) | both.",
+        ),
     ] = None,
     backbone: Annotated[
         str | None,
@@ -169,7 +190,8 @@ def train(
         cache_direct_io=None if loading.direct_io else False,  # $COLLAPSEKIT_CACHE_DIRECT=0
         stop_after=stop_after,
         checkpoint_every=checkpoint_every,
-        model={"method": method, "arch": backbone},
+        augment=augment,
+        model={"method": method, "arch": backbone, "local_negatives": local_negatives},
     )
     cfg = (
         load_config(config, budget, **overrides)

@@ -27,8 +27,37 @@ import torch
 import torch.nn.functional as F
 
 from collapsekit.errors import ConfigError
+from collapsekit.options import look_up_option
 
-__all__ = ["TwoViewTransform"]
+__all__ = ["AUGMENT_PRESETS", "TwoViewTransform", "augment_preset"]
+
+#: Named parameter sets of :class:`TwoViewTransform` (``--augment``), measured on the phantom:
+#:
+#: * ``mocov2`` — MoCo v2's recipe adapted to CT: crops 0.2–1, intensity jitter at full strength
+#:   (brightness and contrast ×0.6–1.4, gamma 0.7–1.5, p 0.8), blur p 0.5. Every run with this
+#:   jitter collapsed completely (issue 10: 64 px, batch 32, runs of 100–200 steps, and the
+#:   120-step default run of issue 19 at 128 px); whether longer runs recover was not measured.
+#: * ``demo`` — crops 0.8–1, no jitter, no blur: the 64-px demo regime (healthy MoCo v2, loss
+#:   0.46·ln(K+1) at 1,200 steps, 3 seeds).
+#: * ``ct`` — crops 0.2–1 and mild intensity jitter (quarter strength: brightness/contrast ×0.9–1.1,
+#:   gamma 0.925–1.125, p 0.8), no blur. Quarter-strength jitter was healthy at crop 0.8–1
+#:   (issue 10, C5); at crop 0.2–1 see docs/_drafts/fixes.md for what was measured.
+#:
+#: Every preset keeps the flip (p 0.5), aspect ratio 3/4–4/3 and noise (σ 0.02, p 0.5).
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "mocov2": {"scale": (0.2, 1.0), "jitter_p": 0.8, "jitter_strength": 1.0, "blur_p": 0.5},
+    "demo": {"scale": (0.8, 1.0), "jitter_p": 0.0, "jitter_strength": 1.0, "blur_p": 0.0},
+    "ct": {"scale": (0.2, 1.0), "jitter_p": 0.8, "jitter_strength": 0.25, "blur_p": 0.0},
+}
+
+
+def augment_preset(name: str) -> dict[str, Any]:
+    """The :class:`TwoViewTransform` keyword arguments of the preset ``name`` (a copy).
+
+    Raises:
+        ConfigError: an unknown name (with a "did you mean").
+    """
+    return dict(AUGMENT_PRESETS[look_up_option(name, AUGMENT_PRESETS, "augmentation preset")])
 
 
 def crop_grid(
@@ -133,8 +162,11 @@ class TwoViewTransform:
         scale: range of the crop area as a fraction of the slice (MoCo v2: 0.2-1).
         ratio: range of the crop aspect ratio ``w/h``.
         flip_p: probability of a horizontal flip (applied after crop and resize).
-        jitter_p: probability of intensity jitter: brightness x U(0.6, 1.4), contrast around the
-            mean x U(0.6, 1.4), gamma U(0.7, 1.5), in random order, clipped to [0, 1].
+        jitter_p: probability of intensity jitter: brightness x U(1 - 0.4 s, 1 + 0.4 s), contrast
+            around the mean x U(1 - 0.4 s, 1 + 0.4 s), gamma U(1 - 0.3 s, 1 + 0.5 s), in random
+            order, clipped to [0, 1], with ``s = jitter_strength``.
+        jitter_strength: ``s``; 1 is MoCo v2's strength (×0.6–1.4, gamma 0.7–1.5), 0.25 the
+            quarter strength of the ``ct`` preset.
         blur_p: probability of a Gaussian blur with sigma ~ U(0.1, 2.0) px.
         noise_std: standard deviation of the additive Gaussian noise (applied with p=0.5; 0 = off).
         geometric_only: only crop, resize and flip (no jitter, blur or noise), e.g. for tests.
@@ -154,6 +186,7 @@ class TwoViewTransform:
         blur_p: float = 0.5,
         noise_std: float = 0.02,
         geometric_only: bool = False,
+        jitter_strength: float = 1.0,
     ) -> None:
         if size < 1:
             raise ConfigError(f"view size must be >= 1, got {size}")
@@ -166,6 +199,8 @@ class TwoViewTransform:
                 raise ConfigError(f"{name} must be a probability in [0, 1], got {p}")
         if noise_std < 0:
             raise ConfigError(f"noise_std must be >= 0, got {noise_std}")
+        if not 0 <= jitter_strength <= 2.5:  # at 2.5 brightness and contrast reach factor 0
+            raise ConfigError(f"jitter_strength must be in [0, 2.5], got {jitter_strength}")
         self.size = int(size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
@@ -174,23 +209,30 @@ class TwoViewTransform:
         self.blur_p = float(blur_p)
         self.noise_std = float(noise_std)
         self.geometric_only = bool(geometric_only)
+        self.jitter_strength = float(jitter_strength)
+
+    @classmethod
+    def from_preset(cls, name: str, size: int = 128, **overrides: Any) -> TwoViewTransform:
+        """The transform of the preset ``name`` (:data:`AUGMENT_PRESETS`); ``overrides`` win."""
+        return cls(size=size, **{**augment_preset(name), **overrides})
 
     def __repr__(self) -> str:
         return (
             f"TwoViewTransform(size={self.size}, scale={self.scale}, ratio={self.ratio}, flip_p={self.flip_p}, "
-            f"jitter_p={self.jitter_p}, blur_p={self.blur_p}, noise_std={self.noise_std}, geometric_only={self.geometric_only})"
+            f"jitter_p={self.jitter_p}, jitter_strength={self.jitter_strength}, blur_p={self.blur_p}, noise_std={self.noise_std}, geometric_only={self.geometric_only})"
         )
 
     def _intensity(self, v: torch.Tensor) -> torch.Tensor:
         if torch.rand(()) < self.jitter_p:
+            s = self.jitter_strength
             for op in torch.randperm(3).tolist():
-                f = 0.6 + 0.8 * float(torch.rand(()))
+                f = 1.0 - 0.4 * s + 0.8 * s * float(torch.rand(()))
                 if op == 0:
                     v = v * f
                 elif op == 1:
                     v = (v - v.mean()) * f + v.mean()
                 else:
-                    v = v.clamp(0, 1) ** (0.7 + 0.8 * float(torch.rand(())))
+                    v = v.clamp(0, 1) ** (1.0 - 0.3 * s + 0.8 * s * float(torch.rand(())))
             v = v.clamp(0, 1)
         if torch.rand(()) < self.blur_p:
             v = _gaussian_blur(v, 0.1 + 1.9 * float(torch.rand(())))

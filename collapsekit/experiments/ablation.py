@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 #: Model settings an ablation may override for every method (e.g. to compare ZCA placements).
-MODEL_KEYS = ("zca_placement", "zca_group_size", "local_layer", "local_same_image_negatives")
+MODEL_KEYS = ("zca_placement", "zca_group_size", "local_layer", "local_negatives")
 
 METHOD_FLAGS = {
     "random": (None, None),
@@ -93,7 +93,7 @@ class Budget:
         train_budget: a named train budget, or ``None``.
         epochs, steps, batch_size, queue_size, momentum: training settings (``None``: the
             train budget's or the training default).
-        zca_placement, zca_group_size, local_layer, local_same_image_negatives: model settings
+        zca_placement, zca_group_size, local_layer, local_negatives: model settings
             (:data:`MODEL_KEYS`) applied to every method.
     """
 
@@ -114,7 +114,7 @@ class Budget:
     zca_placement: str | None = None
     zca_group_size: int | None = None
     local_layer: str | None = None
-    local_same_image_negatives: bool | None = None
+    local_negatives: str | None = None
 
     def with_overrides(self, overrides: dict[str, Any]) -> Budget:
         """This budget with ``overrides`` (budget keys) applied.
@@ -149,6 +149,32 @@ BUDGETS: dict[str, Budget] = {
         probe_epochs=20,
         probe_image_size=64,
         probe_output_stride=8,
+    ),
+    # issue 20's fair test on CPU (pre-registered in docs/_drafts/fixes.md): train budget fair96,
+    # evaluated at 96 px like the demo
+    "fair96": Budget(
+        train_budget="fair96",
+        arch="resnet18",
+        image_size=96,
+        phantom_cases=48,
+        samples=1024,
+        probe_epochs=20,
+        probe_image_size=96,
+        probe_output_stride=8,
+        local_negatives="same_image",
+        zca_placement="block",
+    ),
+    "fair128": Budget(
+        train_budget="fair128",
+        arch="resnet18",
+        image_size=128,
+        phantom_cases=48,
+        samples=1024,
+        probe_epochs=20,
+        probe_image_size=128,
+        probe_output_stride=8,
+        local_negatives="same_image",
+        zca_placement="block",
     ),
     "small": Budget(
         arch="resnet18",

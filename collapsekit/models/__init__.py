@@ -9,15 +9,26 @@ of the API.
 from __future__ import annotations
 
 from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone, recalibrate_batch_norm
-from collapsekit.models.builder import METHODS, ZCA_PLACEMENTS, Encoder, ModelConfig, build_encoder
+from collapsekit.models.builder import (
+    LOCAL_LAYERS,
+    LOCAL_NEGATIVES,
+    METHODS,
+    ZCA_PLACEMENTS,
+    Encoder,
+    ModelConfig,
+    build_encoder,
+)
 from collapsekit.models.heads import LocalHead, ProjectionHead
 from collapsekit.models.local import local_info_nce, local_info_nce_loss
 from collapsekit.models.moco import MoCo, MoCoOutput, Queue, info_nce_logits, update_momentum
 from collapsekit.models.split_bn import SplitBatchNorm2d, convert_split_bn
-from collapsekit.models.zca import ZCA_METHODS, ZCAWhitening
+from collapsekit.models.zca import ZCA_METHODS, UndersampledWhiteningWarning, ZCAWhitening
 
 __all__ = [
     "BACKBONES",
+    "LOCAL_LAYERS",
+    "LOCAL_NEGATIVES",
+    "UndersampledWhiteningWarning",
     "METHODS",
     "ZCA_METHODS",
     "ZCA_PLACEMENTS",
@@ -30,6 +41,7 @@ __all__ = [
     "ProjectionHead",
     "Queue",
     "SplitBatchNorm2d",
+    "UndersampledWhiteningWarning",
     "ZCAWhitening",
     "build_backbone",
     "build_encoder",

@@ -7,7 +7,9 @@ The four variants of the ablation in Hassanpour et al. (ISBI 2024, arXiv 2402.14
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,14 +17,67 @@ from torch import nn
 from collapsekit.errors import ConfigError
 from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone
 from collapsekit.models.heads import LocalHead, ProjectionHead
+from collapsekit.models.local import LOCAL_NEGATIVES
 from collapsekit.models.zca import ZCA_METHODS, ZCAWhitening
 from collapsekit.options import look_up_option
 
-__all__ = ["LOCAL_LAYERS", "METHODS", "ZCA_PLACEMENTS", "ModelConfig", "Encoder", "build_encoder"]
+__all__ = [
+    "LOCAL_LAYERS",
+    "LOCAL_NEGATIVES",
+    "METHODS",
+    "ZCA_PLACEMENTS",
+    "ModelConfig",
+    "Encoder",
+    "build_encoder",
+    "whitening_group_size",
+    "whitening_samples",
+]
 
 METHODS = ("mocov2", "local", "zca", "local+zca")
 ZCA_PLACEMENTS = ("block", "pre_projector")
 LOCAL_LAYERS = ("layer3", "layer4")
+
+#: The largest group size the automatic rule picks (the demo's 16 and the default 64 come out of it).
+MAX_AUTO_GROUP = 64
+
+
+def whitening_samples(placement: str, batch_size: int, num_splits: int, image_size: int) -> int:
+    """Vectors ``m`` per whitening statistic on one process (or per rank with ``num_splits`` ranks).
+
+    ``pre_projector``: one pooled vector per sample, ``m = B / S``; ``block``: every position of
+    the final map, ``m = (B / S) · (image_size / 32)²`` (output stride 32).
+    """
+    per_split = batch_size // max(1, math.gcd(num_splits, batch_size))
+    if look_up_option(placement, ZCA_PLACEMENTS, "zca placement") == "pre_projector":
+        return per_split
+    return per_split * max(1, image_size // 32) ** 2
+
+
+def whitening_group_size(width: int, samples: int) -> int:
+    """The automatic ZCA group size: the largest divisor ``d`` of ``width`` with ``4 d ≤ m``.
+
+    Whitening needs several samples per dimension (W-MSE whitens 64-d groups from 128 vectors;
+    below ``m = d`` no method whitens at all), so the rule keeps ``m ≥ 4d`` and caps ``d`` at
+    :data:`MAX_AUTO_GROUP`. Examples for ResNet-18 (512 channels), batch 32, 2 splits: ``block``
+    at 128 px (m = 256) → 64; at 64 px (m = 64) → 16; ``pre_projector`` (m = 16) → 4; batch 256,
+    ``pre_projector`` (m = 128) → 32.
+    """
+    limit = max(1, min(MAX_AUTO_GROUP, samples // 4))
+    return max(d for d in range(1, limit + 1) if width % d == 0)
+
+
+def upgrade_model_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a ``[model]`` table) with the keys of earlier versions renamed (a copy).
+
+    ``local_same_image_negatives`` (≤ 0.2) becomes ``local_negatives``: ``true`` → ``both`` (what
+    it meant: every other point of the batch), ``false`` → ``other_images``. Used where stored
+    configs are read (training configs, checkpoints).
+    """
+    data = dict(data)
+    if "local_same_image_negatives" in data:
+        old = data.pop("local_same_image_negatives")
+        data.setdefault("local_negatives", "both" if old else "other_images")
+    return data
 
 
 @dataclass(frozen=True)
@@ -41,26 +96,38 @@ class ModelConfig:
             sub-batches in both encoders and the key batch is shuffled first (the official MoCo
             single-GPU emulation of shuffle-BN); ignored under ``torch.distributed``, where the
             keys are shuffled across ranks. 1 disables it.
-        zca_placement: ``block`` (default): ZCA replaces the final norm of the last residual block
-            of the last stage (before the residual add and ReLU); ``pre_projector`` (the paper's):
-            ZCA on the pooled backbone vector right before the projector. The default follows the
-            demo-regime measurement (docs/collapse/): with ``block`` the backbone and dense
-            effective ranks and the probe Dice are higher than with ``pre_projector``, whose
-            whitening statistics come from only ``B / shuffle_bn_splits`` pooled vectors.
+        zca_placement: ``block`` (default; the first author's public code, which replaces
+            ``layer4[-1].bn3`` by IterNorm): ZCA replaces the final norm of the last residual
+            block (before the residual add and ReLU, statistics over every position);
+            ``pre_projector`` (the paper's wording): ZCA on the pooled backbone vector right before
+            the projector, whitening ``B / shuffle_bn_splits`` vectors per statistic.
         zca_method: ``eigh`` | ``newton_schulz`` (see :mod:`collapsekit.models.zca`).
-        zca_group_size: channels per whitened group ``d``; must divide the backbone width.
+        zca_group_size: channels per whitened group ``d``; must divide the backbone width. ``0``
+            means automatic: :class:`~collapsekit.train.config.TrainConfig` replaces it by
+            :func:`whitening_group_size` of the samples per whitening (``m ≥ 4d``), since only it
+            knows the batch and image size; :func:`build_encoder` refuses ``0``. The layer warns
+            when ``m < 2d`` (:class:`~collapsekit.models.zca.UndersampledWhiteningWarning`).
         zca_eps, zca_momentum, zca_ns_iters: see :class:`~collapsekit.models.zca.ZCAWhitening`.
         local_grid: points per side of the local grid (``G×G`` points per pair).
         local_weight: ``λ`` in ``L = L_global + λ L_local`` (0.5).
         local_dim: output width of the local head.
-        local_queue_size: length of the queue of past local keys.
+        local_queue_size: length of the queue of past local keys (none for ``same_image``).
         local_min_overlap: pairs whose overlap is below this fraction of the smaller crop are
             masked out of the local loss.
         local_layer: feature map the local points are sampled from: ``layer3`` (stride 16,
             default: at 128 px layer4 is 4×4 and a 4×4 grid of points is less than a cell apart)
             or ``layer4`` (stride 32).
-        local_same_image_negatives: also use the other points of the same image as negatives
-            (off by default, as in DenseCL/PixPro: nearby points of one image are not negatives).
+        local_negatives: which points are a local query's negatives (its positive is always the
+            same point in the other view): ``same_image`` (the paper's "differentiating between
+            the local regions within the feature maps", as in the first author's code: the other
+            points of the same image, no queue), ``other_images`` (DenseCL/PixPro: the points of
+            the other images of the batch and a queue of past local keys; then the local loss is a
+            second "which slice?" task) or ``both``. Default ``same_image``: issue 10 measured
+            ``other_images`` (local loss 4.36–4.41 vs chance 8.43 in six runs) teaching what the
+            global loss teaches, with no rank or Dice change; see docs/_drafts/fixes.md.
+        local_min_distance: same-image points closer than this many feature cells (in either
+            view, Euclidean, on the ``local_layer`` map) to the positive are not negatives: bilinear
+            samples that close share most of their cells. Ignored by ``other_images``.
 
     Raises:
         ConfigError: an unknown option (with a "did you mean") or an out-of-range number.
@@ -86,7 +153,8 @@ class ModelConfig:
     local_queue_size: int = 16384
     local_min_overlap: float = 0.1
     local_layer: str = "layer3"
-    local_same_image_negatives: bool = False
+    local_negatives: str = "same_image"
+    local_min_distance: float = 1.0
 
     def __post_init__(self) -> None:
         canon = {
@@ -95,6 +163,9 @@ class ModelConfig:
             "zca_placement": look_up_option(self.zca_placement, ZCA_PLACEMENTS, "zca placement"),
             "zca_method": look_up_option(self.zca_method, ZCA_METHODS, "zca method"),
             "local_layer": look_up_option(self.local_layer, LOCAL_LAYERS, "local layer"),
+            "local_negatives": look_up_option(
+                self.local_negatives, LOCAL_NEGATIVES, "local negatives"
+            ),
         }
         for key, value in canon.items():
             object.__setattr__(self, key, value)
@@ -117,9 +188,10 @@ class ModelConfig:
             f"shuffle_bn_splits must be >= 1, got {self.shuffle_bn_splits}",
         )
         need(
-            1 <= self.zca_group_size <= width and width % self.zca_group_size == 0,
+            self.zca_group_size == 0
+            or (1 <= self.zca_group_size <= width and width % self.zca_group_size == 0),
             f"zca_group_size {self.zca_group_size} must divide the {self.arch} width {width} "
-            "(e.g. 16, 32, 64, 128)",
+            "(e.g. 16, 32, 64, 128) or be 0 (automatic)",
         )
         need(self.zca_eps > 0, f"zca_eps must be > 0, got {self.zca_eps}")
         need(
@@ -138,6 +210,10 @@ class ModelConfig:
             0.0 <= self.local_min_overlap <= 1.0,
             f"local_min_overlap must be in [0, 1], got {self.local_min_overlap}",
         )
+        need(
+            self.local_min_distance >= 0,
+            f"local_min_distance must be >= 0 feature cells, got {self.local_min_distance}",
+        )
 
     @property
     def uses_local(self) -> bool:
@@ -148,6 +224,11 @@ class ModelConfig:
     def uses_zca(self) -> bool:
         """Whether a ZCA whitening layer is inserted (``zca``, ``local+zca``)."""
         return self.method in ("zca", "local+zca")
+
+    @property
+    def uses_local_queue(self) -> bool:
+        """Whether the local branch keeps a queue of past keys (not for ``same_image``)."""
+        return self.uses_local and self.local_negatives != "same_image"
 
     @property
     def backbone_width(self) -> int:
@@ -210,6 +291,11 @@ class Encoder(nn.Module):
 
 def build_encoder(cfg: ModelConfig) -> Encoder:
     """Build a randomly initialised :class:`Encoder` for ``cfg`` (plain BatchNorm everywhere)."""
+    if cfg.uses_zca and cfg.zca_group_size == 0:
+        raise ConfigError(
+            "zca_group_size 0 (automatic) needs the batch and image size: build the model from a "
+            "TrainConfig, or set it with whitening_group_size(width, whitening_samples(...))"
+        )
     backbone = build_backbone(cfg.arch, in_channels=1)
     width = backbone.out_channels
 

@@ -10,11 +10,19 @@ al. 2021):
    boxes (source pixel coordinates), mapped to each view's normalised ``grid_sample`` coordinates
    (mirrored for a flipped view), plus a mask of pairs whose overlap is large enough;
 2. :func:`sample_local_features`: bilinear sampling of each view's final feature map at its points;
-3. :func:`local_info_nce`: per point, positive = the same point in the other view's key features,
-   negatives = the points of the *other* images of the batch and a queue of past local keys.
-   Other points of the same image are not negatives by default (DenseCL/PixPro practice): at a
-   coarse feature map they sit less than a cell apart, so pushing them apart asks the network to
-   separate bilinear blends of the same cells, a task solved by position cues rather than content.
+3. :func:`local_info_nce`: per point, positive = the same point in the other view's key features;
+   which other points are negatives is named by :data:`LOCAL_NEGATIVES` and built by
+   :func:`local_negative_mask`:
+
+   * ``same_image`` — the other points of the *same* image (the paper: "differentiating between the
+     local regions within the feature maps"; the first author's code), no queue;
+   * ``other_images`` — the points of the other images of the batch and a queue of past local keys
+     (DenseCL/PixPro); the local loss is then a second "which slice is this from?" task;
+   * ``both`` — the union.
+
+   Same-image points closer to the positive than ``min_distance`` feature cells (in either view;
+   :func:`close_points`) are never negatives: bilinear samples that close blend the same cells, so
+   pushing them apart asks for position cues rather than content.
 
 Coordinate convention: a box ``(y0, x0, y1, x1)`` is the continuous source region
 ``[y0, y1) × [x0, x1)`` (source pixel ``i`` covers ``[i, i + 1)``) resampled to the square view,
@@ -31,7 +39,20 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["overlap_grid", "sample_local_features", "local_info_nce", "local_info_nce_loss"]
+from collapsekit.options import look_up_option
+
+__all__ = [
+    "LOCAL_NEGATIVES",
+    "close_points",
+    "local_info_nce",
+    "local_info_nce_loss",
+    "local_negative_mask",
+    "overlap_grid",
+    "sample_local_features",
+]
+
+#: Which points are a local query's negatives (see the module docstring).
+LOCAL_NEGATIVES = ("same_image", "other_images", "both")
 
 
 def _to_view(
@@ -134,15 +155,14 @@ def local_info_nce(
     queue: torch.Tensor | None,
     temperature: float,
     offset: int = 0,
-    points_per_image: int | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-point InfoNCE with in-batch and queued negatives.
 
-    For point ``n``: ``logits_n = [q_n·k_1, …, q_n·k_M | q_n·queue] / T`` with label ``n``: the
-    positive is the same point in the other view, the negatives are the other points of the batch
-    plus the queue. ``loss = −(1/N) Σ_n log softmax(logits_n)_n``. With ``points_per_image = P``,
-    points are grouped by image in blocks of ``P`` (rows ``k[jP:(j+1)P]`` are one image) and the
-    other points of a query's own image are removed from its negatives (logit ``−∞``).
+    For point ``n``: ``logits_n = [q_n·k_1, …, q_n·k_M | q_n·queue] / T`` with label ``n + offset``:
+    the positive is the same point in the other view, the negatives are the other key points not
+    excluded plus the queue. ``loss = −(1/N) Σ_n log softmax(logits_n)_{n + offset}``. Excluded
+    key points get the logit ``−∞`` (:func:`local_negative_mask` builds the mask).
 
     Args:
         q: ``(N, D)`` L2-normalised query points (valid pairs only).
@@ -152,31 +172,101 @@ def local_info_nce(
         offset: index in ``k`` of the positive of ``q[0]``. Under DDP ``k`` holds the key points of
             every rank (so each rank sees the negatives one process would see) and ``offset`` is the
             number of key points on the ranks before this one; 0 on one process.
-        points_per_image: ``P`` to exclude same-image negatives, ``None`` to keep them.
+        exclude: ``(N, M)`` bool, key points that are not negatives of a row (never its
+            positive), or ``None`` to keep every key point.
 
     Returns:
-        ``loss`` (scalar), ``logits`` ``(N, M + K)`` and ``labels`` ``(N,)``. With one image of
-        ``P`` points, no queue and same-image negatives excluded, every row has only its positive:
-        the loss is 0.
+        ``loss`` (scalar), ``logits`` ``(N, M + K)`` and ``labels`` ``(N,)``. A row whose
+        negatives are all excluded (and no queue) has only its positive: its loss is 0.
     """
     logits = q @ k.t()  # q: N×D, k: M×D -> N×M
     labels = torch.arange(q.shape[0], device=q.device) + offset
-    same = _same_image(labels, k.shape[0], points_per_image)
-    if same is not None:
-        logits = logits.masked_fill(same, float("-inf"))
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
     if queue is not None:
         logits = torch.cat([logits, q @ queue], dim=1)  # q: N×D, queue: D×K
     logits = logits / temperature
     return F.cross_entropy(logits, labels), logits, labels
 
 
-def _same_image(labels: torch.Tensor, m: int, points_per_image: int | None) -> torch.Tensor | None:
-    """``(N, M)`` mask of the other points of each query's own image (``None``: keep them all)."""
-    if points_per_image is None:
+def close_points(
+    coords: torch.Tensor, fmap_size: tuple[int, int], min_distance: float
+) -> torch.Tensor:
+    """Which points of one image lie closer than ``min_distance`` feature cells to each other.
+
+    Args:
+        coords: ``(I, P, 2)`` normalised ``(x, y)`` points of ``I`` images in one view (the
+            :func:`overlap_grid` output), ``align_corners=False``.
+        fmap_size: ``(h, w)`` of the feature map they are sampled from: a normalised step of 2
+            spans the map, so ``Δ`` normalised is ``Δ · w / 2`` cells along x.
+        min_distance: threshold in cells (Euclidean).
+
+    Returns:
+        ``(I, P, P)`` bool, ``[i, a, b]`` true when points ``a`` and ``b`` of image ``i`` are closer
+        than ``min_distance`` cells (the diagonal is true for ``min_distance > 0``).
+    """
+    h, w = fmap_size
+    scale = torch.tensor([w / 2.0, h / 2.0], dtype=coords.dtype, device=coords.device)
+    cells = coords * scale
+    dist = torch.cdist(cells, cells)  # (I, P, P)
+    return dist < min_distance
+
+
+def local_negative_mask(
+    n_queries: int,
+    n_keys: int,
+    points_per_image: int,
+    negatives: str,
+    offset: int = 0,
+    close: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
+    """The ``exclude`` mask of :func:`local_info_nce`: which key points are *not* negatives.
+
+    Query row ``n`` has the label (positive column) ``n + offset``; rows and key columns are
+    grouped by image in blocks of ``P = points_per_image`` (column ``j`` belongs to image
+    ``j // P``).
+
+    * ``other_images``: the other points of the row's own image are excluded;
+    * ``same_image``: every point of another image is excluded, and so are the own image's points
+      marked in ``close`` (the queue is not used either: the caller passes none);
+    * ``both``: only the own image's points marked in ``close`` are excluded.
+
+    The positive is never excluded.
+
+    Args:
+        n_queries, n_keys: ``N`` and ``M``.
+        points_per_image: ``P``.
+        negatives: one of :data:`LOCAL_NEGATIVES`.
+        offset: the label of row 0 (the key points of earlier ranks under DDP).
+        close: ``(N / P, P, P)`` bool from :func:`close_points` for the query rows' images (the
+            same image order as the rows); ``None``: no point is too close.
+        device: where to build the mask.
+
+    Returns:
+        ``(N, M)`` bool, or ``None`` when nothing is excluded.
+    """
+    negatives = look_up_option(negatives, LOCAL_NEGATIVES, "local negatives")
+    p = points_per_image
+    labels = torch.arange(n_queries, device=device) + offset
+    cols = torch.arange(n_keys, device=device)
+    same = (labels // p)[:, None] == (cols // p)[None, :]
+    positive = labels[:, None] == cols[None, :]
+    if negatives == "other_images":
+        return same & ~positive
+    near = torch.zeros(n_queries, n_keys, dtype=torch.bool, device=device)
+    if close is not None:
+        if close.shape != (n_queries // p, p, p):
+            raise ValueError(
+                f"expected close of shape {(n_queries // p, p, p)}, got {tuple(close.shape)}"
+            )
+        own = (labels // p * p)[:, None] + torch.arange(p, device=device)[None, :]  # (N, P)
+        near.scatter_(1, own, close.reshape(n_queries, p).to(device))
+    if negatives == "same_image":
+        return (~same | near) & ~positive
+    if not bool(near.any()):
         return None
-    cols = torch.arange(m, device=labels.device)
-    same_img = (labels // points_per_image)[:, None] == (cols // points_per_image)[None, :]
-    return same_img & (labels[:, None] != cols[None, :])
+    return near & ~positive
 
 
 class _BankCrossEntropy(torch.autograd.Function):
@@ -221,7 +311,7 @@ def local_info_nce_loss(
     queue: torch.Tensor | None,
     temperature: float,
     offset: int = 0,
-    points_per_image: int | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The loss of :func:`local_info_nce` (same arguments), computed for speed.
 
@@ -239,7 +329,7 @@ def local_info_nce_loss(
     """
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     labels = torch.arange(q.shape[0], device=q.device) + offset
-    mask = _same_image(labels, k.shape[0], points_per_image)
+    mask = exclude
     keys = k.detach().t().to(dtype)  # D×M
     bank = keys.contiguous() if queue is None else torch.cat([keys, queue.detach().to(dtype)], 1)
     with torch.autocast(device_type=q.device.type, enabled=False):

@@ -33,8 +33,10 @@ from torch import nn
 from collapsekit.models.builder import Encoder, ModelConfig, build_encoder
 from collapsekit.models.distributed import broadcast, concat_all_gather, is_dist, rank, world_size
 from collapsekit.models.local import (
+    close_points,
     local_info_nce,
     local_info_nce_loss,
+    local_negative_mask,
     overlap_grid,
     sample_local_features,
 )
@@ -215,7 +217,9 @@ class MoCo(nn.Module):
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
         self.queue = Queue(cfg.proj_dim, cfg.queue_size)
-        self.local_queue = Queue(cfg.local_dim, cfg.local_queue_size) if cfg.uses_local else None
+        self.local_queue = (
+            Queue(cfg.local_dim, cfg.local_queue_size) if cfg.uses_local_queue else None
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MoCoOutput:
         """One MoCo step on a two-view batch.
@@ -229,8 +233,8 @@ class MoCo(nn.Module):
             :class:`MoCoOutput`.
         """
         cfg = self.cfg
-        local_q, final_q = self._query_forward(batch["view1"])
-        q = F.normalize(self.encoder_q.project(final_q), dim=1)
+        local_q, q = self._query_forward(batch["view1"])
+        q = F.normalize(q, dim=1)
         with torch.no_grad():
             if self.training:
                 update_momentum(self.encoder_k, self.encoder_q, cfg.momentum)
@@ -275,18 +279,21 @@ class MoCo(nn.Module):
             self.local_queue.enqueue(local_keys.all_valid_points)
 
     def _query_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query local and final feature maps, in batch order.
+        """Query local feature map and projector output ``(B, proj_dim)``, in batch order.
 
         With split normalisation the encoder sees the batch in :func:`split_order`, so the
         layers' contiguous sub-batches are the samples ``n ≡ r (mod S)`` (what rank ``r`` of
-        ``S`` would get from the distributed sampler).
+        ``S`` would get from the distributed sampler). The projection runs in that order too, so
+        a ``pre_projector`` whitening uses the same sub-batches as every BatchNorm.
         """
+        enc = self.encoder_q
         if self.cfg.shuffle_bn_splits == 1:
-            return self.encoder_q.feature_maps(x)
+            local_map, final = enc.feature_maps(x)
+            return local_map, enc.project(final)
         order = split_order(x.shape[0], self.cfg.shuffle_bn_splits, x.device)
         inv = torch.argsort(order)
-        local_map, final = self.encoder_q.feature_maps(x[order])
-        return local_map[inv], final[inv]
+        local_map, final = enc.feature_maps(x[order])
+        return local_map[inv], enc.project(final)[inv]
 
     @torch.no_grad()
     def _key_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,6 +332,28 @@ class MoCo(nn.Module):
             self.cfg.local_min_overlap,
         )
 
+    def _exclude(
+        self,
+        batch: dict[str, torch.Tensor],
+        n_queries: int,
+        n_keys: int,
+        offset: int,
+        fmap: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """The key points that are not negatives of each valid query point (``local_negatives``)."""
+        cfg = self.cfg
+        p = cfg.local_grid**2
+        close = None
+        if cfg.local_negatives != "other_images" and cfg.local_min_distance > 0:
+            c1, c2, valid = self._grid(batch)
+            size = (fmap.shape[-2], fmap.shape[-1])
+            close = close_points(c1[valid], size, cfg.local_min_distance) | close_points(
+                c2[valid], size, cfg.local_min_distance
+            )
+        return local_negative_mask(
+            n_queries, n_keys, p, cfg.local_negatives, offset, close, fmap.device
+        )
+
     @torch.no_grad()
     def _local_keys(self, batch: dict[str, torch.Tensor], local_map_k: torch.Tensor) -> _LocalKeys:
         assert self.encoder_k.local_head is not None
@@ -340,7 +369,7 @@ class MoCo(nn.Module):
     ) -> torch.Tensor:
         """Per-point InfoNCE between corresponding points of the two views (see ``local.py``)."""
         cfg = self.cfg
-        assert self.encoder_q.local_head is not None and self.local_queue is not None
+        assert self.encoder_q.local_head is not None
         c1, _, valid = self._grid(batch)
         zq = F.normalize(self.encoder_q.local_head(sample_local_features(local_map_q, c1)), dim=-1)
         if not bool(valid.any()):  # keep the graph (and DDP's used-parameter set) intact
@@ -349,22 +378,20 @@ class MoCo(nn.Module):
         # this rank's positives start after the valid points of the ranks before it
         offset = int(concat_all_gather(valid.to(torch.uint8))[: rank() * valid.shape[0]].sum())
         zq_valid, zk = zq[valid].reshape(-1, cfg.local_dim), keys.all_valid_points
-        per_image = None if cfg.local_same_image_negatives else n_points
+        exclude = self._exclude(
+            batch, zq_valid.shape[0], zk.shape[0], offset * n_points, local_map_q
+        )
+        queue = None if self.local_queue is None else self.local_queue.queue
         if self.fused_local_loss:  # copies the queue itself (it is updated before backward)
             return local_info_nce_loss(
-                zq_valid,
-                zk,
-                self.local_queue.queue,
-                cfg.temperature,
-                offset=offset * n_points,
-                points_per_image=per_image,
+                zq_valid, zk, queue, cfg.temperature, offset=offset * n_points, exclude=exclude
             )
         loss, _, _ = local_info_nce(
             zq_valid,
             zk,
-            self.local_queue.queue.clone().detach(),  # updated in place before backward
+            None if queue is None else queue.clone().detach(),  # updated in place before backward
             cfg.temperature,
             offset=offset * n_points,
-            points_per_image=per_image,
+            exclude=exclude,
         )
         return loss

@@ -40,6 +40,7 @@ from collapsekit.errors import CheckpointError, ConfigError
 from collapsekit.filetypes import FileKind
 from collapsekit.models import ModelConfig, build_encoder
 from collapsekit.models.backbone import BACKBONES, Backbone, build_backbone
+from collapsekit.models.builder import upgrade_model_keys
 from collapsekit.options import look_up_option
 from collapsekit.runs._layouts import MAP_OPTIONS, find_trunk
 from collapsekit.runs._unpickle import InertObject
@@ -296,7 +297,7 @@ def model_config_from_checkpoint(config: dict[str, Any], path: str | Path) -> Mo
     Raises:
         CheckpointError: the stored model config does not build (another version's keys or values).
     """
-    data = dict(config.get("model") or {})
+    data = upgrade_model_keys(dict(config.get("model") or {}))  # keys of earlier versions
     names = {f.name for f in fields(ModelConfig)}
     try:
         unknown = sorted(set(data) - names)

@@ -11,8 +11,14 @@ from typing import Any
 
 import tomli_w
 
+from collapsekit.data.augment import AUGMENT_PRESETS, augment_preset
 from collapsekit.errors import ConfigError
 from collapsekit.models import ModelConfig
+from collapsekit.models.builder import (
+    upgrade_model_keys,
+    whitening_group_size,
+    whitening_samples,
+)
 from collapsekit.options import look_up_option
 from collapsekit.serialization import atomic_write
 
@@ -32,7 +38,8 @@ DATASETS = ("phantom", "btcv", "abdomenct1k", "folder")
 def _default_model() -> ModelConfig:
     # Small-data defaults: with a few hundred steps, m=0.999 leaves the key encoder at its random
     # init; m=0.99 and a 1024-key queue suit the phantom budget. Paper scale: see budgets in ablate.
-    return ModelConfig(queue_size=1024, momentum=0.99, local_queue_size=4096)
+    # zca_group_size 0: chosen from the batch and image size (TrainConfig.__post_init__).
+    return ModelConfig(queue_size=1024, momentum=0.99, local_queue_size=4096, zca_group_size=0)
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,11 @@ class TrainConfig:
             (the CLI sets it from ``$COLLAPSEKIT_CACHE_DIRECT``).
         phantom_validation: phantom cases held out for the monitor (default: a third, 1 to 4).
         warmup_steps: linear learning-rate warm-up before the cosine schedule (0: none).
-        crop_min_scale: smallest crop area of the two-view augmentation (MoCo v2: 0.2).
-        jitter_p, blur_p: probabilities of intensity jitter and Gaussian blur of each view.
+        augment: the two-view augmentation preset (:data:`collapsekit.data.augment.AUGMENT_PRESETS`):
+            ``ct`` (default: crops 0.2–1, quarter-strength intensity jitter), ``mocov2`` (full
+            jitter and blur) or ``demo`` (crops 0.8–1, no jitter or blur).
+        crop_min_scale, jitter_p, jitter_strength, blur_p: override the preset's smallest crop
+            area, jitter probability and strength, blur probability (``None``: the preset's).
         prefill_queue: fill the MoCo queues with real keys (no update) before the first step of a
             fresh run, instead of training the first ``K / B`` steps against random vectors.
         monitor_samples: held-out slices embedded for the live collapse monitor. Keep it at least
@@ -109,9 +119,11 @@ class TrainConfig:
     preprocess_workers: int | None = None
     cache_direct_io: bool = True
     warmup_steps: int = 0
-    crop_min_scale: float = 0.2
-    jitter_p: float = 0.8
-    blur_p: float = 0.5
+    augment: str = "ct"
+    crop_min_scale: float | None = None
+    jitter_p: float | None = None
+    jitter_strength: float | None = None
+    blur_p: float | None = None
     prefill_queue: bool = True
     monitor_samples: int = 1024
     monitor_every: int = 0
@@ -147,13 +159,44 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0 or self.monitor_every < 0:
             raise ConfigError("warmup_steps and monitor_every must be >= 0")
-        if not 0.0 < self.crop_min_scale <= 1.0:
+        object.__setattr__(
+            self, "augment", look_up_option(self.augment, AUGMENT_PRESETS, "augmentation preset")
+        )
+        if self.crop_min_scale is not None and not 0.0 < self.crop_min_scale <= 1.0:
             raise ConfigError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
         for name in ("jitter_p", "blur_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        if self.jitter_strength is not None and not 0.0 <= self.jitter_strength <= 2.5:
+            raise ConfigError(f"jitter_strength must be in [0, 2.5], got {self.jitter_strength}")
+        if self.model.uses_zca and self.model.zca_group_size == 0:
+            m = self.whitening_samples
+            d = whitening_group_size(self.model.backbone_width, m)
+            object.__setattr__(self, "model", dataclasses.replace(self.model, zca_group_size=d))
         if not 0.0 <= self.collapse_warn_fraction <= 1.0:
             raise ConfigError("collapse_warn_fraction must be in [0, 1]")
+
+    @property
+    def whitening_samples(self) -> int:
+        """Vectors per ZCA statistic ``m`` (per sub-batch; per rank with as many ranks as splits)."""
+        return whitening_samples(
+            self.model.zca_placement,
+            self.batch_size,
+            self.model.shuffle_bn_splits,
+            self.image_size,
+        )
+
+    def augmentation(self) -> dict[str, Any]:
+        """The :class:`~collapsekit.data.augment.TwoViewTransform` keyword arguments (``size`` too):
+        the preset's parameters with the set overrides applied."""
+        params = augment_preset(self.augment)
+        if self.crop_min_scale is not None:
+            params["scale"] = (self.crop_min_scale, 1.0)
+        for name in ("jitter_p", "jitter_strength", "blur_p"):
+            if getattr(self, name) is not None:
+                params[name] = getattr(self, name)
+        return {"size": self.image_size, **params}
 
     @property
     def base_lr(self) -> float:
@@ -179,13 +222,48 @@ TRAIN_BUDGETS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "lr": 0.03,
         "warmup_steps": 50,
-        "crop_min_scale": 0.8,
-        "jitter_p": 0.0,
-        "blur_p": 0.0,
+        "augment": "demo",
         "phantom_cases": 70,
         "phantom_validation": 22,  # 48 training cases (~2,300 slices), ~1,050 monitor slices
         "monitor_every": 200,
-        "model": {"queue_size": 256, "momentum": 0.99, "zca_group_size": 16},
+        # the local variant the demo table was measured with (issue 10)
+        "model": {
+            "queue_size": 256,
+            "momentum": 0.99,
+            "zca_group_size": 16,
+            "local_negatives": "other_images",
+        },
+    },
+    # The fair test of issue 20 on CPU (docs/_drafts/fixes.md, pre-registered): 96 px views where
+    # layer3 is 6×6, the ``ct`` preset (crops 0.2–1, quarter-strength jitter), the demo's data,
+    # queue and schedule shape at 600 steps; checkpoints every 50 steps so runs resume.
+    "fair96": {
+        "image_size": 96,
+        "steps": 600,
+        "batch_size": 32,
+        "lr": 0.03,
+        "warmup_steps": 50,
+        "augment": "ct",
+        "phantom_cases": 70,
+        "phantom_validation": 22,
+        "monitor_every": 200,
+        "checkpoint_every": 50,
+        "model": {"queue_size": 256, "momentum": 0.99, "zca_group_size": 0},
+    },
+    # The same test on one GPU (docs/archive/fair_test/gpu_full.sh, not yet run): 128 px (layer3
+    # 8×8), batch 256 (pre_projector whitens 128 vectors per split: d = 32), K = 512 ≤ N/4.
+    "fair128": {
+        "image_size": 128,
+        "steps": 300,
+        "batch_size": 256,
+        "warmup_steps": 20,
+        "augment": "ct",
+        "phantom_cases": 70,
+        "phantom_validation": 22,
+        "monitor_every": 100,
+        "checkpoint_every": 50,
+        "num_workers": 12,
+        "model": {"queue_size": 512, "momentum": 0.99, "zca_group_size": 0},
     },
 }
 
@@ -267,11 +345,14 @@ def _config_from_dict(
 ) -> TrainConfig:
     base = budget_overrides(budget) if budget else {}
     base_model = base.pop("model", {})
+    if "augment" not in data and "jitter_p" in data:
+        # a config of collapsekit <= 0.2 (no presets): its jitter was MoCo v2's full strength
+        data = {**data, "augment": "mocov2"}
     data = {**base, **data}
     model_table = data.pop("model", {}) or {}
     if not isinstance(model_table, dict):
         raise ConfigError(f"'model' must be a table ([model]), got {type(model_table).__name__}")
-    model_data = {**base_model, **model_table}
+    model_data = upgrade_model_keys({**base_model, **model_table})
     _check_keys(data, TrainConfig, "config")
     _check_keys(model_data, ModelConfig, "[model]")
     _check_types(data, TrainConfig, "")

@@ -291,12 +291,7 @@ class _Session:
                 f"batch size {cfg.batch_size} is larger than the {len(slices)} usable training "
                 "slices; lower --batch-size or add data"
             )
-        transform = TwoViewTransform(
-            size=cfg.image_size,
-            scale=(cfg.crop_min_scale, 1.0),
-            jitter_p=cfg.jitter_p,
-            blur_p=cfg.blur_p,
-        )
+        transform = TwoViewTransform(**cfg.augmentation())
         self.views = SeededViews(slices, transform, cfg.seed)
         self.sampler = EpochSampler(
             len(self.views), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size

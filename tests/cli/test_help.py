@@ -60,6 +60,8 @@ def test_train_help_shows_the_defaults_of_the_default_budget() -> None:
     assert shown == {
         "dataset": d.dataset,
         "budget": "default",
+        "augment": d.augment,
+        "local_negatives": m.local_negatives,
         "method": m.method,
         "backbone": m.arch,
         "epochs": str(d.epochs),

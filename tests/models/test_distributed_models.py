@@ -40,7 +40,11 @@ def _worker(r: int, init: str, out: str) -> None:
         gathered = concat_all_gather(torch.full((2,), float(r)))
 
         torch.manual_seed(1)
-        moco = MoCo(ModelConfig(method="local+zca", queue_size=16, local_queue_size=64))
+        # both: the local queue, other ranks' points and same-image points (the DDP offset)
+        cfg = ModelConfig(
+            method="local+zca", queue_size=16, local_queue_size=64, local_negatives="both"
+        )
+        moco = MoCo(cfg)
         b = 4
         gb = torch.Generator().manual_seed(10 + r)
         box = torch.tensor([[0.0, 0.0, 48.0, 48.0]]).repeat(b, 1)

@@ -9,9 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from collapsekit.models import MoCo, ModelConfig, local_info_nce, local_info_nce_loss
+from collapsekit.models import (
+    MoCo,
+    ModelConfig,
+    local_info_nce,
+    local_info_nce_loss,
+)
+from collapsekit.models.local import local_negative_mask
 
-TINY: dict[str, Any] = {"queue_size": 32, "local_queue_size": 64, "zca_group_size": 16}
+TINY: dict[str, Any] = {
+    "queue_size": 32,
+    "local_queue_size": 64,
+    "zca_group_size": 16,
+    "local_negatives": "both",  # a queue and same-image negatives: every path of the fused loss
+}
 
 
 def _unit(*shape: int, dim: int, seed: int) -> torch.Tensor:
@@ -20,16 +31,17 @@ def _unit(*shape: int, dim: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("with_queue", [True, False])
-@pytest.mark.parametrize("per_image", [None, 4])
+@pytest.mark.parametrize("negatives", [None, "other_images", "same_image"])
 @pytest.mark.parametrize("offset", [0, 8])
 def test_fused_local_loss_equals_the_plain_loss_and_gradient(
-    with_queue: bool, per_image: int | None, offset: int
+    with_queue: bool, negatives: str | None, offset: int
 ) -> None:
     q0, k = _unit(12, 8, dim=1, seed=0), _unit(24, 8, dim=1, seed=1)
     queue = _unit(8, 40, dim=0, seed=2) if with_queue else None
+    exclude = None if negatives is None else local_negative_mask(12, 24, 4, negatives, offset)
     q_plain, q_fast = q0.clone().requires_grad_(), q0.clone().requires_grad_()
-    plain, _, _ = local_info_nce(q_plain, k, queue, 0.2, offset, per_image)
-    fast = local_info_nce_loss(q_fast, k, queue, 0.2, offset, per_image)
+    plain, _, _ = local_info_nce(q_plain, k, queue, 0.2, offset, exclude)
+    fast = local_info_nce_loss(q_fast, k, queue, 0.2, offset, exclude)
     plain.backward()
     fast.backward()
     torch.testing.assert_close(fast, plain, rtol=1e-12, atol=0)
@@ -60,11 +72,12 @@ def test_fused_local_loss_runs_in_float32_under_autocast() -> None:
         _unit(8, 16, dim=0, seed=8),
     )
     q32, k32, queue32 = q0.float(), k.float(), queue.float()
-    ref = local_info_nce_loss(q32, k32, queue32, 0.2, points_per_image=3)
+    exclude = local_negative_mask(6, 6, 3, "other_images")
+    ref = local_info_nce_loss(q32, k32, queue32, 0.2, exclude=exclude)
     q_bf = q32.to(torch.bfloat16).requires_grad_()  # what a head under bf16 autocast returns
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        loss = local_info_nce_loss(q32.clone().requires_grad_(), k32, queue32, 0.2, 0, 3)
-        loss_bf = local_info_nce_loss(q_bf, k32, queue32, 0.2, 0, 3)
+        loss = local_info_nce_loss(q32.clone().requires_grad_(), k32, queue32, 0.2, 0, exclude)
+        loss_bf = local_info_nce_loss(q_bf, k32, queue32, 0.2, 0, exclude)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, ref, rtol=0, atol=0)  # autocast did not touch the math
     loss_bf.backward()  # outside autocast, as the training loop calls it

@@ -13,8 +13,14 @@ from collapsekit.models import (
     MoCo,
     ModelConfig,
     local_info_nce,
+    local_info_nce_loss,
 )
-from collapsekit.models.local import overlap_grid, sample_local_features
+from collapsekit.models.local import (
+    close_points,
+    local_negative_mask,
+    overlap_grid,
+    sample_local_features,
+)
 
 
 def _t(rows: list[list[float]]) -> torch.Tensor:
@@ -118,7 +124,14 @@ def test_local_info_nce_closed_form() -> None:
 @pytest.mark.parametrize("method", ["local", "local+zca"])
 @pytest.mark.parametrize("layer", ["layer3", "layer4"])
 def test_local_loss_alone_reaches_the_backbone(method: str, layer: str) -> None:
-    cfg = ModelConfig(method=method, queue_size=16, local_queue_size=64, local_layer=layer)
+    # both: at 32 px layer4 is 1×1, every point of an image is one cell (no same-image negative)
+    cfg = ModelConfig(
+        method=method,
+        queue_size=16,
+        local_queue_size=64,
+        local_layer=layer,
+        local_negatives="both",
+    )
     model = MoCo(cfg)
     b = 4
     box1 = _t([[0, 0, 48, 48]]).repeat(b, 1)
@@ -143,7 +156,11 @@ def test_local_loss_alone_reaches_the_backbone(method: str, layer: str) -> None:
 
 
 def test_no_valid_pair_gives_zero_local_loss_with_a_graph() -> None:
-    model = MoCo(ModelConfig(method="local", queue_size=16, local_queue_size=64))
+    model = MoCo(
+        ModelConfig(
+            method="local", queue_size=16, local_queue_size=64, local_negatives="other_images"
+        )
+    )
     b = 4
     batch = {
         "view1": torch.rand(b, 1, 32, 32),
@@ -200,7 +217,9 @@ def test_local_info_nce_excludes_same_image_negatives() -> None:
     k = F.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=1)
     queue = F.normalize(torch.randn(8, 3, generator=g, dtype=torch.float64), dim=0)
     t = 0.2
-    loss, logits, labels = local_info_nce(q, k, queue, t, points_per_image=2)
+    loss, logits, labels = local_info_nce(
+        q, k, queue, t, exclude=local_negative_mask(4, 4, 2, "other_images")
+    )
     expected = 0.0
     for n in range(4):
         same_img = {2 * (n // 2), 2 * (n // 2) + 1} - {n}
@@ -210,11 +229,109 @@ def test_local_info_nce_excludes_same_image_negatives() -> None:
     assert loss.item() == pytest.approx(expected / 4, rel=1e-12)
     assert torch.isinf(logits[0, 1]) and torch.isfinite(logits[0, 2:]).all()
     # one image, no queue: only the positive is left, the loss is exactly 0
-    zero, _, _ = local_info_nce(q[:2], k[:2], None, t, points_per_image=2)
+    zero, _, _ = local_info_nce(
+        q[:2], k[:2], None, t, exclude=local_negative_mask(2, 2, 2, "other_images")
+    )
     assert zero.item() == 0.0
     # DDP offset: a rank whose points start at 2 excludes its own image (columns 2, 3)
-    l_off, logits_off, _ = local_info_nce(q[2:], k, None, t, offset=2, points_per_image=2)
+    mask_off = local_negative_mask(2, 4, 2, "other_images", offset=2)
+    l_off, logits_off, _ = local_info_nce(q[2:], k, None, t, offset=2, exclude=mask_off)
     assert torch.isinf(logits_off[0, 3]) and torch.isfinite(logits_off[0, :3]).all()
     assert l_off.item() == pytest.approx(
         F.cross_entropy(logits[2:, :4], labels[2:]).item(), rel=1e-12
     )
+
+
+def test_close_points_in_feature_cells() -> None:
+    # x steps of 0.25 normalised on an 8-wide map are 1 cell (a step of 2 spans the map)
+    coords = torch.tensor([[[-0.75, 0.0], [-0.5, 0.0], [0.25, 0.0], [0.25, 0.5]]])
+    close = close_points(coords, (8, 8), 1.0)
+    # distances in cells: 0-1: 1, 0-2: 4, 2-3: 2 (y step 0.5 on an 8-high map), 1-3: √(3²+2²)
+    assert not close[0, 0, 1] and not close[0, 0, 2] and not close[0, 2, 3]
+    assert close[0].diagonal().all()
+    assert close_points(coords, (8, 8), 1.01)[0, 0, 1]
+    assert close_points(coords, (8, 4), 1.01)[0, 2, 3] is not None
+    assert close_points(coords, (4, 8), 1.01)[0, 2, 3]  # 0.5 on a 4-high map: 1 cell
+    assert not close_points(coords, (4, 8), 1.0)[0, 2, 3]
+
+
+def test_local_negative_mask_closed_form() -> None:
+    # two images of P = 3 points; rows and columns 0-2 are image 0, 3-5 image 1
+    other = local_negative_mask(6, 6, 3, "other_images")
+    assert other is not None
+    assert other[0].tolist() == [False, True, True, False, False, False]
+    assert other[4].tolist() == [False, False, False, True, False, True]
+    same = local_negative_mask(6, 6, 3, "same_image")
+    assert same is not None
+    assert same[0].tolist() == [False, False, False, True, True, True]
+    assert same[5].tolist() == [True, True, True, False, False, False]
+    both = local_negative_mask(6, 6, 3, "both")
+    assert both is None  # nothing excluded: every other point is a negative
+    # points 0 and 1 of image 0 are too close; point 2 of image 1 is close to point 0
+    close = torch.eye(3, dtype=torch.bool).repeat(2, 1, 1)
+    close[0, 0, 1] = close[0, 1, 0] = True
+    close[1, 2, 0] = close[1, 0, 2] = True
+    same = local_negative_mask(6, 6, 3, "same_image", close=close)
+    both = local_negative_mask(6, 6, 3, "both", close=close)
+    assert same is not None and both is not None
+    assert same[0].tolist() == [False, True, False, True, True, True]
+    assert same[2].tolist() == [False, False, False, True, True, True]
+    assert both[0].tolist() == [False, True, False, False, False, False]
+    assert both[3].tolist() == [False, False, False, False, False, True]
+    assert not both.diagonal().any() and not same.diagonal().any()  # positives stay
+    # under DDP: this rank's 3 query points are image 1 (offset 3) of 6 gathered key points
+    ranked = local_negative_mask(3, 6, 3, "same_image", offset=3, close=close[1:])
+    assert ranked is not None
+    assert ranked[0].tolist() == [True, True, True, False, False, True]
+
+
+def test_local_info_nce_with_same_image_negatives_equals_the_hand_written_loss() -> None:
+    g = torch.Generator().manual_seed(2)
+    q = F.normalize(torch.randn(6, 8, generator=g, dtype=torch.float64), dim=1)
+    k = F.normalize(torch.randn(6, 8, generator=g, dtype=torch.float64), dim=1)
+    close = torch.eye(3, dtype=torch.bool).repeat(2, 1, 1)
+    close[0, 0, 1] = close[0, 1, 0] = True
+    exclude = local_negative_mask(6, 6, 3, "same_image", close=close)
+    t = 0.2
+    loss, _, _ = local_info_nce(q, k, None, t, exclude=exclude)
+    fused = local_info_nce_loss(q, k, None, t, exclude=exclude)
+    expected = 0.0
+    for n in range(6):
+        img = n // 3
+        cols = [j for j in range(3 * img, 3 * img + 3) if j == n or not close[img, n % 3, j % 3]]
+        row = q[n] @ k[cols].T / t
+        expected += -(row[cols.index(n)] - torch.logsumexp(row, 0)).item()
+    assert loss.item() == pytest.approx(expected / 6, rel=1e-12)
+    assert fused.item() == pytest.approx(expected / 6, rel=1e-12)
+    # rows 0 and 1 keep one negative (point 2); row 2 keeps two: ln(1 + e^{Δ/T}) forms
+    assert expected > 0
+
+
+def test_moco_excludes_same_image_points_closer_than_the_minimum_distance() -> None:
+    """Identical 64-px crops: the 4×4 grid points are 0.5 apart (normalised), 1 cell of the 4×4
+    layer3 map. With a minimum of 1.5 cells the 3 points next to a corner point (at 1 and √2
+    cells) are not its negatives; the 12 others are."""
+    cfg = ModelConfig(
+        method="local", queue_size=16, local_negatives="same_image", local_min_distance=1.5
+    )
+    model = MoCo(cfg)
+    b = 2
+    box = _t([[0, 0, 64, 64]]).repeat(b, 1)
+    batch = {
+        "view1": torch.rand(b, 1, 64, 64),
+        "view2": torch.rand(b, 1, 64, 64),
+        "box1": box,
+        "box2": box.clone(),
+        "flip1": torch.zeros(b, dtype=torch.bool),
+        "flip2": torch.zeros(b, dtype=torch.bool),
+    }
+    fmap = torch.zeros(b, 256, 4, 4)  # layer3 at 64 px
+    exclude = model._exclude(batch, 32, 32, 0, fmap)
+    assert exclude is not None
+    kept = (~exclude).sum(1)
+    assert kept[0].item() == 16 - 3  # corner point: positive + 12 negatives
+    assert kept[5].item() == 16 - 8  # inner point (1, 1): 8 neighbours within 1.5 cells
+    assert exclude[0, 16:].all()  # no point of the other image
+    model_1 = MoCo(ModelConfig(method="local", queue_size=16, local_min_distance=1.0))
+    exclude_1 = model_1._exclude(batch, 32, 32, 0, fmap)
+    assert exclude_1 is not None and (~exclude_1[:, :16]).sum(1)[0].item() == 16  # 1 cell is kept

@@ -18,12 +18,17 @@ from collapsekit.models import (
     Queue,
     ZCAWhitening,
     build_encoder,
+    convert_split_bn,
     info_nce_logits,
     update_momentum,
 )
 from collapsekit.models.split_bn import split_order
 
-TINY: dict[str, Any] = {"queue_size": 32, "local_queue_size": 256}
+TINY: dict[str, Any] = {
+    "queue_size": 32,
+    "local_queue_size": 256,
+    "local_negatives": "other_images",  # the variant with a local queue
+}
 
 
 def _batch(b: int = 8, s: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -194,7 +199,13 @@ def test_query_encoder_state_loads_into_a_plain_encoder() -> None:
 
 
 def test_prefill_puts_real_keys_in_the_queues_without_training() -> None:
-    cfg = ModelConfig(method="local", shuffle_bn_splits=1, queue_size=16, local_queue_size=64)
+    cfg = ModelConfig(
+        method="local",
+        shuffle_bn_splits=1,
+        queue_size=16,
+        local_queue_size=64,
+        local_negatives="other_images",
+    )
     model = MoCo(cfg)
     before = copy.deepcopy(model.encoder_k.state_dict())
     batch = _batch()
@@ -231,3 +242,55 @@ def test_batch_top1_counts_rows_whose_own_key_is_nearest() -> None:
     assert _batch_top1(q, q[[1, 0, 2, 3]]) == 0.5  # rows 0 and 1 find each other's key
     out = MoCo(ModelConfig(method="mocov2", **TINY))(_batch())
     assert out.batch_top1 is not None and 0.0 <= out.batch_top1 <= 1.0
+
+
+@pytest.mark.parametrize("negatives", ["same_image", "both"])
+def test_full_forward_backward_with_same_image_local_negatives(negatives: str) -> None:
+    cfg = ModelConfig(method="local+zca", **{**TINY, "local_negatives": negatives})
+    model = MoCo(cfg)
+    out = model(_batch())
+    assert out.loss_local is not None and torch.isfinite(out.loss_local)
+    # same_image keeps no queue of local keys (its negatives are the image's own points)
+    assert (model.local_queue is None) == (negatives == "same_image")
+    assert ("local_queue.queue" in model.state_dict()) == (negatives != "same_image")
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.encoder_q.parameters())
+
+
+@pytest.mark.parametrize("placement", ["block", "pre_projector"])
+def test_one_process_whitens_the_samples_two_processes_would(placement: str) -> None:
+    """Split emulation = 2 ranks: rank r holds samples n ≡ r (mod 2) for the queries and the
+    blocks of the random key permutation for the keys; every BatchNorm and the ZCA layer (both
+    placements) must normalise exactly those samples together."""
+    cfg = ModelConfig(
+        method="zca",
+        shuffle_bn_splits=2,
+        zca_group_size=4,
+        zca_placement=placement,
+        zca_eps=1e-6,
+        **TINY,
+    )
+    torch.manual_seed(0)
+    model = MoCo(cfg).double().train()
+    b = 16  # 8 vectors per sub-batch: m = 2d for pre_projector
+    batch = _batch(b=b)
+    x, x2 = batch["view1"].double(), batch["view2"].double()
+    rank_q = convert_split_bn(copy.deepcopy(model.encoder_q), 1)  # what one rank computes
+    rank_k = convert_split_bn(copy.deepcopy(model.encoder_k), 1)
+    with torch.no_grad():
+        _, q = model._query_forward(x)
+        for r in range(2):
+            _, fmap = rank_q.feature_maps(x[r::2])
+            torch.testing.assert_close(q[r::2], rank_q.project(fmap), rtol=1e-9, atol=1e-9)
+        torch.manual_seed(5)
+        _, k = model._key_forward(x2)
+        torch.manual_seed(5)
+        perm = torch.randperm(b)[split_order(b, 2)]
+        for r in range(2):
+            idx = perm[r * b // 2 : (r + 1) * b // 2]
+            _, fmap = rank_k.feature_maps(x2[idx])
+            ref = F.normalize(rank_k.project(fmap), dim=1)
+            torch.testing.assert_close(k[idx], ref, rtol=1e-9, atol=1e-9)
+        # the sub-batches matter: whitening the whole batch gives other vectors
+        _, fmap_all = rank_q.feature_maps(x)
+        assert not torch.allclose(q, rank_q.project(fmap_all), atol=1e-4)

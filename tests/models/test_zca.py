@@ -266,3 +266,71 @@ def test_bad_configuration() -> None:
         ZCAWhitening(8, 4, method="newton-shulz")
     with pytest.raises(ValueError, match=r"expected \(B, 8\)"):
         ZCAWhitening(8, 4)(torch.randn(3, 6))
+
+
+def test_warns_when_a_statistic_has_fewer_than_2d_vectors() -> None:
+    from collapsekit.models.zca import UndersampledWhiteningWarning
+
+    layer = ZCAWhitening(16, group_size=8)
+    with pytest.warns(UndersampledWhiteningWarning, match="groups of 8 channels from 15 vectors"):
+        layer(_correlated(15, 16))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(_correlated(16, 16))  # m = 2d: no warning
+        layer.eval()
+        layer(_correlated(3, 16))  # eval mode whitens with running statistics
+
+
+def test_automatic_group_size_keeps_four_samples_per_dimension() -> None:
+    from collapsekit.models.builder import whitening_group_size, whitening_samples
+
+    # ResNet-18 (512 channels), batch 32, 2 splits
+    assert whitening_samples("pre_projector", 32, 2, 128) == 16
+    assert whitening_samples("block", 32, 2, 128) == 16 * 4 * 4
+    assert whitening_samples("block", 32, 2, 96) == 16 * 3 * 3
+    assert whitening_samples("block", 32, 2, 64) == 16 * 2 * 2
+    assert whitening_samples("pre_projector", 256, 2, 128) == 128
+    assert whitening_group_size(512, 16) == 4
+    assert whitening_group_size(512, 144) == 32  # the fair96 budget's block ZCA
+    assert whitening_group_size(512, 64) == 16  # the demo's explicit choice
+    assert whitening_group_size(512, 256) == 64  # capped
+    assert whitening_group_size(512, 128) == 32
+    assert whitening_group_size(2048, 3) == 1
+    assert whitening_group_size(96, 100) == 24  # a divisor, not a power of two
+    for m in range(1, 600, 7):
+        d = whitening_group_size(512, m)
+        assert 512 % d == 0 and (4 * d <= m or d == 1)
+
+
+def test_pre_projector_output_is_white_with_four_samples_per_dimension() -> None:
+    """MoCo at batch 64 with 2 splits: the pre-projector layer whitens 32 pooled vectors per
+    sub-batch in groups of d = 8 (m = 4d); each sub-batch's output covariance is the identity."""
+    from collapsekit.models import MoCo, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        method="zca",
+        zca_placement="pre_projector",
+        zca_group_size=8,
+        zca_eps=1e-9,
+        queue_size=64,
+        shuffle_bn_splits=2,
+    )
+    model = MoCo(cfg).double().train()
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    layer = model.encoder_q.pre_projector
+    layer.register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o.detach())))
+    x = torch.rand(64, 1, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        model._query_forward(x)
+    ((inp, out),) = seen
+    eye = torch.eye(8, dtype=out.dtype)
+    for block in out.split(32):  # the layer's sub-batches (the split order's blocks)
+        cov = _group_cov(block, 8)
+        torch.testing.assert_close(cov, eye.expand_as(cov), atol=1e-5, rtol=0)
+    assert (_group_cov(inp[:32], 8) - eye).abs().max() > 0.1  # the input was not white
+    # the statistics are per sub-batch: one whitening of all 64 vectors gives other vectors
+    whole = ZCAWhitening(512, group_size=8, eps=1e-9).double()
+    assert (whole(inp) - out).abs().max() > 1e-2

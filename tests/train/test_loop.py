@@ -184,7 +184,8 @@ def test_demo_budget_keeps_the_queue_below_a_quarter_of_the_slices() -> None:
     from collapsekit.train.config import budget_overrides
 
     cfg = config_from_dict({}, "demo")
-    assert (cfg.image_size, cfg.crop_min_scale, cfg.jitter_p, cfg.blur_p) == (64, 0.8, 0.0, 0.0)
+    aug = cfg.augmentation()
+    assert (cfg.image_size, aug["scale"], aug["jitter_p"], aug["blur_p"]) == (64, (0.8, 1.0), 0, 0)
     assert cfg.model.queue_size == 256 and cfg.model.momentum == 0.99
     assert cfg.monitor_samples >= 2 * cfg.model.backbone_width
     # flags win over the budget
