@@ -60,6 +60,7 @@ from collapsekit.train.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
+from collapsekit.train.feed import compile_model, pretrain_feed
 from collapsekit.train.interrupts import StopSignals, ignore_stop_signals
 from collapsekit.train.monitor import (
     encoder_monitor,
@@ -68,7 +69,7 @@ from collapsekit.train.monitor import (
     spectrum_figure,
     write_final_spectrum,
 )
-from collapsekit.train.sampling import EpochSampler, SeededViews
+from collapsekit.train.sampling import EpochSampler
 from collapsekit.train.tensorboard import TensorBoardLog, require_tensorboard
 
 __all__ = ["TrainResult", "train"]
@@ -259,7 +260,9 @@ class _Session:
             jitter_p=cfg.jitter_p,
             blur_p=cfg.blur_p,
         )
-        self.views = SeededViews(slices, transform, cfg.seed)
+        # the views are made by the loader workers or on the device (collapsekit.train.feed)
+        self.feed = pretrain_feed(train_vols, transform, cfg.seed, device, cfg.device_augment)
+        self.views = self.feed.dataset
         self.sampler = EpochSampler(
             len(self.views), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size
         )
@@ -274,6 +277,7 @@ class _Session:
             # Its own generator: creating an iterator must not draw from the global RNG, or a
             # resumed run would see a shifted shuffle-BN permutation stream.
             generator=torch.Generator().manual_seed(cfg.seed),
+            collate_fn=self.feed.collate,
         )
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.steps_per_epoch
@@ -292,6 +296,7 @@ class _Session:
             self.model = nn.parallel.DistributedDataParallel(
                 self.moco, device_ids=[device.index] if device.type == "cuda" else None
             )
+        self.model = compile_model(self.model, cfg.compile)
         params = [p for p in self.moco.encoder_q.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             params,
@@ -349,11 +354,8 @@ class _Session:
         return out
 
     def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The batch's tensors moved to the training device (other entries as they are)."""
-        return {
-            k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()
-        }
+        """The batch's tensors on the training device (two views made there by a device feed)."""
+        return self.feed.prepare(batch)
 
     def autocast(self) -> torch.autocast:
         """Mixed precision on CUDA (bf16 where supported), a no-op on CPU."""
