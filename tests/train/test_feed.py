@@ -123,3 +123,24 @@ def test_compiled_step_trains_like_the_eager_one(tmp_path: Path) -> None:
         cfg = config_from_dict({}, **{**TINY, "steps": 2}, compile=mode, model=MODEL)
         runs[mode] = train(cfg, tmp_path / mode).losses
     np.testing.assert_allclose(runs["on"], runs["off"], rtol=1e-3)
+
+
+def test_cli_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    import collapsekit.train.loop as loop
+    from collapsekit.cli.app import app
+
+    seen: list[object] = []
+
+    def fake_train(cfg: object, *args: object, **kw: object) -> None:
+        seen.append(cfg)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    args = ["train", "--device-augment", "on", "--compile", "cudagraphs", "--quiet"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "stop here" in res.output
+    assert [(c.device_augment, c.compile) for c in seen] == [("on", "cudagraphs")]  # type: ignore[attr-defined]
+    res = CliRunner().invoke(app, ["train", "--compile", "fast", "--quiet"])
+    assert res.exit_code == 2 and "compile" in res.output
