@@ -276,3 +276,21 @@ def test_call_returns_the_collated_cpu_format() -> None:
     assert 0 <= out["view2"].min() and out["view2"].max() <= 1
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         DeviceTwoView(t)(torch.rand(1, 32, 24))
+
+
+@pytest.mark.gpu
+def test_cuda_views_match_cpu_views_on_the_same_parameters() -> None:
+    t = TwoViewTransform(size=64, flip_p=0.5, jitter_p=0.8, blur_p=0.5, noise_std=0.02)
+    dev = DeviceTwoView(t)
+    images = torch.rand(16, 1, 96, 80, generator=torch.Generator().manual_seed(0))
+    p = dev.sample(*_sizes(16, 96, 80), generator=torch.Generator().manual_seed(1))
+    cuda = torch.device("cuda")
+    moved = ViewParams(**{k: (None if v is None else v.to(cuda)) for k, v in vars(p).items()})
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # the step's autocast must not reach it
+        out = dev.apply(images.to(cuda, torch.float16), moved)
+    assert out.dtype == torch.float32
+    ref = dev.apply(images.half().float(), p)
+    torch.testing.assert_close(out.cpu(), ref, rtol=0, atol=1e-5)
+    g = torch.Generator(device=cuda).manual_seed(0)
+    views = dev(images.to(cuda), generator=g)
+    assert views["view1"].device.type == "cuda" and views["box2"].device.type == "cuda"
