@@ -37,7 +37,7 @@ gives the same bilinear samples as border padding of the unpadded slice.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,7 +47,8 @@ from collapsekit.data.augment import TwoViewTransform
 
 __all__ = ["DeviceTwoView", "ViewParams", "crop_grids", "sample_crop_boxes"]
 
-#: Largest blur radius: ceil(3 · sigma_max) for sigma_max = 2 px.
+# The ranges TwoViewTransform draws from (written there as 0.6 + 0.8 u, 0.7 + 0.8 u, 0.1 + 1.9 u;
+# tests/data/test_device_augment.py checks both against each other).
 BLUR_SIGMA = (0.1, 2.0)
 JITTER_FACTOR = (0.6, 1.4)
 GAMMA = (0.7, 1.5)
@@ -81,14 +82,6 @@ class ViewParams:
     sigma: torch.Tensor
     noise: torch.Tensor
     normal: torch.Tensor | None
-
-    def __getitem__(self, i: slice | torch.Tensor) -> ViewParams:
-        """The parameters of a subset of the images."""
-        parts: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            parts[f.name] = None if value is None else value[i]
-        return ViewParams(**parts)
 
 
 def _uniform(
@@ -229,7 +222,7 @@ class DeviceTwoView:
         t, g, dev = self.transform, generator, height.device
         n = height.shape[0]
         box = sample_crop_boxes(height, width, t.scale, t.ratio, g)
-        u = torch.rand((n, 6), generator=g, device=dev)
+        u = torch.rand((n, 5), generator=g, device=dev)
         order = torch.rand((n, 3), generator=g, device=dev).argsort(dim=1)
         normal = None
         if t.noise_std > 0 and not t.geometric_only:
