@@ -83,6 +83,7 @@ class TrainConfig:
             faster), ``on`` or ``off`` (DataLoader workers augment each sample).
         compile: ``off``, ``on`` (``torch.compile`` the step's model) or ``cudagraphs``
             (``torch.compile(mode="reduce-overhead")``). Speed only; off until measured on a GPU.
+            Like ``device`` and ``num_workers``, the value given to a resumed run wins.
         model: the model (method, backbone, MoCo and ZCA settings).
     """
 

@@ -79,7 +79,7 @@ __all__ = ["TrainResult", "train"]
 PREFILL_EPOCH = 1_000_000
 
 # Fields of the given config that win over the stored one when resuming.
-RUNTIME_FIELDS = ("stop_after", "num_workers", "device", "checkpoint_every")
+RUNTIME_FIELDS = ("stop_after", "num_workers", "device", "checkpoint_every", "compile")
 
 
 @dataclass
