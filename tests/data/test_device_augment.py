@@ -227,7 +227,9 @@ def _cpu_views(
             rng.values = _script(p, b, t, *images.shape[-2:])
             v, box, flip = t.view(images[b])
             assert not rng.values  # every scripted draw was consumed
-            views.append(v), boxes.append(box), flips.append(flip)
+            views.append(v)
+            boxes.append(box)
+            flips.append(flip)
     return torch.stack(views), torch.stack(boxes), torch.stack(flips)
 
 
@@ -285,7 +287,8 @@ def test_cuda_views_match_cpu_views_on_the_same_parameters() -> None:
     images = torch.rand(16, 1, 96, 80, generator=torch.Generator().manual_seed(0))
     p = dev.sample(*_sizes(16, 96, 80), generator=torch.Generator().manual_seed(1))
     cuda = torch.device("cuda")
-    moved = ViewParams(**{k: (None if v is None else v.to(cuda)) for k, v in vars(p).items()})
+    parts: dict[str, Any] = {k: (None if v is None else v.to(cuda)) for k, v in vars(p).items()}
+    moved = ViewParams(**parts)
     with torch.autocast("cuda", dtype=torch.bfloat16):  # the step's autocast must not reach it
         out = dev.apply(images.to(cuda, torch.float16), moved)
     assert out.dtype == torch.float32

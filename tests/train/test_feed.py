@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from collapsekit.train.feed import (
 from collapsekit.train.loop import train
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-TINY = dict(
+TINY: dict[str, Any] = dict(
     image_size=64,
     batch_size=8,
     phantom_cases=4,
