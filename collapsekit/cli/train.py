@@ -30,6 +30,8 @@ HELP_DEFAULTS = {
     "device": "auto",
     "num_workers": "2",
     "checkpoint_every": "0",
+    "device_augment": "auto",
+    "compile": "off",
 }
 
 
@@ -136,6 +138,22 @@ def train(
             help="DataLoader workers per process.",
         ),
     ] = None,
+    device_augment: Annotated[
+        str | None,
+        typer.Option(
+            "--device-augment",
+            show_default=HELP_DEFAULTS["device_augment"],
+            help="Make the two views on the training device: auto (on CUDA) | on | off.",
+        ),
+    ] = None,
+    compile_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--compile",
+            show_default=HELP_DEFAULTS["compile"],
+            help="torch.compile the step: off | on | cudagraphs.",
+        ),
+    ] = None,
     stop_after: Annotated[
         int | None,
         typer.Option(
@@ -185,6 +203,8 @@ def train(
         seed=seed,
         device=device,
         num_workers=workers,
+        device_augment=device_augment,
+        compile=compile_mode,
         cache_dir=str(cache_dir) if cache_dir else None,
         preprocess_workers=preprocess_workers,
         cache_direct_io=None if loading.direct_io else False,  # $COLLAPSEKIT_CACHE_DIRECT=0

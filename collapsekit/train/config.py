@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 DATASETS = ("phantom", "btcv", "abdomenct1k", "folder")
+#: ``device_augment`` and ``compile`` choices (see :mod:`collapsekit.train.feed`).
+DEVICE_AUGMENT = ("auto", "on", "off")
+COMPILE_MODES = ("off", "on", "cudagraphs")
 
 
 def _default_model() -> ModelConfig:
@@ -93,6 +96,12 @@ class TrainConfig:
             :func:`~collapsekit.models.local.local_info_nce_loss` (one autograd node over the
             ``(points, points + queue)`` logits, about half the time) instead of the plain
             autograd chain. Speed only.
+        device_augment: make the two views on the training device from stored slices
+            (:mod:`collapsekit.train.feed`): ``auto`` (on CUDA yes; on the CPU what measured
+            faster), ``on`` or ``off`` (DataLoader workers augment each sample).
+        compile: ``off``, ``on`` (``torch.compile`` the step's model) or ``cudagraphs``
+            (``torch.compile(mode="reduce-overhead")``). Speed only; off until measured on a GPU.
+            Like ``device`` and ``num_workers``, the value given to a resumed run wins.
         model: the model (method, backbone, MoCo and ZCA settings).
     """
 
@@ -135,6 +144,8 @@ class TrainConfig:
     channels_last: bool = True
     fused_sgd: bool = True
     fused_local_loss: bool = True
+    device_augment: str = "auto"
+    compile: str = "off"
     model: ModelConfig = field(default_factory=_default_model)
 
     def __post_init__(self) -> None:
@@ -142,6 +153,8 @@ class TrainConfig:
         object.__setattr__(
             self, "device", look_up_option(self.device, ("auto", "cpu", "cuda"), "device")
         )
+        for name, choices in (("device_augment", DEVICE_AUGMENT), ("compile", COMPILE_MODES)):
+            object.__setattr__(self, name, look_up_option(getattr(self, name), choices, name))
         for name in ("image_size", "epochs", "batch_size", "monitor_samples", "phantom_cases"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -61,6 +61,7 @@ from collapsekit.train.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
+from collapsekit.train.feed import compile_model, pretrain_feed
 from collapsekit.train.interrupts import StopSignals, before_first_step, ignore_stop_signals
 from collapsekit.train.monitor import (
     encoder_monitor,
@@ -70,7 +71,7 @@ from collapsekit.train.monitor import (
     write_final_spectrum,
 )
 from collapsekit.train.resume import ResumePlan, explicit_fields, plan_resume
-from collapsekit.train.sampling import EpochSampler, SeededViews
+from collapsekit.train.sampling import EpochSampler
 from collapsekit.train.tensorboard import TensorBoardLog, require_tensorboard
 
 __all__ = ["TrainResult", "train"]
@@ -292,7 +293,9 @@ class _Session:
                 "slices; lower --batch-size or add data"
             )
         transform = TwoViewTransform(**cfg.augmentation())
-        self.views = SeededViews(slices, transform, cfg.seed)
+        # the views are made by the loader workers or on the device (collapsekit.train.feed)
+        self.feed = pretrain_feed(train_vols, transform, cfg.seed, device, cfg.device_augment)
+        self.views = self.feed.dataset
         self.sampler = EpochSampler(
             len(self.views), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size
         )
@@ -307,6 +310,7 @@ class _Session:
             # Its own generator: creating an iterator must not draw from the global RNG, or a
             # resumed run would see a shifted shuffle-BN permutation stream.
             generator=torch.Generator().manual_seed(cfg.seed),
+            collate_fn=self.feed.collate,
         )
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.steps_per_epoch
@@ -325,6 +329,7 @@ class _Session:
             self.model = nn.parallel.DistributedDataParallel(
                 self.moco, device_ids=[device.index] if device.type == "cuda" else None
             )
+        self.model = compile_model(self.model, cfg.compile)
         params = [p for p in self.moco.encoder_q.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             params,
@@ -382,11 +387,8 @@ class _Session:
         return out
 
     def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The batch's tensors moved to the training device (other entries as they are)."""
-        return {
-            k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()
-        }
+        """The batch's tensors on the training device (two views made there by a device feed)."""
+        return self.feed.prepare(batch)
 
     def autocast(self) -> torch.autocast:
         """Mixed precision on CUDA (bf16 where supported), a no-op on CPU."""

@@ -49,6 +49,7 @@ RUNTIME_FIELDS = (
     "cache_dir",
     "preprocess_workers",
     "cache_direct_io",
+    "compile",
 )
 #: Settings that set the schedule's length: larger values extend a run.
 _LENGTH_FIELDS = ("steps", "epochs")
@@ -95,9 +96,18 @@ def given_settings(
 
 
 def explicit_fields(cfg: TrainConfig) -> dict[str, Any]:
-    """The fields of ``cfg`` that differ from ``TrainConfig()`` (``model.x`` for model fields)."""
+    """The fields of ``cfg`` that differ from ``TrainConfig()`` (``model.x`` for model fields).
+
+    A ZCA group size equal to the one the automatic rule (``zca_group_size = 0``) chooses for
+    ``cfg``'s batch and image size is derived, not given, and is left out.
+    """
     default, mine = _flat(config_to_dict(TrainConfig())), _flat(config_to_dict(cfg))
-    return {k: v for k, v in mine.items() if default.get(k) != v}
+    given = {k: v for k, v in mine.items() if default.get(k) != v}
+    if "model.zca_group_size" in given:
+        auto = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, zca_group_size=0))
+        if auto.model.zca_group_size == cfg.model.zca_group_size:
+            del given["model.zca_group_size"]
+    return given
 
 
 def plan_resume(

@@ -72,6 +72,8 @@ def test_train_help_shows_the_defaults_of_the_default_budget() -> None:
         "device": d.device,
         "num_workers": str(d.num_workers),
         "checkpoint_every": str(d.checkpoint_every),
+        "device_augment": d.device_augment,
+        "compile": d.compile,
     }
 
 
