@@ -9,7 +9,6 @@ DataLoader workers.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -24,17 +23,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from collapsekit.data import (
-    PhantomConfig,
-    PreprocessConfig,
     SliceDataset,
     TwoViewTransform,
-    Volume,
-    load_split,
 )
-from collapsekit.errors import ConfigError, OutputError, TrainingError, TrainingInterrupted
+from collapsekit.errors import TrainingError, TrainingInterrupted
 from collapsekit.models import MoCo
 from collapsekit.monitoring import MonitorResult
-from collapsekit.outputs import check_writable_dir, os_error_in, write_failure
+from collapsekit.outputs import os_error_in, write_failure
 from collapsekit.progress import (
     Message,
     ProgressCallback,
@@ -45,18 +40,16 @@ from collapsekit.progress import (
 )
 from collapsekit.runs.checkpoint import (
     build_checkpoint,
-    load_checkpoint,
     remove_stale_temp_files,
     restore_checkpoint,
     save_checkpoint,
 )
-from collapsekit.runs.rundir import default_run_dir, holds_run, update_latest
+from collapsekit.runs.rundir import update_latest
 from collapsekit.serialization import append_line
-from collapsekit.train.config import TrainConfig, config_from_dict, config_to_dict, save_config
+from collapsekit.train.config import TrainConfig, config_to_dict, save_config
 from collapsekit.train.distributed import (
     DistContext,
     barrier,
-    broadcast_object,
     cleanup_distributed,
     setup_distributed,
 )
@@ -68,7 +61,9 @@ from collapsekit.train.monitor import (
     spectrum_figure,
     write_final_spectrum,
 )
+from collapsekit.train.run_dir import open_run
 from collapsekit.train.sampling import EpochSampler, SeededViews
+from collapsekit.train.split import load_volumes
 from collapsekit.train.tensorboard import TensorBoardLog, require_tensorboard
 
 __all__ = ["TrainResult", "train"]
@@ -76,9 +71,6 @@ __all__ = ["TrainResult", "train"]
 # Data "epoch" of the batches that prefill the queues: an order and augmentations no training
 # epoch uses.
 PREFILL_EPOCH = 1_000_000
-
-# Fields of the given config that win over the stored one when resuming.
-RUNTIME_FIELDS = ("stop_after", "num_workers", "device", "checkpoint_every")
 
 
 @dataclass
@@ -92,32 +84,6 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
-
-
-def load_volumes(
-    cfg: TrainConfig, progress: ProgressCallback | None
-) -> tuple[list[Volume], list[Volume]]:
-    """Training and monitor volumes; without a validation split the last volumes are held out."""
-    pre = PreprocessConfig(a_min=cfg.a_min, a_max=cfg.a_max, in_plane_size=cfg.in_plane_size)
-    phantom = PhantomConfig(
-        cases=cfg.phantom_cases,
-        size=cfg.phantom_size,
-        slices=cfg.phantom_slices,
-        seed=cfg.seed,
-        validation=cfg.phantom_validation,
-    )
-    kw: dict[str, Any] = dict(phantom=phantom, cache_dir=cfg.cache_dir, progress=progress)
-    train_vols = load_split(cfg.dataset, cfg.data_dir, "training", pre, **kw)
-    monitor_vols = load_split(cfg.dataset, cfg.data_dir, "validation", pre, **kw)
-    if not monitor_vols:
-        # No validation split (AbdomenCT-1K, folder): hold out the last volumes for monitoring.
-        n_hold = max(1, len(train_vols) // 20) if len(train_vols) >= 5 else 0
-        if n_hold:
-            monitor_vols = train_vols[-n_hold:]
-            train_vols = train_vols[:-n_hold]
-        else:
-            monitor_vols = train_vols
-    return train_vols, monitor_vols
 
 
 def _global_mean(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -186,51 +152,6 @@ def train(
         )
     finally:
         cleanup_distributed(ctx)
-
-
-def _open_run(
-    cfg: TrainConfig, out: str | Path | None, *, resume: bool, overwrite: bool, ctx: DistContext
-) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
-    """The run directory, the effective config and, when resuming, the checkpoint to resume from."""
-    run_dir = Path(out) if out is not None else default_run_dir(cfg.model.method, cfg.model.arch)
-    run_dir = Path(broadcast_object(str(run_dir), ctx))
-    ckpt: dict[str, Any] | None = None
-    if resume:
-        ckpt_path = run_dir / "checkpoint.pt"
-        if not ckpt_path.is_file():
-            raise ConfigError(f"nothing to resume: {ckpt_path} does not exist")
-        ckpt = load_checkpoint(ckpt_path)
-        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS}
-        cfg = dataclasses.replace(config_from_dict(ckpt["config"]), **runtime)
-    else:
-        _check_new_run_dir(run_dir, overwrite=overwrite)
-    if ctx.is_main:
-        check_writable_dir(run_dir, "run directory")
-    if cfg.batch_size % ctx.world_size:
-        raise ConfigError(
-            f"batch_size {cfg.batch_size} is not divisible by the {ctx.world_size} processes"
-        )
-    return cfg, run_dir, ckpt
-
-
-def _check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Refuse a ``--out`` that is a file, holds a run, or holds the user's own files."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputError(f"--out {run_dir} is a file, not a run directory")
-    existing = holds_run(run_dir)
-    if existing and not overwrite:
-        raise ConfigError(
-            f"{run_dir} already holds a run ({', '.join(existing)}); use --resume to continue it, "
-            "--overwrite to replace it, or another --out"
-        )
-    if run_dir.is_dir() and not existing and not overwrite:
-        others = sorted(p.name for p in run_dir.iterdir())
-        if others:
-            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-            raise OutputError(
-                f"{run_dir} is not empty and holds no run ({shown}); pass --overwrite to train "
-                "into it anyway, or choose another --out"
-            )
 
 
 class _Session:
@@ -553,7 +474,7 @@ def _train(
     ctx: DistContext,
     tensorboard: bool | str | Path = False,
 ) -> TrainResult:
-    cfg, run_dir, ckpt = _open_run(cfg, out, resume=resume, overwrite=overwrite, ctx=ctx)
+    cfg, run_dir, ckpt = open_run(cfg, out, resume=resume, overwrite=overwrite, ctx=ctx)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # noqa: NPY002 - seeds the legacy global RNG that user code may use
     session = _Session(cfg, run_dir, progress, ctx)

@@ -13,7 +13,8 @@ from collapsekit.diagnostics import pairwise_cosine_stats, spectrum_report
 from collapsekit.models import MoCo
 from collapsekit.runs.checkpoint import load_checkpoint
 from collapsekit.train.config import config_from_dict
-from collapsekit.train.loop import load_volumes, train
+from collapsekit.train.loop import train
+from collapsekit.train.split import load_volumes
 from collapsekit.train.monitor import monitor_images
 
 
