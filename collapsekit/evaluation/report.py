@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from collapsekit.data import eval_phantom, load_split
+from collapsekit.data.spec import DIAGNOSTICS_CASES, DIAGNOSTICS_SAMPLES
 from collapsekit.data.volume import Volume
 from collapsekit.diagnostics import (
     SpectrumAccumulator,
@@ -57,9 +58,9 @@ class DataSpec:
     dataset: str = "phantom"
     data_dir: str | None = None
     split: str = "all"
-    samples: int | None = 2048
+    samples: int | None = DIAGNOSTICS_SAMPLES
     image_size: int | None = None
-    phantom_cases: int = 48
+    phantom_cases: int = DIAGNOSTICS_CASES
 
 
 def is_embeddings_file(spec: str) -> bool:

@@ -2,15 +2,18 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from collapsekit.data import SliceDataset
 from collapsekit.errors import ConfigError, TrainingError
 from collapsekit.runs.checkpoint import load_checkpoint
 from collapsekit.train.config import TrainConfig, config_from_dict, load_config
 from collapsekit.train.loop import train
+from collapsekit.train.split import load_volumes
 
 TINY = dict(
     image_size=32,
@@ -20,6 +23,7 @@ TINY = dict(
     phantom_slices=6,
     monitor_samples=12,
     num_workers=0,
+    final_samples=0,  # the final spectrum on the monitor slices: no evaluation phantom to build
 )
 
 
@@ -33,39 +37,85 @@ def tiny(**kw) -> TrainConfig:
 def test_run_directory_contents(tmp_path: Path) -> None:
     res = train(tiny(epochs=2, model={"method": "local+zca"}), tmp_path / "run")
     run = tmp_path / "run"
-    assert (
-        res.finished
-        and res.step == res.total_steps == 2 * (16 * 6 // 4 // 4)
-        or res.step == res.total_steps
-    )
+    n = len(SliceDataset(load_volumes(tiny(), None)[0]))  # the training slices
+    spe = n // 4  # drop_last batches of 4
+    assert res.total_steps == 2 * spe
+    assert res.finished and res.step == res.total_steps and spe >= 1
     assert {p.name for p in run.iterdir()} >= {
         "checkpoint.pt",
         "config.toml",
         "metrics.jsonl",
         "spectrum.png",
+        "summary.json",
     }
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [1, 2]
+    # log_every (10) exceeds the run: one row per monitor pass, at each epoch's end
+    assert [(r["epoch"], r["step"], r["steps"]) for r in lines] == [(1, spe, spe), (2, 2 * spe, spe)]
     for r in lines:
         assert set(r) >= {
             "loss",
             "loss_global",
             "loss_local",
             "lr",
+            "top1_queue",
+            "top1_in_batch",
             "images_per_s",
-            "effective_rank",
-            "alpha",
+            "health",
+            "backbone/effective_rank_sigma",
+            "backbone/effective_rank_lambda",
+            "backbone/alpha",
+            "projector/mean_cosine",
         }
-        assert (
-            math.isfinite(r["loss"]) and 1.0 <= r["effective_rank"] <= 11
-        )  # N-1 = 11 bounds the rank
+        assert math.isfinite(r["loss"])
+        assert 1.0 <= r["backbone/effective_rank_sigma"] <= 5  # N-1 = 5 bounds the rank
         assert r["loss"] == pytest.approx(r["loss_global"] + 0.5 * r["loss_local"], rel=1e-5)
+        assert r["health"] in ("healthy", "not learning", "collapsed")
     ck = load_checkpoint(run / "checkpoint.pt")
     assert ck["step"] == res.step and len(ck["losses"]) == res.step
-    # config.toml round-trips to the same config
-    assert load_config(run / "config.toml") == tiny(epochs=2, model={"method": "local+zca"})
+    # config.toml round-trips to the same config, with the queue fitted to the data (K <= N/4)
+    given = tiny(epochs=2, model={"method": "local+zca"})
+    fitted = replace(given, model=replace(given.model, queue_size=n // 4))
+    assert n // 4 < 16 and load_config(run / "config.toml") == fitted
     # the cosine schedule ends at zero
     assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["health"]["health"] == lines[-1]["health"]
+    assert summary["last"] == lines[-1]
+    assert summary["final"]["where"] == "6 held-out monitor slices, rows L2-normalised"
+
+
+def test_rows_every_log_every_steps_and_the_monitor_on_its_own_interval(tmp_path: Path) -> None:
+    res = train(tiny(steps=7, log_every=2, monitor_every=3), tmp_path / "run")
+    rows = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    # a row at every multiple of 2 or 3 and at the end; monitor fields at 3, 6 and the end (7)
+    assert [r["step"] for r in rows] == [2, 3, 4, 6, 7]
+    assert [r["steps"] for r in rows] == [2, 1, 1, 2, 1]
+    assert ["backbone/effective_rank_lambda" in r for r in rows] == [False, True, False, True, True]
+    # each row's loss is the mean of its window's step losses
+    losses = res.losses
+    assert rows[0]["loss"] == pytest.approx(sum(losses[0:2]) / 2, rel=1e-6)
+    assert rows[3]["loss"] == pytest.approx(sum(losses[4:6]) / 2, rel=1e-6)
+    assert [r.to_dict() for r in res.history] == rows
+
+
+def test_tiny_data_gets_a_queue_of_a_quarter_of_its_slices(tmp_path: Path) -> None:
+    from collapsekit.progress import Message
+
+    messages: list[str] = []
+
+    def progress(event: object) -> None:
+        if isinstance(event, Message):
+            messages.append(event.text)
+
+    res = train(tiny(steps=1, model={"queue_size": 1024}), tmp_path / "run", progress=progress)
+    k = load_config(res.run_dir / "config.toml").model.queue_size
+    n = len(SliceDataset(load_volumes(tiny(), None)[0]))
+    assert k == n // 4
+    assert any(f"queue size K = 1024 exceeds a quarter of the {n}" in m for m in messages)
+    assert res.history[-1].loss_chance == pytest.approx(math.log(k + 1))
+    # fit_queue = false keeps it (and warns)
+    kept = train(tiny(steps=1, fit_queue=False, model={"queue_size": 1024}), tmp_path / "kept")
+    assert kept.history[-1].loss_chance == pytest.approx(math.log(1025))
 
 
 @pytest.mark.slow  # ~7 s: three short trainings
@@ -165,18 +215,20 @@ def test_warmup_then_cosine_schedule_closed_form() -> None:
 
 
 def test_monitor_records_both_spaces_every_n_steps(tmp_path: Path) -> None:
-    res = train(tiny(steps=4, monitor_every=2, warmup_steps=2), tmp_path / "run")
+    cfg = tiny(steps=4, monitor_every=2, warmup_steps=2, fit_queue=False)
+    res = train(cfg, tmp_path / "run")
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == [2, 4] and res.history == lines
+    assert [r["step"] for r in lines] == [2, 4] and [r.to_dict() for r in res.history] == lines
     for r in lines:
         assert r["loss_chance"] == pytest.approx(math.log(16 + 1))
-        assert 0.0 <= r["top1"] <= 1.0 and r["batch_top1_chance"] == 0.25
-        bound = r["rank_bound"]  # N - 1 of the held-out slices (one 6-slice case here)
+        assert 0.0 <= r["top1_queue"] <= 1.0 and r["top1_in_batch_chance"] == 0.25
+        bound = r["backbone/rank_bound"]  # N - 1 of the held-out slices (one 6-slice case here)
         assert bound == 5
         # λ-rank ≤ σ-rank (squaring sharpens the spectrum); projector space of 128 dims
-        assert 1.0 <= r["effective_rank_eigenvalues"] <= r["effective_rank"] <= bound
-        assert 1.0 <= r["proj_effective_rank_eigenvalues"] <= bound
-        assert -1.0 <= r["proj_mean_cosine"] <= 1.0
+        lam, sigma = r["backbone/effective_rank_lambda"], r["backbone/effective_rank_sigma"]
+        assert 1.0 <= lam <= sigma <= bound
+        assert 1.0 <= r["projector/effective_rank_lambda"] <= bound
+        assert -1.0 <= r["projector/mean_cosine"] <= 1.0
     # the final spectrum has both spaces
     assert (tmp_path / "run" / "spectrum_projector.json").is_file()
 
@@ -191,7 +243,12 @@ def test_demo_budget_keeps_the_queue_below_a_quarter_of_the_slices() -> None:
     assert cfg.monitor_samples >= 2 * cfg.model.backbone_width
     # flags win over the budget
     assert config_from_dict({}, "demo", steps=10).steps == 10
-    assert budget_overrides("demo") == budget_overrides("demo")  # a fresh copy each time
+    # a fresh copy each time: changing one leaves the next untouched
+    first = budget_overrides("demo")
+    first["model"]["queue_size"] = 1
+    first["steps"] = 1
+    assert budget_overrides("demo")["model"]["queue_size"] == 256
+    assert budget_overrides("demo")["steps"] == 1200
     phantom = PhantomConfig(
         cases=cfg.phantom_cases, size=32, slices=cfg.phantom_slices, validation=22
     )
