@@ -20,18 +20,26 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from collapsekit.monitoring import MonitorResult
-from collapsekit.progress import Message, TaskAdvanced, TaskFinished, TaskStarted, emit
+from collapsekit.monitoring import CollapseMonitor, MonitorResult
+from collapsekit.progress import (
+    Message,
+    ProgressCallback,
+    TaskAdvanced,
+    TaskFinished,
+    TaskStarted,
+    emit,
+)
+from collapsekit.train.config import TrainConfig
+from collapsekit.train.distributed import DistContext
+from collapsekit.train.interrupts import StopSignals
 from collapsekit.train.monitor import spectrum_figure
 from collapsekit.train.records import MetricsRecord, StepResult
 from collapsekit.train.tensorboard import TensorBoardLog
 
-if TYPE_CHECKING:
-    from collapsekit.train.loop import Session
-
 __all__ = [
+    "Session",
     "Callback",
     "MetricsLog",
     "TensorBoardCallback",
@@ -39,6 +47,30 @@ __all__ = [
     "StopOnSignal",
     "ProgressEvents",
 ]
+
+
+class Session(Protocol):
+    """What a callback may read and call of the training session
+    (:class:`collapsekit.train.loop.TrainingSession`)."""
+
+    cfg: TrainConfig
+    ctx: DistContext
+    run_dir: Path
+    progress: ProgressCallback | None
+    step: int
+    total_steps: int
+    steps_per_epoch: int
+    local_batch: int
+    loss_chance: float
+    history: list[MetricsRecord]
+    monitor: CollapseMonitor
+    scheduler: Any
+    stop: StopSignals
+    should_stop: bool
+
+    def log(self, row: MetricsRecord, monitor: MonitorResult | None) -> None: ...
+
+    def checkpoint(self, epoch: int) -> None: ...
 
 
 class Callback:

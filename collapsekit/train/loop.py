@@ -1,7 +1,7 @@
 """The pretraining loop: MoCo v2 (+ local learning, + ZCA) with live collapse monitoring.
 
 The loop has the shape of facebookresearch/moco's ``main_moco.py`` ``train()``: for each batch, one
-step (:meth:`Session.train_step`, returning a typed :class:`~collapsekit.train.records.StepResult`),
+step (:meth:`TrainingSession.train_step`, returning a typed :class:`~collapsekit.train.records.StepResult`),
 then the callbacks of :mod:`collapsekit.train.callbacks` (metrics rows and the monitor,
 TensorBoard, checkpoints, stop signals, progress). The session's parts are built by
 :mod:`collapsekit.train.builders`; the run directory is :mod:`collapsekit.train.run_dir`'s.
@@ -75,7 +75,7 @@ from collapsekit.train.records import MetricsRecord, SpaceRecord, StepResult
 from collapsekit.train.run_dir import open_run
 from collapsekit.train.tensorboard import TensorBoardLog, require_tensorboard
 
-__all__ = ["TrainResult", "FinalSpectra", "Session", "train", "cosine_schedule"]
+__all__ = ["TrainResult", "FinalSpectra", "TrainingSession", "train", "cosine_schedule"]
 
 # Data "epoch" of the batches that prefill the queues: an order and augmentations no training
 # epoch uses.
@@ -197,7 +197,7 @@ def train(
         cleanup_distributed(ctx)
 
 
-class Session:
+class TrainingSession:
     """One training session: the built parts, the counters a checkpoint stores, and the step.
 
     Callbacks read its attributes and call its public methods (:meth:`log`, :meth:`checkpoint`,
@@ -418,7 +418,9 @@ class Session:
         return epoch
 
 
-def _callbacks(session: Session, tensorboard: bool | str | Path, resumed: bool) -> list[Callback]:
+def _callbacks(
+    session: TrainingSession, tensorboard: bool | str | Path, resumed: bool
+) -> list[Callback]:
     cfg = session.cfg
     callbacks: list[Callback] = [
         MetricsLog(cfg.log_every, cfg.monitor_every),
@@ -437,7 +439,7 @@ def _callbacks(session: Session, tensorboard: bool | str | Path, resumed: bool) 
     return callbacks
 
 
-def _start_run_dir(session: Session) -> None:
+def _start_run_dir(session: TrainingSession) -> None:
     """Rank 0: the run directory, its config and ``runs/latest``."""
     run_dir = session.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -461,7 +463,7 @@ def _train(
     np.random.seed(cfg.seed)  # noqa: NPY002 - seeds the legacy global RNG that user code may use
     data = build_data(cfg, ctx, progress)
     cfg, queue_message = fit_queue(cfg, data.n_slices) if ckpt is None else (cfg, None)
-    session = Session(cfg, data, run_dir, progress, ctx)
+    session = TrainingSession(cfg, data, run_dir, progress, ctx)
     if ckpt is not None:
         session.restore(ckpt)
     elif cfg.prefill_queue:
@@ -499,7 +501,7 @@ def _train(
     return result
 
 
-def _final_spectra(session: Session) -> FinalSpectra:
+def _final_spectra(session: TrainingSession) -> FinalSpectra:
     """Measure the trained encoder on ``collapsekit spectrum``'s default set (or, with
     ``final_samples = 0``, the monitor slices) and write the spectrum files."""
     cfg = session.cfg
