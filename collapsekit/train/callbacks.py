@@ -42,6 +42,7 @@ __all__ = [
     "Session",
     "Callback",
     "MetricsLog",
+    "log_interval",
     "TensorBoardCallback",
     "Checkpointing",
     "StopOnSignal",
@@ -92,8 +93,14 @@ class Callback:
         """After the last step of this session (finished, stopped or interrupted)."""
 
 
+def log_interval(log_every: int, total_steps: int) -> int:
+    """Steps between rows: ``log_every``, or fewer in a run shorter than ``10 · log_every`` steps
+    so that its loss curve still has 10 points (``max(total_steps // 10, 1)``)."""
+    return max(min(log_every, total_steps // 10), 1)
+
+
 class MetricsLog(Callback):
-    """Window means of the step results, a row every ``log_every`` steps, the monitor every
+    """Window means of the step results, a row every :func:`log_interval` steps, the monitor every
     ``monitor_every`` steps (0: once per epoch) and at the end of the schedule (rank 0 writes).
 
     Args:
@@ -119,7 +126,7 @@ class MetricsLog(Callback):
         self._steps += 1
         step, last = result.step, result.step >= session.total_steps
         monitor_due = last or step % (self.monitor_every or session.steps_per_epoch) == 0
-        if not (monitor_due or step % self.log_every == 0):
+        if not (monitor_due or step % log_interval(self.log_every, session.total_steps) == 0):
             return
         if session.ctx.is_main:
             row = self._row(session, result)

@@ -59,7 +59,8 @@ class TrainConfig:
             twice the backbone width: ``N`` samples cap any rank at ``N − 1`` (reported as
             ``rank_bound``).
         log_every: write a metrics.jsonl row (loss parts, lr, top-1s, images/s: means over the
-            steps since the last row) every this many steps.
+            steps since the last row) every this many steps; a run shorter than ``10 ·
+            log_every`` steps logs every ``steps // 10`` so its curve still has 10 points.
         monitor_every: also monitor (and log a metrics.jsonl record) every this many steps
             (0: once per epoch).
         fit_queue: shrink the queue to ``K = N/4`` when it exceeds a quarter of the ``N``

@@ -48,9 +48,12 @@ def test_run_directory_contents(tmp_path: Path) -> None:
         "spectrum.png",
         "summary.json",
     }
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    # log_every (10) exceeds the run: one row per monitor pass, at each epoch's end
-    assert [(r["epoch"], r["step"], r["steps"]) for r in lines] == [(1, spe, spe), (2, 2 * spe, spe)]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # a run of < 10 * log_every steps logs every total // 10 steps (here every step); the
+    # monitor's spaces are in the rows at each epoch's end
+    assert [(r["step"], r["steps"]) for r in rows] == [(s, 1) for s in range(1, 2 * spe + 1)]
+    lines = [r for r in rows if "backbone/effective_rank_lambda" in r]
+    assert [(r["epoch"], r["step"]) for r in lines] == [(1, spe), (2, 2 * spe)]
     for r in lines:
         assert set(r) >= {
             "loss",
@@ -85,17 +88,28 @@ def test_run_directory_contents(tmp_path: Path) -> None:
 
 
 def test_rows_every_log_every_steps_and_the_monitor_on_its_own_interval(tmp_path: Path) -> None:
-    res = train(tiny(steps=7, log_every=2, monitor_every=3), tmp_path / "run")
+    res = train(tiny(steps=20, log_every=4, monitor_every=6), tmp_path / "run")
     rows = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
-    # a row at every multiple of 2 or 3 and at the end; monitor fields at 3, 6 and the end (7)
-    assert [r["step"] for r in rows] == [2, 3, 4, 6, 7]
-    assert [r["steps"] for r in rows] == [2, 1, 1, 2, 1]
-    assert ["backbone/effective_rank_lambda" in r for r in rows] == [False, True, False, True, True]
-    # each row's loss is the mean of its window's step losses
+    # 20 < 10 * 4 steps: a row every 20 // 10 = 2 steps, and at each monitor step (6, 12, 18, 20)
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    monitored = [r["step"] for r in rows if "backbone/effective_rank_lambda" in r]
+    assert monitored == [6, 12, 18, 20]
+    assert all(r["steps"] == 2 for r in rows)
+    # each row's loss and top-1 are the means of its window's steps
     losses = res.losses
-    assert rows[0]["loss"] == pytest.approx(sum(losses[0:2]) / 2, rel=1e-6)
-    assert rows[3]["loss"] == pytest.approx(sum(losses[4:6]) / 2, rel=1e-6)
+    for r in rows:
+        window = losses[r["step"] - 2 : r["step"]]
+        assert r["loss"] == pytest.approx(sum(window) / 2, rel=1e-6)
     assert [r.to_dict() for r in res.history] == rows
+
+
+def test_log_interval_gives_short_runs_ten_points() -> None:
+    from collapsekit.train.callbacks import log_interval
+
+    assert log_interval(10, 1200) == 10
+    assert log_interval(10, 20) == 2
+    assert log_interval(10, 5) == 1
+    assert log_interval(3, 20) == 2  # never longer than log_every
 
 
 def test_tiny_data_gets_a_queue_of_a_quarter_of_its_slices(tmp_path: Path) -> None:
@@ -217,8 +231,10 @@ def test_warmup_then_cosine_schedule_closed_form() -> None:
 def test_monitor_records_both_spaces_every_n_steps(tmp_path: Path) -> None:
     cfg = tiny(steps=4, monitor_every=2, warmup_steps=2, fit_queue=False)
     res = train(cfg, tmp_path / "run")
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == [2, 4] and [r.to_dict() for r in res.history] == lines
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.to_dict() for r in res.history] == rows
+    lines = [r for r in rows if "backbone/effective_rank_lambda" in r]
+    assert [r["step"] for r in lines] == [2, 4]
     for r in lines:
         assert r["loss_chance"] == pytest.approx(math.log(16 + 1))
         assert 0.0 <= r["top1_queue"] <= 1.0 and r["top1_in_batch_chance"] == 0.25

@@ -14,8 +14,8 @@ from collapsekit.models import MoCo
 from collapsekit.runs.checkpoint import load_checkpoint
 from collapsekit.train.config import config_from_dict, load_config
 from collapsekit.train.loop import train
-from collapsekit.train.split import load_volumes
 from collapsekit.train.monitor import monitor_images
+from collapsekit.train.split import load_volumes
 
 
 @pytest.mark.slow  # ~4 s: a short training

@@ -7,6 +7,7 @@ global rank), write only from global rank 0, and resume.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -125,8 +126,9 @@ def test_two_nodes_shard_by_global_rank_write_from_rank0_and_resume(tmp_path: Pa
     assert done["step"] == 2
     assert done["losses"] == pytest.approx(ref["losses"], rel=1e-4)
     assert sorted(p.name for p in two_nodes.iterdir()) == sorted(p.name for p in one_node.iterdir())
-    # one metrics line for the one epoch: rank 1 appended nothing
-    assert len((two_nodes / "metrics.jsonl").read_text().splitlines()) == 1
+    # one metrics row per step of the 2-step run: rank 1 appended nothing
+    rows = [json.loads(x) for x in (two_nodes / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
     for key, value in ref["model"].items():
         if value.is_floating_point():
             torch.testing.assert_close(done["model"][key], value, rtol=1e-3, atol=1e-4, msg=key)
