@@ -5,10 +5,14 @@ from __future__ import annotations
 from collapsekit.train.config import TrainConfig, config_from_dict, load_config, save_config
 from collapsekit.train.loop import TrainResult, train
 from collapsekit.train.monitor import encoder_monitor, monitor_report, monitor_spaces
+from collapsekit.train.records import MetricsRecord, StepResult, read_metrics
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "MetricsRecord",
+    "StepResult",
+    "read_metrics",
     "config_from_dict",
     "load_config",
     "save_config",
