@@ -220,7 +220,7 @@ class ProgressEvents(Callback):
         }
         last = session.history[-1] if session.history else None
         if last is not None and last.backbone is not None:
-            info["λ-rank"] = last.backbone.effective_rank_lambda
+            info["monitor λ-rank"] = last.backbone.effective_rank_lambda
         emit(session.progress, TaskAdvanced("train", info=info))
 
     def on_log(self, session: Session, row: MetricsRecord, monitor: MonitorResult | None) -> None:
