@@ -227,7 +227,8 @@ def _print_closing(result: object, *, tensorboard: bool) -> None:
         console.print(
             f"backbone λ-rank {b.effective_rank_lambda:.1f} (σ-rank {b.effective_rank_sigma:.1f}, "
             f"bound {b.rank_bound}); projector λ-rank {p.effective_rank_lambda:.1f}, mean cosine "
-            f"{p.mean_cosine:.3f} — on {final.where}, as `collapsekit spectrum` measures by default"
+            f"{p.mean_cosine:.3f} — on {final.where}"
+            + (", as `collapsekit spectrum` measures by default" if final.as_spectrum else "")
         )
     elif last is not None and last.backbone is not None and last.projector is not None:
         console.print(

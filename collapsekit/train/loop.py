@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from collapsekit.data.spec import DIAGNOSTICS_SAMPLES
 from collapsekit.diagnostics.health import HealthVerdict
 from collapsekit.errors import TrainingError, TrainingInterrupted
 from collapsekit.monitoring import MonitorResult
@@ -90,15 +91,18 @@ class FinalSpectra:
         where: the set and normalisation, e.g. "2048 evaluation-phantom slices, rows
             L2-normalised" (``collapsekit spectrum RUN``'s default set) or the monitor slices.
         backbone, projector: the two spaces' numbers.
+        as_spectrum: measured on ``collapsekit spectrum RUN``'s default set (``final_samples``
+            equal to its default), so both report this headline number.
     """
 
     where: str
     backbone: SpaceRecord
     projector: SpaceRecord
+    as_spectrum: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         spaces = {"backbone": self.backbone, "projector": self.projector}
-        out: dict[str, Any] = {"where": self.where}
+        out: dict[str, Any] = {"where": self.where, "as_spectrum": self.as_spectrum}
         for name, space in spaces.items():
             out.update({f"{name}/{k}": v for k, v in space.__dict__.items()})
         return out
@@ -520,5 +524,8 @@ def _final_spectra(session: TrainingSession) -> FinalSpectra:
         session.run_dir,
     )
     return FinalSpectra(
-        where, SpaceRecord.of(result["backbone"]), SpaceRecord.of(result["projector"])
+        where,
+        SpaceRecord.of(result["backbone"]),
+        SpaceRecord.of(result["projector"]),
+        as_spectrum=cfg.final_samples == DIAGNOSTICS_SAMPLES,
     )

@@ -39,6 +39,7 @@ def test_final_spectrum_equals_collapsekit_spectrum_of_the_run(tmp_path: Path) -
     res = train(cfg, tmp_path / "run")
     assert res.final is not None
     assert res.final.where == "96 evaluation-phantom slices, rows L2-normalised"
+    assert not res.final.as_spectrum  # 96, not spectrum's default 2048 slices
     (spec,) = spectrum_analysis([str(res.run_dir)], DataSpec(samples=96))
     assert spec.n == 96 and spec.normalized
     # the same slices, the same pooled features, the same function: equal up to float rounding
@@ -83,6 +84,7 @@ def test_smoke_run_writes_a_loss_curve_and_an_honest_closing_line(tmp_path: Path
     )
     assert f"health: {last['health']}" in text
     assert "held-out monitor slices, rows L2-normalised" in text
+    assert "as `collapsekit spectrum` measures" not in text  # final_samples = 0: it does not
     assert "--resume" not in text  # a finished run is not told to resume
     assert f"tensorboard --logdir {run / 'tb'}" in text
 
