@@ -30,6 +30,7 @@ phantom_size = 32
 phantom_slices = 6
 monitor_samples = 12
 final_samples = 0
+fit_queue = false
 prefill_queue = {prefill}
 [model]
 method = "{method}"
