@@ -145,6 +145,27 @@ QUANTITIES: tuple[Quantity, ...] = (
         "collapsekit",
         "well above chance 1/B",
     ),
+    Quantity(
+        "loss_chance",
+        "ln(K+1)",
+        "ln(K + 1): loss_global of uniform logits over the positive and K queue keys",
+        "MoCo",
+    ),
+    Quantity(
+        "top1_in_batch_chance",
+        "chance 1/B",
+        "1/B: top1_in_batch of a model that ranks keys at random (B: per-rank batch)",
+        "collapsekit",
+    ),
+    Quantity(
+        "health",
+        "health",
+        "healthy / not learning / collapsed from loss_global vs ln(K+1), top1_in_batch vs 1/B "
+        "and the projector's mean_cosine and effective_rank_lambda "
+        "(collapsekit.diagnostics.health)",
+        "collapsekit",
+        "healthy",
+    ),
     Quantity("images_per_s", "images/s", "training images per second of wall time", "throughput"),
     Quantity(
         "dice",
@@ -172,6 +193,9 @@ LEGACY_KEYS: dict[str, str] = {
     "std_of_l2_normalized": "std_l2",
     "top1_variance_fraction": "top1_variance",
     "top10_variance_fraction": "top10_variance",
+    "top1": "top1_queue",
+    "batch_top1": "top1_in_batch",
+    "batch_top1_chance": "top1_in_batch_chance",
 }
 """Keys written by earlier versions and the name each one now has."""
 

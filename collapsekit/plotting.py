@@ -9,9 +9,9 @@ headless (Agg) backend.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from collapsekit.diagnostics.similarity import SimilarityResult
 from collapsekit.diagnostics.spectrum import SpectrumResult
 from collapsekit.errors import ConfigError
-from collapsekit.glossary import canonical_key, label
+from collapsekit.glossary import label
 from collapsekit.serialization import atomic_write
 
 __all__ = [
@@ -201,48 +201,73 @@ def plot_similarity(
     return fig, ax
 
 
-def _record_value(record: dict[str, Any], key: str) -> Any:
-    """``record[key]`` with keys of any version: legacy spellings are mapped by the glossary, and
-    unqualified keys of older metrics.jsonl files are the backbone's."""
-    for k, v in record.items():
-        canon = canonical_key(k)
-        if canon == key or ("/" not in canon and f"backbone/{canon}" == key):
-            return v
-    return None
+class MetricsRow(Protocol):
+    """What :func:`plot_rank_history` reads of a metrics row
+    (:class:`~collapsekit.train.records.MetricsRecord`)."""
+
+    @property
+    def step(self) -> int: ...
+
+    def get(self, key: str) -> float | None: ...
+
+
+class DiceSummary(Protocol):
+    """What :func:`plot_ablation_dice` reads of a summary
+    (:class:`~collapsekit.experiments.results.RunSummary`)."""
+
+    @property
+    def mean_dice(self) -> float | None: ...
+
+    @property
+    def dice(self) -> Mapping[str, float | None]: ...
+
+
+class DiceMethod(Protocol):
+    """What :func:`plot_ablation_dice` reads of a method's result
+    (:class:`~collapsekit.experiments.results.MethodResult`)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def seeds(self) -> int: ...
+
+    @property
+    def mean(self) -> DiceSummary: ...
+
+    @property
+    def std(self) -> DiceSummary: ...
+
+
+class HasMethods(Protocol):
+    """An ablation's results (:class:`~collapsekit.experiments.results.AblationResults`)."""
+
+    @property
+    def methods(self) -> Sequence[Any]: ...
 
 
 def plot_rank_history(
-    histories: dict[str, list[dict[str, Any]]] | dict[str, Any],
+    histories: Mapping[str, Sequence[Sequence[MetricsRow]] | Sequence[MetricsRow]] | HasMethods,
     ax: Axes | None = None,
     *,
     key: str = "backbone/effective_rank_lambda",
     title: str | None = None,
 ) -> tuple[Figure, Axes]:
-    """A metric of each training run's metrics.jsonl records (default: the λ-based effective rank
-    of the backbone on the monitor set) against the step (or the epoch for records without one).
+    """A quantity of each training run's metrics rows (default: the backbone's λ-effective rank
+    on the monitor slices) against the step.
 
     Args:
-        histories: ``{name: [metrics.jsonl records]}``, or an ablation ``results.json`` dict
-            (each method's first seed is drawn, further seeds as thin lines).
-        key: the glossary key to draw (``"{layer}/{name}"``; records written by earlier versions,
-            e.g. ``effective_rank_eigenvalues``, are read through
-            :func:`~collapsekit.glossary.canonical_key`).
+        histories: ``{name: rows}`` or ``{name: [rows of each seed]}`` (the first seed drawn
+            thick, further seeds thin), or an ablation's results (each method by its label).
+        key: the glossary key to draw (legacy spellings are mapped).
     """
-    key = canonical_key(key)
-    runs: dict[str, list[list[dict[str, Any]]]]
-    if "methods" in histories:
-        methods: dict[str, Any] = histories["methods"]  # type: ignore[assignment]
-        runs = {m["method"]: m["history"] for m in methods.values() if m.get("history")}
-    else:
-        runs = {name: [h] for name, h in histories.items()}
+    if not isinstance(histories, Mapping):
+        histories = {m.label: list(m.history) for m in histories.methods if m.history}
+    runs = {name: _seeds(h) for name, h in histories.items()}
     fig, ax = _figure(ax, (7.0, 4.2))
     for color, (name, seeds) in zip(_colors(len(runs)), runs.items(), strict=False):
         for i, records in enumerate(seeds):
-            points = [
-                (r["step"] if "step" in r else r["epoch"], v)
-                for r in records
-                if (v := _record_value(r, key)) is not None
-            ]
+            points = [(r.step, v) for r in records if (v := r.get(key)) is not None]
             ax.plot(
                 [x for x, _ in points],
                 [y for _, y in points],
@@ -251,8 +276,7 @@ def plot_rank_history(
                 lw=2 if i == 0 else 0.8,
                 label=name if i == 0 else None,
             )
-    with_steps = any("step" in r for seeds in runs.values() for rs in seeds for r in rs)
-    ax.set_xlabel("step" if with_steps else "epoch")
+    ax.set_xlabel("step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(label(key))
     ax.set_title(title or f"{label(key)} during pretraining")
@@ -261,33 +285,48 @@ def plot_rank_history(
     return fig, ax
 
 
+def _seeds(h: Sequence[Sequence[MetricsRow]] | Sequence[MetricsRow]) -> list[Sequence[MetricsRow]]:
+    """One run's rows as a list of seeds."""
+    if h and not hasattr(h[0], "step"):
+        return list(h)  # type: ignore[arg-type]
+    return [h]  # type: ignore[list-item]
+
+
 def plot_ablation_dice(
-    results: dict[str, Any], ax: Axes | None = None, *, title: str | None = None
+    results: Sequence[DiceMethod] | HasMethods,
+    ax: Axes | None = None,
+    *,
+    title: str | None = None,
 ) -> tuple[Figure, Axes]:
     """Grouped bars of linear-probe Dice per organ, one bar per method (error bars over seeds).
 
     An organ with no Dice for a method (absent from its validation volumes) gets no bar and an
     "n/a" mark, never a bar of height 0.
+
+    Args:
+        results: the methods' results, or an ablation's results.
     """
-    methods = list(results["methods"].values())
-    organs = [k.split("/", 1)[1] for k in methods[0]["mean"] if k.startswith("dice/")]
+    methods: Sequence[DiceMethod] = (
+        results.methods if not isinstance(results, Sequence) else results  # type: ignore[union-attr]
+    )
+    organs = list(dict.fromkeys(o for m in methods for o in m.mean.dice))
+    organs = [o for o in organs if any(m.mean.dice.get(o) is not None for m in methods)]
     fig, ax = _figure(ax, (max(8.0, 0.9 * (len(organs) + 1)), 4.5))
     labels = [*organs, "mean"]
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(labels))
     for i, (m, color) in enumerate(zip(methods, _colors(len(methods)), strict=False)):
-        keys = [f"dice/{o}" for o in organs] + ["mean_dice"]
-        vals = [m["mean"].get(k) for k in keys]
-        errs = [m["std"].get(k) or 0.0 for k in keys]
+        vals = [m.mean.dice.get(o) for o in organs] + [m.mean.mean_dice]
+        errs = [m.std.dice.get(o) or 0.0 for o in organs] + [m.std.mean_dice or 0.0]
         pos = x + (i - (len(methods) - 1) / 2) * width
         present = [j for j, v in enumerate(vals) if v is not None]
         ax.bar(
             pos[present],
-            [100 * vals[j] for j in present],
+            [100 * v for v in vals if v is not None],
             width,
             color=color,
-            yerr=[100 * errs[j] for j in present] if m["seeds"] > 1 else None,
-            label=m["method"],
+            yerr=[100 * errs[j] for j in present] if m.seeds > 1 else None,
+            label=m.label,
             capsize=2,
         )
         for j, v in enumerate(vals):

@@ -178,7 +178,7 @@ NB3 = [
     new_code_cell(
         """\
 import tempfile
-from collapsekit.experiments.ablation import AblationConfig, load_results, run_ablation
+from collapsekit.experiments import AblationConfig, load_results, run_ablation
 
 ABLATION_DIR = os.environ.get("ABLATION_DIR")
 if ABLATION_DIR is None:
@@ -186,21 +186,19 @@ if ABLATION_DIR is None:
     tiny = dict(image_size=32, epochs=1, batch_size=8, queue_size=32, phantom_cases=4, samples=64,
                 probe_epochs=2, probe_image_size=32)
     run_ablation(AblationConfig(methods=("mocov2", "local+zca"), overrides=tiny if QUICK else {}), ABLATION_DIR)
-results = load_results(ABLATION_DIR)
-for m in results["methods"].values():
-    dice = m["mean"]["mean_dice"]
-    print(f"{m['method']:16s} eff. rank {m['mean']['effective_rank']:6.1f}  mean Dice {100 * dice:5.1f}")"""
+results = load_results(ABLATION_DIR)  # typed: AblationResults
+for m in results.methods:
+    rank, dice = m.mean.backbone.effective_rank_lambda, m.mean.mean_dice
+    print(f"{m.label:36s} λ-rank {rank:6.1f}  mean Dice {100 * dice:5.1f}  {m.mean.health or ''}")"""
     ),
     new_code_cell(
         """\
+from dataclasses import replace
+
 import matplotlib.pyplot as plt
-from collapsekit.diagnostics import SpectrumResult
 from collapsekit.plotting import plot_ablation_dice, plot_rank_history, plot_spectrum
 
-spectra = []
-for m in results["methods"].values():
-    r = SpectrumResult.from_dict(m["evals"][0]["global"])
-    spectra.append(r)
+spectra = [replace(m.evals[0].backbone, name=m.label) for m in results.methods]
 fig, axes = plt.subplots(1, 2, figsize=(13, 4), layout="constrained")
 plot_spectrum(spectra, ax=axes[0], title="global spectra")
 plot_rank_history(results, ax=axes[1])

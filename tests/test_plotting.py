@@ -113,33 +113,60 @@ def test_save_figure_refuses_other_formats(tmp_path: Path) -> None:
     assert not plt.fignum_exists(fig.number) and not (tmp_path / "s.jpg").exists()
 
 
-def test_rank_history_reads_any_version_labels_lambda_and_uses_integer_steps() -> None:
-    old = [{"epoch": 1, "step": s, "effective_rank_eigenvalues": 10.0 - s} for s in (1, 2, 3)]
-    new = [{"epoch": 1, "step": s, "backbone/effective_rank_lambda": 20.0 - s} for s in (1, 2, 3)]
-    fig, ax = plot_rank_history({"old run": old, "new run": new})
-    (x0, y0), (x1, y1) = (line.get_data() for line in ax.get_lines())
-    assert list(x0) == [1, 2, 3] and list(y0) == [9.0, 8.0, 7.0] and list(y1) == [19.0, 18.0, 17.0]
-    assert ax.get_ylabel() == "backbone effective rank (λ)"
-    assert all(float(t).is_integer() for t in ax.get_xticks())
-    _, ax = plot_rank_history({"r": new}, key="proj_effective_rank_eigenvalues")
-    assert (
-        ax.get_ylabel() == "projector effective rank (λ)" and not ax.get_lines()[0].get_xdata().size
+def _row(step: int, lam: float | None):
+    import math
+
+    from collapsekit.train.records import MetricsRecord, SpaceRecord
+
+    space = None if lam is None else SpaceRecord(lam, 2 * lam, 2 * lam, 1.0, 0.9, 0.1, 0.2, 511)
+    return MetricsRecord(
+        epoch=1,
+        step=step,
+        steps=1,
+        loss=5.0,
+        loss_global=4.0,
+        loss_local=None,
+        top1_queue=0.5,
+        top1_in_batch=0.5,
+        lr=0.1,
+        loss_chance=math.log(17),
+        top1_in_batch_chance=0.25,
+        images_per_s=1.0,
+        backbone=space,
     )
 
 
-def test_dice_bars_mark_an_absent_organ_na_instead_of_zero() -> None:
-    results = {
-        "methods": {
-            "mocov2": {
-                "method": "mocov2",
-                "seeds": 1,
-                "mean": {"dice/liver": 0.8, "dice/gallbladder": None, "mean_dice": 0.8},
-                "std": {},
-            }
-        }
-    }
-    _, ax = plot_ablation_dice(results)
+def test_plot_rank_history_draws_the_rows_of_each_run_by_glossary_key() -> None:
+
+    a = [_row(10, 3.0), _row(15, None), _row(20, 5.0)]  # the middle row has no monitor pass
+    b = [[_row(10, 7.0)], [_row(10, 8.0)]]  # two seeds
+    fig, ax = plot_rank_history({"a": a, "b": b})
+    lines = ax.get_lines()
+    assert [list(ln.get_xdata()) for ln in lines] == [[10, 20], [10], [10]]
+    assert [list(ln.get_ydata()) for ln in lines] == [[3.0, 5.0], [7.0], [8.0]]
+    assert [ln.get_linewidth() for ln in lines] == [2, 2, 0.8]  # further seeds thin
+    assert ax.get_ylabel() == "backbone effective rank (λ)" and ax.get_xlabel() == "step"
+    assert all(float(t).is_integer() for t in ax.get_xticks())  # integer step ticks
+    # a legacy key names the same quantity
+    _, ax2 = plot_rank_history({"a": a}, key="backbone/effective_rank_eigenvalues")
+    assert ax2.get_ylabel() == "backbone effective rank (λ)"
+    assert [list(ln.get_ydata()) for ln in ax2.get_lines()] == [[3.0, 5.0]]
+
+
+def test_plot_ablation_dice_takes_the_typed_results() -> None:
+    from collapsekit.experiments.results import MethodResult, RunSummary
+
+    def method(label: str, spleen: float, liver: float | None, seeds: int) -> MethodResult:
+        mean = RunSummary(mean_dice=0.5, dice={"spleen": spleen, "liver": liver, "aorta": None})
+        std = RunSummary(mean_dice=0.1, dice={"spleen": 0.02, "liver": None, "aorta": None})
+        return MethodResult(label, label, None, None, seeds, mean, std, (), ())
+
+    fig, ax = plot_ablation_dice([method("m1", 0.8, 0.6, 1), method("m2", 0.7, None, 2)])
+    # aorta is absent in every method: not drawn; liver absent in m2 only: no bar but "n/a"
+    # (never a bar of height 0) at m2's liver slot
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["spleen", "liver", "mean"]
     heights = [p.get_height() for p in ax.patches]
-    assert heights == pytest.approx([80.0, 80.0])  # liver and the mean: no bar for gallbladder
+    assert heights == pytest.approx([80.0, 60.0, 50.0, 70.0, 50.0])
     assert [t.get_text() for t in ax.texts] == ["n/a"]
-    assert ax.texts[0].get_position()[0] == pytest.approx(1.0)  # at the gallbladder's slot
+    assert ax.texts[0].get_position()[0] == pytest.approx(1.0 + 0.2)  # liver, second bar
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["m1", "m2"]

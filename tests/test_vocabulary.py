@@ -122,10 +122,18 @@ def test_plot_labels_use_the_glossary_labels(embeddings: torch.Tensor) -> None:
     assert label("effective_rank_lambda") in legend and label("effective_rank_sigma") in legend
     _, ax = plot_similarity(pairwise_cosine_stats(embeddings, name="e"))
     assert label("mean_cosine") in ax.get_legend().get_texts()[0].get_text()
-    _, ax = plot_rank_history(
-        {"r": [{"step": 1, "proj_effective_rank_eigenvalues": 3.0}]},
-        key="projector/effective_rank_lambda",
+    from collapsekit.train.records import MetricsRecord
+
+    row = MetricsRecord.from_dict(
+        {
+            **dict.fromkeys(("loss", "loss_global", "top1_queue", "top1_in_batch", "lr"), 0.5),
+            **dict.fromkeys(("loss_chance", "top1_in_batch_chance", "images_per_s"), 1.0),
+            "epoch": 1,
+            "step": 1,
+            "proj_effective_rank_eigenvalues": 3.0,  # a key of an earlier version
+        }
     )
+    _, ax = plot_rank_history({"r": [row]}, key="projector/effective_rank_lambda")
     assert ax.get_ylabel() == label("projector/effective_rank_lambda")
     texts = [legend, ax.get_ylabel(), ax.get_title()]
     for old in [*LEGACY_KEYS, "eff. rank", "σ-rank", "λ-rank"]:

@@ -77,7 +77,7 @@ def ablate(
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Pretrain every method, diagnose and probe each, and write report.md + results.json + figures."""
-    from collapsekit.experiments.ablation import AblationConfig, run_ablation
+    from collapsekit.experiments import AblationConfig, run_ablation
     from collapsekit.outputs import check_writable_dir
     from collapsekit.train.tensorboard import require_tensorboard
 
@@ -124,24 +124,40 @@ def ablate(
         )
     if quiet:
         return
-    table = Table(title=f"Ablation ({results['config']['budget']} budget, {seeds} seed(s))")
-    for col in ("method", "local", "ZCA", "λ-rank", "dense λ-rank", "proj. λ-rank", "mean Dice"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for m in results["methods"].values():
-        mean = m["mean"]
-        dice = mean["mean_dice"]
-        table.add_row(
-            m["method"],
-            {True: "✓", False: "", None: "–"}[m["local"]],
-            {True: "✓", False: "", None: "–"}[m["zca"]],
-            f"{mean['effective_rank_eigenvalues']:.1f}",
-            f"{mean['dense_effective_rank_eigenvalues']:.1f}",
-            "–"
-            if mean.get("proj_effective_rank_eigenvalues") is None
-            else f"{mean['proj_effective_rank_eigenvalues']:.1f}",
-            "–" if dice is None else f"{100 * dice:.1f}",
-        )
-    console.print(table)
+    _print_table(results, seeds)
     console.print(f"report: {out / 'report.md'}")
     if tensorboard:
         console.print(f"tensorboard: tensorboard --logdir {out / 'tb'}")
+
+
+def _print_table(results: object, seeds: int) -> None:
+    from collapsekit.experiments import AblationResults
+
+    assert isinstance(results, AblationResults)
+
+    def num(value: float | None, scale: float = 1.0) -> str:
+        return "–" if value is None else f"{scale * value:.1f}"
+
+    table = Table(title=f"Ablation ({results.config.budget} budget, {seeds} seed(s))")
+    columns = ("method", "local", "ZCA", "health", "λ-rank", "dense λ-rank", "proj. λ-rank")
+    for col in (*columns, "mean Dice"):
+        table.add_column(col, justify="left" if col in ("method", "health") else "right")
+    flag = {True: "✓", False: "", None: "–"}
+    for m in results.methods:
+        mean = m.mean
+        table.add_row(
+            m.label,
+            flag[m.local],
+            flag[m.zca],
+            mean.health or "–",
+            num(mean.backbone.effective_rank_lambda),
+            num(mean.dense.effective_rank_lambda),
+            num(mean.projector.effective_rank_lambda),
+            num(mean.mean_dice, 100.0),
+        )
+    console.print(table)
+    console.print(
+        "λ-ranks: backbone and dense on the evaluation slices, projector on the held-out monitor "
+        "slices at the end of pretraining; rows L2-normalised.",
+        style="dim",
+    )

@@ -254,24 +254,53 @@ def _print_result(result: Any, tensorboard: bool) -> None:
             f"(extend it with --steps N > {result.total_steps})"
         )
         return
-    last = result.history[-1] if result.history else {}
+    _print_closing(result, tensorboard=tensorboard)
+
+
+_HEALTH_STYLE = {"healthy": "green", "not learning": "red", "collapsed": "red"}
+
+
+def _print_closing(result: object, *, tensorboard: bool) -> None:
+    """The closing lines: state, the last window's loss against chance, the headline ranks with
+    the set they were measured on, the health verdict, and what to do next."""
+    from collapsekit.train.loop import TrainResult
+
+    assert isinstance(result, TrainResult)
+    last = result.history[-1] if result.history else None
     state = "finished" if result.finished else f"stopped at step {result.step}/{result.total_steps}"
     console.print(f"[green]{state}[/] — run directory [bold]{result.run_dir}[/]")
-    if last:
+    if last is not None:
         console.print(
-            f"final loss {last['loss']:.4f} (chance ln(K+1) = {last.get('loss_chance', float('nan')):.3f}), "
-            f"contrastive top-1 {last.get('top1', float('nan')):.3f}; backbone effective rank "
-            f"{last['effective_rank']:.1f} on σ, {last.get('effective_rank_eigenvalues', float('nan')):.1f} "
-            f"on λ (α={last['alpha']:.2f}); projector λ-rank "
-            f"{last.get('proj_effective_rank_eigenvalues', float('nan')):.1f}, mean cosine "
-            f"{last.get('proj_mean_cosine', float('nan')):.3f}; {last['images_per_s']:.1f} img/s"
+            f"last {last.steps} steps: loss_global {last.loss_global:.3f} (chance ln(K+1) = "
+            f"{last.loss_chance:.3f}), top1_in_batch {last.top1_in_batch:.3f} (chance 1/B = "
+            f"{last.top1_in_batch_chance:.3f}), total loss {last.loss:.3f}, "
+            f"{last.images_per_s:.1f} img/s"
         )
+    final = result.final
+    if final is not None:
+        b, p = final.backbone, final.projector
+        console.print(
+            f"backbone λ-rank {b.effective_rank_lambda:.1f} (σ-rank {b.effective_rank_sigma:.1f}, "
+            f"bound {b.rank_bound}); projector λ-rank {p.effective_rank_lambda:.1f}, mean cosine "
+            f"{p.mean_cosine:.3f} — on {final.where}"
+            + (", as `collapsekit spectrum` measures by default" if final.as_spectrum else "")
+        )
+    elif last is not None and last.backbone is not None and last.projector is not None:
+        console.print(
+            f"backbone λ-rank {last.backbone.effective_rank_lambda:.1f}; projector λ-rank "
+            f"{last.projector.effective_rank_lambda:.1f}, mean cosine "
+            f"{last.projector.mean_cosine:.3f} — on the held-out monitor slices (step {last.step}), "
+            "rows L2-normalised"
+        )
+    if result.health is not None:
+        style = _HEALTH_STYLE.get(result.health.health.value, "yellow")
+        console.print(f"health: [{style}]{result.health}[/]")
     if result.finished:
         console.print(f"spectrum: {result.run_dir / 'spectrum.png'}")
-    if tensorboard:
-        console.print(f"tensorboard: tensorboard --logdir {result.run_dir / 'tb'}")
     else:
         err_console.print(f"continue with: collapsekit train --resume --out {result.run_dir}")
+    if tensorboard:
+        console.print(f"tensorboard: tensorboard --logdir {result.run_dir / 'tb'}")
 
 
 def _print_config(cfg: object) -> None:

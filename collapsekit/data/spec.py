@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 from collapsekit.errors import ConfigError
 
-__all__ = ["EVAL_PHANTOM_SEED", "PhantomConfig", "eval_phantom", "phantom_case_seed"]
+__all__ = [
+    "EVAL_PHANTOM_SEED",
+    "DIAGNOSTICS_CASES",
+    "DIAGNOSTICS_SAMPLES",
+    "PhantomConfig",
+    "eval_phantom",
+    "phantom_case_seed",
+]
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,12 @@ def phantom_case_seed(seed: int, index: int) -> int:
 #: disjoint from the case seeds ``s * 100_000 + i`` of every pretraining phantom with seed
 #: ``s < 10_000`` (and fewer than 100,000 cases), so evaluation cases are unseen in pretraining.
 EVAL_PHANTOM_SEED = 10_000
+
+#: Cases of the evaluation phantom that ``collapsekit spectrum`` / ``similarity`` embed by default
+#: (all in one split), and the slices taken evenly from them: the set of a run's headline rank,
+#: which ``train``'s final spectrum measures too.
+DIAGNOSTICS_CASES = 48
+DIAGNOSTICS_SAMPLES = 2048
 
 
 def eval_phantom(

@@ -19,6 +19,7 @@ import torch
 
 from collapsekit.data import LoadOptions, eval_phantom, load_split
 from collapsekit.data.preprocess import PreprocessConfig
+from collapsekit.data.spec import DIAGNOSTICS_CASES, DIAGNOSTICS_SAMPLES
 from collapsekit.data.volume import Volume
 from collapsekit.diagnostics import (
     SimilarityResult,
@@ -64,9 +65,9 @@ class DataSpec:
     dataset: str = "phantom"
     data_dir: str | None = None
     split: str = "all"
-    samples: int | None = 2048
+    samples: int | None = DIAGNOSTICS_SAMPLES
     image_size: int | None = None
-    phantom_cases: int = 48
+    phantom_cases: int = DIAGNOSTICS_CASES
 
 
 def _is_embeddings_file(spec: str) -> bool:

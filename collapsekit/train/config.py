@@ -79,8 +79,16 @@ class TrainConfig:
         monitor_samples: held-out slices embedded for the live collapse monitor. Keep it at least
             twice the backbone width: ``N`` samples cap any rank at ``N − 1`` (reported as
             ``rank_bound``).
+        log_every: write a metrics.jsonl row (loss parts, lr, top-1s, images/s: means over the
+            steps since the last row) every this many steps; a run shorter than ``10 ·
+            log_every`` steps logs every ``steps // 10`` so its curve still has 10 points.
         monitor_every: also monitor (and log a metrics.jsonl record) every this many steps
             (0: once per epoch).
+        fit_queue: shrink the queue to ``K = N/4`` when it exceeds a quarter of the ``N``
+            training slices (a message says so); ``false`` keeps ``model.queue_size``.
+        final_samples: slices of the evaluation phantom embedded for the final spectrum, the
+            set and normalisation ``collapsekit spectrum RUN`` uses by default (so both report
+            the same headline rank); 0: the final spectrum is the last monitor pass.
         collapse_warn_fraction: warn when the effective rank falls below this fraction of the
             backbone width.
         checkpoint_every: also write ``checkpoint.pt`` every this many steps (0: only per epoch).
@@ -135,7 +143,10 @@ class TrainConfig:
     blur_p: float | None = None
     prefill_queue: bool = True
     monitor_samples: int = 1024
+    log_every: int = 10
     monitor_every: int = 0
+    fit_queue: bool = True
+    final_samples: int = 2048
     collapse_warn_fraction: float = 0.02
     checkpoint_every: int = 0
     keep_every_epochs: int = 0
@@ -170,8 +181,10 @@ class TrainConfig:
             raise ConfigError(f"--data-dir is required for dataset '{self.dataset}'")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.warmup_steps < 0 or self.monitor_every < 0:
-            raise ConfigError("warmup_steps and monitor_every must be >= 0")
+        if self.warmup_steps < 0 or self.monitor_every < 0 or self.final_samples < 0:
+            raise ConfigError("warmup_steps, monitor_every and final_samples must be >= 0")
+        if self.log_every < 1:
+            raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
         object.__setattr__(
             self, "augment", look_up_option(self.augment, AUGMENT_PRESETS, "augmentation preset")
         )

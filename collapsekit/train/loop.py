@@ -1,5 +1,11 @@
 """The pretraining loop: MoCo v2 (+ local learning, + ZCA) with live collapse monitoring.
 
+The loop has the shape of facebookresearch/moco's ``main_moco.py`` ``train()``: for each batch, one
+step (:meth:`TrainingSession.train_step`, returning a typed :class:`~collapsekit.train.records.StepResult`),
+then the callbacks of :mod:`collapsekit.train.callbacks` (metrics rows and the monitor,
+TensorBoard, checkpoints, stop signals, progress). The session's parts are built by
+:mod:`collapsekit.train.builders`; the run directory is :mod:`collapsekit.train.run_dir`'s.
+
 Reproducibility: the data order comes from a per-epoch seeded permutation and every sample's
 augmentation from a seed derived from ``(seed, epoch, sample)`` (see :mod:`collapsekit.train.sampling`),
 so a run resumed from a checkpoint (which also stores model, queues, optimiser, scheduler and RNG
@@ -11,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -20,119 +25,124 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
 
-from collapsekit.data import (
-    LoadOptions,
-    PhantomConfig,
-    PreprocessConfig,
-    SliceDataset,
-    TwoViewTransform,
-    Volume,
-    load_split,
-)
-from collapsekit.errors import ConfigError, OutputError, TrainingError, TrainingInterrupted
-from collapsekit.models import MoCo
+from collapsekit.data.spec import DIAGNOSTICS_SAMPLES
+from collapsekit.diagnostics.health import HealthVerdict
+from collapsekit.errors import TrainingError, TrainingInterrupted
 from collapsekit.monitoring import MonitorResult
-from collapsekit.outputs import check_writable_dir, os_error_in, write_failure
-from collapsekit.progress import (
-    Message,
-    ProgressCallback,
-    TaskAdvanced,
-    TaskFinished,
-    TaskStarted,
-    emit,
-)
+from collapsekit.outputs import os_error_in, write_failure
+from collapsekit.progress import Message, ProgressCallback, emit
 from collapsekit.runs.checkpoint import (
     build_checkpoint,
-    load_checkpoint,
     remove_stale_temp_files,
     restore_checkpoint,
     save_checkpoint,
 )
-from collapsekit.runs.rundir import default_run_dir, hold_run_dir, holds_run, update_latest
-from collapsekit.serialization import append_line
+from collapsekit.runs.rundir import hold_run_dir, update_latest
+from collapsekit.serialization import append_line, write_json
+from collapsekit.train.builders import (
+    TrainData,
+    build_data,
+    build_model,
+    build_optimizer,
+    build_precision,
+    cosine_schedule,
+    fit_queue,
+)
+from collapsekit.train.callbacks import (
+    Callback,
+    Checkpointing,
+    MetricsLog,
+    ProgressEvents,
+    StopOnSignal,
+    TensorBoardCallback,
+    tensorboard_dir,
+)
 from collapsekit.train.config import TrainConfig, config_to_dict, save_config
 from collapsekit.train.distributed import (
     DistContext,
     barrier,
-    broadcast_object,
     cleanup_distributed,
     setup_distributed,
 )
-from collapsekit.train.feed import compile_model, pretrain_feed
-from collapsekit.train.interrupts import StopSignals, before_first_step, ignore_stop_signals
+from collapsekit.train.interrupts import StopSignals, before_first_step
 from collapsekit.train.monitor import (
     encoder_monitor,
-    metrics_record,
-    monitor_images,
-    spectrum_figure,
+    evaluation_images,
+    evaluation_set,
+    monitor_set,
     write_final_spectrum,
 )
-from collapsekit.train.resume import ResumePlan, explicit_fields, plan_resume
-from collapsekit.train.sampling import EpochSampler
+from collapsekit.train.records import MetricsRecord, SpaceRecord, StepResult
+from collapsekit.train.resume import ResumePlan
+from collapsekit.train.run_dir import open_run
+from collapsekit.train.split import loading_options
 from collapsekit.train.tensorboard import TensorBoardLog, require_tensorboard
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "FinalSpectra", "TrainingSession", "train", "cosine_schedule"]
 
 # Data "epoch" of the batches that prefill the queues: an order and augmentations no training
 # epoch uses.
 PREFILL_EPOCH = 1_000_000
 
-# Fields of the given config that win over the stored one when resuming.
+
+@dataclass(frozen=True)
+class FinalSpectra:
+    """The diagnostics of the trained encoder at the end of the schedule.
+
+    Attributes:
+        where: the set and normalisation, e.g. "2048 evaluation-phantom slices, rows
+            L2-normalised" (``collapsekit spectrum RUN``'s default set) or the monitor slices.
+        backbone, projector: the two spaces' numbers.
+        as_spectrum: measured on ``collapsekit spectrum RUN``'s default set (``final_samples``
+            equal to its default), so both report this headline number.
+    """
+
+    where: str
+    backbone: SpaceRecord
+    projector: SpaceRecord
+    as_spectrum: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        spaces = {"backbone": self.backbone, "projector": self.projector}
+        out: dict[str, Any] = {"where": self.where, "as_spectrum": self.as_spectrum}
+        for name, space in spaces.items():
+            out.update({f"{name}/{k}": v for k, v in space.__dict__.items()})
+        return out
 
 
 @dataclass
 class TrainResult:
-    """What a finished (or stopped) training session leaves behind."""
+    """What a finished (or stopped) training session leaves behind.
+
+    Attributes:
+        history: the ``metrics.jsonl`` rows.
+        final: the final spectra (``None`` unless finished in this session).
+        health: the verdict of the last row (``None`` without rows).
+    """
 
     run_dir: Path
     step: int
     total_steps: int
     epoch: int
     losses: list[float] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[MetricsRecord] = field(default_factory=list)
     finished: bool = False
+    final: FinalSpectra | None = None
+    health: HealthVerdict | None = None
     #: resumed at its last step: nothing was trained or written this session
     already_finished: bool = False
 
-
-def load_training_volumes(
-    cfg: TrainConfig, progress: ProgressCallback | None, ctx: DistContext | None = None
-) -> tuple[list[Volume], list[Volume]]:
-    """Training and monitor volumes; without a validation split the last volumes are held out.
-
-    Loaded as ``cfg`` says (cache directory, preprocessing workers, O_DIRECT) by the process
-    ``ctx`` names (ranks sharing a cache split the preprocessing)."""
-    pre = PreprocessConfig(a_min=cfg.a_min, a_max=cfg.a_max, in_plane_size=cfg.in_plane_size)
-    phantom = PhantomConfig(
-        cases=cfg.phantom_cases,
-        size=cfg.phantom_size,
-        slices=cfg.phantom_slices,
-        seed=cfg.seed,
-        validation=cfg.phantom_validation,
-    )
-    loading = LoadOptions(
-        cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
-        workers=cfg.preprocess_workers,
-        direct_io=cfg.cache_direct_io,
-        rank=ctx.rank if ctx else 0,
-        world_size=ctx.world_size if ctx else 1,
-        local_world_size=ctx.local_world_size if ctx else 1,
-    )
-    kw: dict[str, Any] = dict(phantom=phantom, options=loading, progress=progress)
-    train_vols = load_split(cfg.dataset, cfg.data_dir, "training", pre, **kw)
-    monitor_vols = load_split(cfg.dataset, cfg.data_dir, "validation", pre, **kw)
-    if not monitor_vols:
-        # No validation split (AbdomenCT-1K, folder): hold out the last volumes for monitoring.
-        n_hold = max(1, len(train_vols) // 20) if len(train_vols) >= 5 else 0
-        if n_hold:
-            monitor_vols = train_vols[-n_hold:]
-            train_vols = train_vols[:-n_hold]
-        else:
-            monitor_vols = train_vols
-    return train_vols, monitor_vols
+    def summary(self) -> dict[str, Any]:
+        """``summary.json``: the run's state, health verdict, last row and final spectra."""
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "finished": self.finished,
+            "health": self.health.to_dict() if self.health else None,
+            "last": self.history[-1].to_dict() if self.history else None,
+            "final": self.final.to_dict() if self.final else None,
+        }
 
 
 def _global_mean(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -142,15 +152,6 @@ def _global_mean(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     y = x.clone()
     torch.distributed.all_reduce(y)
     return y / ctx.world_size
-
-
-def cosine_schedule(step: int, total: int, warmup: int = 0) -> float:
-    """Learning-rate factor: linear warm-up ``(step + 1) / warmup`` for ``step < warmup``, then a
-    cosine from 1 (at ``warmup``) to 0 (at ``total``)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (min(step, total) - warmup) / max(total - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def train(
@@ -166,9 +167,11 @@ def train(
     """Pretrain a MoCo v2 model (method per ``cfg.model.method``) and write a run directory.
 
     The run directory receives ``checkpoint.pt`` (atomic; after every epoch and every
-    ``checkpoint_every`` steps), ``config.toml``, ``metrics.jsonl`` (one line per epoch: loss parts,
-    lr, images/s, effective rank, α) and at the end ``spectrum.png`` of the final backbone.
-    Under ``torchrun`` every rank trains on its share of each batch and only rank 0 writes.
+    ``checkpoint_every`` steps), ``config.toml``, ``metrics.jsonl`` (a row every ``log_every``
+    steps: loss parts, lr, top-1s, images/s and the health verdict; the monitor's spaces on its own
+    interval) and at the end ``spectrum.png``/``.json`` of the final encoder on ``collapsekit
+    spectrum``'s default set, and ``summary.json``. Under ``torchrun`` every rank trains on its
+    share of each batch and only rank 0 writes.
 
     Args:
         cfg: the configuration. When ``resume``: the saved config wins, and the settings given
@@ -181,18 +184,18 @@ def train(
             ``"model.method"``): what the CLI passes.
         overwrite: allow writing into a directory that already holds another run.
         progress: progress callback (task ``train``; warnings as :class:`Message`).
-        tensorboard: also log every metrics record (and the spectrum figure at each monitor step)
+        tensorboard: also log every metrics row (and the spectrum figure at each monitor step)
             to TensorBoard event files (rank 0): ``True`` in ``<run>/tb``, or in the directory
             given. Needs the ``tensorboard`` package.
 
     Raises:
         ConfigError: ``out`` holds another run (without ``resume``/``overwrite``), nothing to
             resume, or a setting given on resume that conflicts with the saved run.
-        OutputError: another process is training in ``out`` (the run directory is locked).
         TrainingError: batch larger than the data, a non-finite loss or a failed write (the last good
             checkpoint is kept).
         TrainingInterrupted: SIGINT/SIGTERM; the step finished and a checkpoint was written.
-        OutputError: ``out`` is a file, a non-empty directory without a run, or not writable.
+        OutputError: ``out`` is a file, a non-empty directory without a run, or not writable, or
+            another process is training in it (the run directory is locked).
     """
     if tensorboard is not False:
         require_tensorboard()  # before any work
@@ -214,159 +217,54 @@ def train(
         cleanup_distributed(ctx)
 
 
-def _open_run(
-    cfg: TrainConfig,
-    out: str | Path | None,
-    *,
-    resume: bool,
-    overwrite: bool,
-    ctx: DistContext,
-    given: Mapping[str, Any] | None = None,
-) -> tuple[TrainConfig, Path, dict[str, Any] | None, ResumePlan | None]:
-    """The run directory, the effective config and, when resuming, the checkpoint to resume from
-    and the resume plan."""
-    run_dir = Path(out) if out is not None else default_run_dir(cfg.model.method, cfg.model.arch)
-    run_dir = Path(broadcast_object(str(run_dir), ctx))
-    ckpt: dict[str, Any] | None = None
-    plan: ResumePlan | None = None
-    if resume:
-        ckpt_path = run_dir / "checkpoint.pt"
-        if not ckpt_path.is_file():
-            raise ConfigError(f"nothing to resume: {ckpt_path} does not exist")
-        ckpt = load_checkpoint(ckpt_path)
-        plan = plan_resume(
-            ckpt["config"],
-            int(ckpt["step"]),
-            int(ckpt.get("total_steps") or ckpt["step"]),
-            explicit_fields(cfg) if given is None else given,
-        )
-        cfg = plan.config
-    else:
-        _check_new_run_dir(run_dir, overwrite=overwrite)
-    if ctx.is_main:
-        check_writable_dir(run_dir, "run directory")
-    if cfg.batch_size % ctx.world_size:
-        raise ConfigError(
-            f"batch_size {cfg.batch_size} is not divisible by the {ctx.world_size} processes"
-        )
-    return cfg, run_dir, ckpt, plan if resume else None
+class TrainingSession:
+    """One training session: the built parts, the counters a checkpoint stores, and the step.
 
-
-def _check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Refuse a ``--out`` that is a file, holds a run, or holds the user's own files."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputError(f"--out {run_dir} is a file, not a run directory")
-    existing = holds_run(run_dir)
-    if existing and not overwrite:
-        raise ConfigError(
-            f"{run_dir} already holds a run ({', '.join(existing)}); use --resume to continue it, "
-            "--overwrite to replace it, or another --out"
-        )
-    if run_dir.is_dir() and not existing and not overwrite:
-        others = sorted(p.name for p in run_dir.iterdir())
-        if others:
-            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-            raise OutputError(
-                f"{run_dir} is not empty and holds no run ({shown}); pass --overwrite to train "
-                "into it anyway, or choose another --out"
-            )
-
-
-class _Session:
-    """One training session: data, model, optimiser and the counters a checkpoint stores."""
+    Callbacks read its attributes and call its public methods (:meth:`log`, :meth:`checkpoint`,
+    :meth:`write`); ``should_stop`` ends the loop after the current step.
+    """
 
     def __init__(
-        self, cfg: TrainConfig, run_dir: Path, progress: ProgressCallback | None, ctx: DistContext
+        self,
+        cfg: TrainConfig,
+        data: TrainData,
+        run_dir: Path,
+        progress: ProgressCallback | None,
+        ctx: DistContext,
     ) -> None:
-        self.cfg, self.run_dir, self.progress, self.ctx = cfg, run_dir, progress, ctx
+        self.cfg, self.data, self.run_dir, self.progress, self.ctx = (
+            cfg,
+            data,
+            run_dir,
+            progress,
+            ctx,
+        )
         self.ckpt_path = run_dir / "checkpoint.pt"
         self.stop = StopSignals()
+        self.should_stop = False
         self.saved_step: int | None = None  # the step of the last checkpoint written (or resumed)
-        device = self.device = ctx.device
-
-        # ---- data
-        train_vols, monitor_vols = load_training_volumes(cfg, progress, ctx)
-        slices = SliceDataset(train_vols)
-        if len(slices) < cfg.batch_size:
-            raise TrainingError(
-                f"batch size {cfg.batch_size} is larger than the {len(slices)} usable training "
-                "slices; lower --batch-size or add data"
-            )
-        transform = TwoViewTransform(**cfg.augmentation())
-        # the views are made by the loader workers or on the device (collapsekit.train.feed)
-        self.feed = pretrain_feed(train_vols, transform, cfg.seed, device, cfg.device_augment)
-        self.views = self.feed.dataset
-        self.sampler = EpochSampler(
-            len(self.views), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size
-        )
-        self.loader = DataLoader(
-            self.views,
-            batch_size=cfg.batch_size // ctx.world_size,
-            sampler=self.sampler,
-            drop_last=True,
-            num_workers=cfg.num_workers,
-            worker_init_fn=ignore_stop_signals,
-            pin_memory=device.type == "cuda",
-            # Its own generator: creating an iterator must not draw from the global RNG, or a
-            # resumed run would see a shifted shuffle-BN permutation stream.
-            generator=torch.Generator().manual_seed(cfg.seed),
-            collate_fn=self.feed.collate,
-        )
-        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.steps_per_epoch = data.steps_per_epoch
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.steps_per_epoch
         self.stop_at = min(self.total_steps, cfg.stop_after) if cfg.stop_after else self.total_steps
-        self.monitor_images = monitor_images(monitor_vols, cfg.monitor_samples, cfg.image_size)
-        self.tb: TensorBoardLog | None = None
-        self.n_slices = len(slices)
-
-        # ---- model, optimiser, schedule
-        torch.manual_seed(cfg.seed)
-        self.moco = MoCo(cfg.model, fused_local_loss=cfg.fused_local_loss).to(device)
-        if cfg.channels_last:  # Module.to's type stubs lack memory_format
-            self.moco.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.model: nn.Module = self.moco
-        if ctx.distributed:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.moco, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        self.model = compile_model(self.model, cfg.compile)
-        params = [p for p in self.moco.encoder_q.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(
-            params,
-            lr=cfg.base_lr,
-            momentum=cfg.sgd_momentum,
-            weight_decay=cfg.weight_decay,
-            fused=cfg.fused_sgd,
-        )
-        total, warmup = self.total_steps, cfg.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: cosine_schedule(s, total, warmup)
-        )
-        self.use_amp = cfg.amp and device.type == "cuda"
-        self.amp_dtype = (
-            torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        )
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
-        )
+        self.local_batch = cfg.batch_size // ctx.world_size
+        self.loss_chance = math.log(cfg.model.queue_size + 1)
+        self.moco, self.model = build_model(cfg, ctx)
+        self.optimizer, self.scheduler = build_optimizer(cfg, self.moco, self.total_steps)
+        self.precision = build_precision(cfg, ctx.device)
         self.width = self.moco.encoder_q.backbone.out_channels
         self.monitor = encoder_monitor(
-            self.moco.encoder_q, self.monitor_images, warn_fraction=cfg.collapse_warn_fraction
+            self.moco.encoder_q, data.monitor_images, warn_fraction=cfg.collapse_warn_fraction
         )
-        self.loss_chance = math.log(cfg.model.queue_size + 1)
-
         self.step = 0
         self.losses: list[float] = []
-        self.history: list[dict[str, Any]] = []
-        self.last_report: MonitorResult | None = None
-        self._window: dict[str, float] = {}
-        self._t0 = time.perf_counter()
+        self.history: list[MetricsRecord] = []
+        self.callbacks: list[Callback] = []
 
     def warnings(self) -> list[Message]:
         """Settings that undermine the run or its diagnostics (printed, not fatal)."""
-        cfg, out = self.cfg, []
-        k, n = cfg.model.queue_size, self.n_slices
-        if 4 * k > n:
+        out = []
+        k, n = self.cfg.model.queue_size, self.data.n_slices
+        if 4 * k > n:  # only with fit_queue = false
             out.append(
                 Message(
                     f"queue size K = {k} exceeds a quarter of the {n} training slices: each slice "
@@ -375,37 +273,34 @@ class _Session:
                     level="warning",
                 )
             )
-        m = len(self.monitor_images)
+        m = len(self.data.monitor_images)
         if m < 2 * self.width:
             out.append(
                 Message(
-                    f"{m} monitor slices cap the measured rank at {m - 1} of {self.width} "
-                    f"dimensions; use monitor_samples >= {2 * self.width} (reported as rank_bound)",
-                    level="warning",
+                    f"{m} monitor slices cap the monitor's rank at {m - 1} of {self.width} "
+                    f"dimensions (reported as rank_bound); the final spectrum uses "
+                    f"{self.cfg.final_samples or m} slices",
+                    level="info",
                 )
             )
         return out
 
     def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch's tensors on the training device (two views made there by a device feed)."""
-        return self.feed.prepare(batch)
+        return self.data.feed.prepare(batch)
 
     def autocast(self) -> torch.autocast:
-        """Mixed precision on CUDA (bf16 where supported), a no-op on CPU."""
-        return torch.autocast(
-            device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp
-        )
+        return self.precision.autocast(self.ctx.device)
 
     @torch.no_grad()
     def prefill(self) -> None:
         """Fill the queues with real keys of the first ``ceil(K / B)`` batches (fresh runs)."""
-        k = self.cfg.model.queue_size
-        n_batches = -(-k // self.cfg.batch_size)
+        n_batches = -(-self.cfg.model.queue_size // self.cfg.batch_size)
         done, epoch = 0, PREFILL_EPOCH  # orders and augmentations no training epoch uses
         while done < n_batches:
-            self.views.epoch = epoch
-            self.sampler.set_epoch(epoch)
-            for batch in self.loader:
+            self.data.views.epoch = epoch
+            self.data.sampler.set_epoch(epoch)
+            for batch in self.data.loader:
                 with self.autocast():
                     self.moco.prefill_queues(self.on_device(batch))
                 done += 1
@@ -414,40 +309,37 @@ class _Session:
             epoch += 1
 
     def restore(self, ckpt: dict[str, Any]) -> None:
-        self.step, self.losses, self.history = restore_checkpoint(
+        self.step, self.losses, history = restore_checkpoint(
             ckpt,
             model=self.moco,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            scaler=self.scaler,
+            scaler=self.precision.scaler,
         )
+        self.history = [MetricsRecord.from_dict(r) for r in history]
+        self.saved_step = self.step
 
     def checkpoint(self, epoch: int) -> None:
         """Write ``checkpoint.pt`` (rank 0), and a periodic copy at the end of some epochs."""
         if not self.ctx.is_main:
             return
-        cfg = self.cfg
         state = build_checkpoint(
-            config_to_dict(cfg),
+            config_to_dict(self.cfg),
             epoch=epoch,
             step=self.step,
             total_steps=self.total_steps,
             model=self.moco,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            scaler=self.scaler,
+            scaler=self.precision.scaler,
             losses=self.losses,
-            history=self.history,
+            history=[r.to_dict() for r in self.history],
         )
-        self._write(save_checkpoint, state, self.ckpt_path)
+        self.write(save_checkpoint, state, self.ckpt_path)
         self.saved_step = self.step
-        if (
-            cfg.keep_every_epochs
-            and self.step % self.steps_per_epoch == 0
-            and (epoch + 1) % cfg.keep_every_epochs == 0
-        ):
-            path = self.run_dir / f"checkpoint_epoch{epoch + 1:03d}.pt"
-            self._write(save_checkpoint, state, path)
+        keep = self.cfg.keep_every_epochs
+        if keep and self.step % self.steps_per_epoch == 0 and (epoch + 1) % keep == 0:
+            self.write(save_checkpoint, state, self.run_dir / f"checkpoint_epoch{epoch + 1:03d}.pt")
 
     def kept(self) -> str:
         """What a failure leaves on disk, for its message."""
@@ -455,7 +347,7 @@ class _Session:
             return "no checkpoint of this run was written yet"
         return f"the last good checkpoint {self.ckpt_path} (step {self.saved_step}) is kept"
 
-    def _write(self, write: Callable[[Any, Path], Any], obj: Any, path: Path) -> None:
+    def write(self, write: Callable[[Any, Path], Any], obj: Any, path: Path) -> None:
         """``write(obj, path)``; a failed write (disk full, read-only) becomes a TrainingError
         saying what was kept. The writers are atomic, so no half-written file is left."""
         try:
@@ -466,12 +358,15 @@ class _Session:
                 raise
             raise TrainingError(write_failure(path, err, self.kept())) from None
 
-    def train_step(
-        self, batch: dict[str, Any], epoch: int
-    ) -> tuple[float, float, float | None, float, float]:
-        """One optimiser step; returns the global means ``(loss, loss_global, loss_local, top1,
-        batch_top1)`` (top-1: the fraction of queries whose positive key outranks every queued
-        negative; batch top-1: whose key is the nearest of the batch's keys)."""
+    def log(self, row: MetricsRecord, monitor: MonitorResult | None) -> None:
+        """Append ``row`` to the history and ``metrics.jsonl``; tell the callbacks."""
+        self.history.append(row)
+        self.write(append_line, json.dumps(row.to_dict()), self.run_dir / "metrics.jsonl")
+        for callback in self.callbacks:
+            callback.on_log(self, row, monitor)
+
+    def train_step(self, batch: dict[str, Any], epoch: int) -> StepResult:
+        """One optimiser step; the loss parts and top-1s averaged over ranks."""
         with self.autocast():
             output = self.model(self.on_device(batch))
         loss = output.loss
@@ -482,100 +377,109 @@ class _Session:
             raise TrainingError(
                 f"loss became {loss.item()} at step {self.step + 1} (epoch {epoch + 1}){kept}"
             )
+        lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.precision.scaler.scale(loss).backward()
+        self.precision.scaler.step(self.optimizer)
+        self.precision.scaler.update()
         self.scheduler.step()
         self.step += 1
-        lv = float(_global_mean(loss.detach(), self.ctx))
-        self.losses.append(lv)
-        lg = float(_global_mean(output.loss_global.detach(), self.ctx))
-        ll = None
-        if output.loss_local is not None:
-            ll = float(_global_mean(output.loss_local.detach(), self.ctx))
-        top1 = (output.logits.detach().argmax(dim=1) == 0).float().mean()
-        btop1 = torch.tensor(output.batch_top1 or 0.0, device=top1.device)
-        return (
-            lv,
-            lg,
-            ll,
-            float(_global_mean(top1, self.ctx)),
-            float(_global_mean(btop1, self.ctx)),
-        )
 
-    def run_epoch(self, last_metrics: dict[str, Any]) -> int:
-        """Train from the current step to the end of its epoch (or ``stop_at``), logging a record
-        every ``monitor_every`` steps and at the end of the epoch. Returns the epoch index."""
-        cfg, spe = self.cfg, self.steps_per_epoch
+        def mean(x: torch.Tensor | float) -> float:
+            t = x.detach() if isinstance(x, torch.Tensor) else torch.tensor(x)
+            return float(_global_mean(t.to(self.ctx.device), self.ctx))
+
+        result = StepResult(
+            step=self.step,
+            epoch=epoch,
+            loss=mean(loss),
+            loss_global=mean(output.loss_global),
+            loss_local=None if output.loss_local is None else mean(output.loss_local),
+            top1_queue=mean((output.logits.detach().argmax(dim=1) == 0).float().mean()),
+            top1_in_batch=mean(float(output.batch_top1 or 0.0)),
+            lr=lr,
+        )
+        self.losses.append(result.loss)
+        return result
+
+    def run_epoch(self) -> int:
+        """Train from the current step to the end of its epoch (or a stop); the epoch index."""
+        spe = self.steps_per_epoch
         epoch = self.step // spe
-        self.sampler.set_epoch(epoch, self.step - epoch * spe)
-        self.views.epoch = epoch
-        for batch in self.loader:
-            lv, lg, ll, top1, btop1 = self.train_step(batch, epoch)
-            w = self._window
-            parts = {"loss": lv, "loss_global": lg, "loss_local": ll, "top1": top1}
-            parts["batch_top1"] = btop1
-            for key, v in parts.items():
-                w[key] = w.get(key, 0.0) + (v or 0.0)
-            w["steps"] = w.get("steps", 0) + 1
-            ips = w["steps"] * cfg.batch_size / max(time.perf_counter() - self._t0, 1e-9)
-            info = {"epoch": epoch + 1, "loss": lv, "lr": self.scheduler.get_last_lr()[0]}
-            info["img/s"] = ips
-            if "effective_rank" in last_metrics:
-                info["erank"] = last_metrics["effective_rank"]
-            emit(self.progress, TaskAdvanced("train", info=info))
-            # a record (and a monitor pass) every monitor_every steps, else once per epoch; always
-            # at the end of the schedule
-            every = cfg.monitor_every or spe
-            if self.step % every == 0 or self.step >= self.total_steps:
-                if self.ctx.is_main:
-                    last_metrics.clear()
-                    last_metrics.update(self.log_record(epoch))
-                else:
-                    self._reset_window()
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step % spe:
-                self.checkpoint(epoch)
-            if self.stop.poll(self.ctx) is not None or self.step >= self.stop_at:
+        self.data.sampler.set_epoch(epoch, self.step - epoch * spe)
+        self.data.views.epoch = epoch
+        for batch in self.data.loader:
+            result = self.train_step(batch, epoch)
+            for callback in self.callbacks:
+                callback.on_train_batch_end(self, result)
+            if self.should_stop or self.step >= self.stop_at:
                 break
+        for callback in self.callbacks:
+            callback.on_train_epoch_end(self, epoch)
         return epoch
 
-    def _reset_window(self) -> None:
-        self._window, self._t0 = {}, time.perf_counter()
+    def fit(self) -> int:
+        """The loop: epochs until ``stop_at`` or a stop; the last epoch index."""
+        epoch = self.step // self.steps_per_epoch
+        self.model.train()
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        try:
+            with self.stop:
+                while self.step < self.stop_at and not self.should_stop:
+                    epoch = self.run_epoch()
+        finally:
+            for callback in self.callbacks:
+                callback.on_train_end(self)
+        return epoch
 
-    def log_record(self, epoch: int) -> dict[str, Any]:
-        """Close the current window: monitor both spaces, warn on collapse, append the record to
-        ``metrics.jsonl`` (rank 0 only)."""
-        w, cfg = self._window, self.cfg
-        n = max(int(w.get("steps", 0)), 1)
-        elapsed = time.perf_counter() - self._t0
-        self.last_report = self.monitor.measure(self.step)
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": self.step,
-            "loss": w.get("loss", 0.0) / n,
-            "loss_global": w.get("loss_global", 0.0) / n,
-            "loss_local": w.get("loss_local", 0.0) / n if cfg.model.uses_local else None,
-            "loss_chance": self.loss_chance,
-            "top1": w.get("top1", 0.0) / n,
-            "batch_top1": w.get("batch_top1", 0.0) / n,
-            "batch_top1_chance": 1.0 / (cfg.batch_size // self.ctx.world_size),
-            "lr": self.scheduler.get_last_lr()[0],
-            "images_per_s": n * cfg.batch_size / max(elapsed, 1e-9),
-            **metrics_record(self.last_report),
-        }
-        for alert in self.last_report.alerts:
-            emit(self.progress, Message(alert, level="warning"))
-        self.history.append(record)
-        self._write(append_line, json.dumps(record), self.run_dir / "metrics.jsonl")
-        if self.tb is not None:
-            self.tb.record(record)
-            title = f"{self.run_dir.name} — step {self.step}"
-            fig = spectrum_figure(self.last_report, cfg.model.method, cfg.model.arch, title)
-            self.tb.figure("spectrum", fig, self.step)
-            self.tb.flush()
-        self._reset_window()
-        return record
+
+def _callbacks(
+    session: TrainingSession, tensorboard: bool | str | Path, resumed: bool
+) -> list[Callback]:
+    cfg = session.cfg
+    callbacks: list[Callback] = [
+        MetricsLog(cfg.log_every, cfg.monitor_every),
+        Checkpointing(cfg.checkpoint_every),
+        StopOnSignal(),
+        ProgressEvents(),
+    ]
+    if tensorboard is not False and session.ctx.is_main:
+        # TensorBoard drops earlier events at or after purge_step: a resumed run replays the
+        # steps after its checkpoint, an overwritten one starts again
+        tb = TensorBoardLog(
+            tensorboard_dir(session.run_dir, tensorboard),
+            purge_step=session.step + 1 if resumed else 0,
+        )
+        callbacks.insert(1, TensorBoardCallback(tb))
+    return callbacks
+
+
+def _start_run_dir(session: TrainingSession, resources: ExitStack) -> None:
+    """Rank 0: the run directory (locked: one process per run), its config and ``runs/latest``."""
+    run_dir = session.run_dir
+    resources.enter_context(hold_run_dir(run_dir))  # creates it
+    remove_stale_temp_files(run_dir)  # a kill during a checkpoint write leaves one
+    session.write(save_config, session.cfg, run_dir / "config.toml")
+    note = update_latest(run_dir)
+    if note is not None:
+        emit(session.progress, Message(note, level="warning"))
+
+
+def _already_finished(run_dir: Path, plan: ResumePlan, ckpt: dict[str, Any]) -> TrainResult:
+    """A resumed run at its last step: nothing is trained, nothing is written."""
+    history = [MetricsRecord.from_dict(r) for r in ckpt.get("history", [])]
+    return TrainResult(
+        run_dir=run_dir,
+        step=plan.step,
+        total_steps=plan.total_steps,
+        epoch=int(ckpt.get("epoch", 0)) + 1,
+        losses=list(ckpt.get("losses", [])),
+        history=history,
+        finished=True,
+        health=history[-1].verdict() if history else None,
+        already_finished=True,
+    )
 
 
 def _train(
@@ -590,88 +494,81 @@ def _train(
     given: Mapping[str, Any] | None = None,
     resources: ExitStack,
 ) -> TrainResult:
-    cfg, run_dir, ckpt, plan = _open_run(
+    cfg, run_dir, ckpt, plan = open_run(
         cfg, out, resume=resume, overwrite=overwrite, ctx=ctx, given=given
     )
     if plan is not None:
         for line in plan.changes:
             emit(progress, Message(f"resume: {line}"))
-        if plan.already_finished and ckpt is not None:  # nothing to train: nothing is written
-            return TrainResult(
-                run_dir=run_dir,
-                step=plan.step,
-                total_steps=plan.total_steps,
-                epoch=int(ckpt.get("epoch", 0)) + 1,
-                losses=list(ckpt.get("losses", [])),
-                history=list(ckpt.get("history", [])),
-                finished=True,
-                already_finished=True,
-            )
+        if plan.already_finished and ckpt is not None:
+            return _already_finished(run_dir, plan, ckpt)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # noqa: NPY002 - seeds the legacy global RNG that user code may use
     with before_first_step(run_dir):  # Ctrl-C/SIGTERM while volumes load: one line, exit 130/143
-        session = _Session(cfg, run_dir, progress, ctx)
+        data = build_data(cfg, ctx, progress)
+        cfg, queue_message = fit_queue(cfg, data.n_slices) if ckpt is None else (cfg, None)
+        session = TrainingSession(cfg, data, run_dir, progress, ctx)
         if ckpt is not None:
             session.restore(ckpt)
-            session.saved_step = session.step
         elif cfg.prefill_queue:
             session.prefill()
-    for message in session.warnings():
-        emit(progress, message)
-
+    for message in [queue_message, *session.warnings()]:
+        if message is not None:
+            emit(progress, message)
     if ctx.is_main:
-        resources.enter_context(hold_run_dir(run_dir))  # creates it; one process per run
-        remove_stale_temp_files(run_dir)  # a kill during a checkpoint write leaves one
-        session._write(save_config, cfg, run_dir / "config.toml")
-        note = update_latest(run_dir)
-        if note is not None:
-            emit(progress, Message(note, level="warning"))
-        if tensorboard is not False:
-            tb_dir = run_dir / "tb" if tensorboard is True else Path(tensorboard)
-            # TensorBoard drops earlier events at or after purge_step: a resumed run replays the
-            # steps after its checkpoint, an overwritten one starts again
-            session.tb = TensorBoardLog(tb_dir, purge_step=session.step + 1 if ckpt else 0)
+        _start_run_dir(session, resources)
     barrier(ctx)
-
-    total = session.total_steps
-    emit(progress, TaskStarted("train", total=total, description=f"train {cfg.model.method}"))
-    if session.step:
-        emit(progress, TaskAdvanced("train", advance=session.step))
-    session.model.train()
-    epoch = session.step // session.steps_per_epoch
-    last_metrics: dict[str, Any] = dict(session.history[-1]) if session.history else {}
-    session._reset_window()
-    with session.stop:
-        while session.step < session.stop_at and session.stop.agreed is None:
-            epoch = session.run_epoch(last_metrics)
-            session.checkpoint(epoch)
-    if session.tb is not None:
-        session.tb.close()  # each record was flushed already: an error above loses nothing
-    emit(progress, TaskFinished("train", info=last_metrics))
+    session.callbacks = _callbacks(session, tensorboard, resumed=ckpt is not None)
+    epoch = session.fit()
     if session.stop.agreed is not None:
         raise TrainingInterrupted(
             f"stopped at step {session.step}; resume with: collapsekit train --resume "
             f"--out {run_dir}",
             exit_code=128 + int(session.stop.agreed),
         )
-
-    finished = session.step >= total
-    if finished and ctx.is_main:
-        report = session.last_report
-        if report is None:  # resumed exactly at the end: nothing was trained this session
-            report = session.monitor.measure(session.step)
-        session._write(
-            lambda r, d: write_final_spectrum(r, d, cfg.model.method, cfg.model.arch),
-            report,
-            run_dir,
-        )
+    finished = session.step >= session.total_steps
+    final = _final_spectra(session) if finished and ctx.is_main else None
     barrier(ctx)
-    return TrainResult(
+    result = TrainResult(
         run_dir=run_dir,
         step=session.step,
-        total_steps=total,
+        total_steps=session.total_steps,
         epoch=epoch + 1,
         losses=session.losses,
         history=session.history,
         finished=finished,
+        final=final,
+        health=session.history[-1].verdict() if session.history else None,
+    )
+    if ctx.is_main:
+        session.write(write_json, result.summary(), run_dir / "summary.json")
+    return result
+
+
+def _final_spectra(session: TrainingSession) -> FinalSpectra:
+    """Measure the trained encoder on ``collapsekit spectrum``'s default set (or, with
+    ``final_samples = 0``, the monitor slices) and write the spectrum files."""
+    cfg = session.cfg
+    if cfg.final_samples:
+        images = evaluation_images(
+            cfg.final_samples,
+            cfg.image_size,
+            options=loading_options(cfg, session.ctx),
+            progress=session.progress,
+        )
+        where = evaluation_set(len(images))
+    else:
+        images = session.data.monitor_images
+        where = monitor_set(len(images))
+    result = encoder_monitor(session.moco.encoder_q, images).measure(session.step)
+    session.write(
+        lambda r, d: write_final_spectrum(r, d, cfg.model.method, cfg.model.arch, where),
+        result,
+        session.run_dir,
+    )
+    return FinalSpectra(
+        where,
+        SpaceRecord.of(result["backbone"]),
+        SpaceRecord.of(result["projector"]),
+        as_spectrum=cfg.final_samples == DIAGNOSTICS_SAMPLES,
     )

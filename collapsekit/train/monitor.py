@@ -7,8 +7,12 @@ embedded in eval mode and diagnosed in both spaces by :class:`~collapsekit.monit
 output) and the **projector** output (what the contrastive loss sees, where Jing et al. 2022 first
 observed dimensional collapse). Each space gets the σ- and λ-based effective ranks, α, the std of
 L2-normalised rows and the mean pairwise cosine; a record goes to ``metrics.jsonl`` and a warning
-is raised when the backbone's effective rank drops below a fraction of its width. At the end of
-training the last backbone report becomes ``spectrum.json`` and ``spectrum.png``.
+is raised when the backbone's effective rank drops below a fraction of its width.
+
+At the end of training the same monitor measures the **evaluation set** that ``collapsekit
+spectrum RUN`` uses by default (:func:`evaluation_images`: evenly spaced slices of the evaluation
+phantom, rows L2-normalised), so ``train`` and ``spectrum`` report one headline rank; it becomes
+``spectrum.json``, ``spectrum_projector.json`` and ``spectrum.png``.
 """
 
 from __future__ import annotations
@@ -21,26 +25,69 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from collapsekit.data import Volume, select_slices, slice_tensor
+from collapsekit.data import (
+    LoadOptions,
+    Volume,
+    eval_phantom,
+    load_split,
+    select_slices,
+    slice_tensor,
+)
+from collapsekit.data.spec import DIAGNOSTICS_CASES
 from collapsekit.diagnostics import SpectrumResult
 from collapsekit.monitoring import CollapseMonitor, MonitorResult
 from collapsekit.plotting import plot_spectrum, save_figure
+from collapsekit.progress import ProgressCallback
 from collapsekit.serialization import write_json
 
 __all__ = [
     "monitor_images",
+    "evaluation_images",
+    "evaluation_set",
     "encoder_monitor",
     "monitor_spaces",
     "monitor_report",
-    "metrics_record",
     "spectrum_figure",
     "write_final_spectrum",
+    "monitor_set",
 ]
 
 
 def monitor_images(volumes: Sequence[Volume], samples: int, image_size: int) -> torch.Tensor:
     """The ``(samples, 1, S, S)`` monitor slices: evenly spaced over ``volumes``, resized once."""
     return slice_tensor(volumes, select_slices(volumes, samples), image_size)
+
+
+def evaluation_images(
+    samples: int,
+    image_size: int,
+    *,
+    options: LoadOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """The ``(N, 1, S, S)`` slices ``collapsekit spectrum`` embeds by default: ``samples`` evenly
+    spaced slices of all cases of the evaluation phantom (:data:`DIAGNOSTICS_CASES` cases, never
+    seen in pretraining), resized to the run's ``image_size``."""
+    phantom = eval_phantom(cases=DIAGNOSTICS_CASES, validation=0)
+    volumes = load_split(
+        "phantom",
+        None,
+        "all",
+        phantom=phantom,
+        options=options or LoadOptions(),
+        progress=progress,
+    )
+    return slice_tensor(volumes, select_slices(volumes, samples), image_size)
+
+
+def evaluation_set(n: int) -> str:
+    """How a rank measured on :func:`evaluation_images` is labelled."""
+    return f"{n} evaluation-phantom slices, rows L2-normalised"
+
+
+def monitor_set(n: int) -> str:
+    """How a rank measured on the held-out monitor slices is labelled."""
+    return f"{n} held-out monitor slices, rows L2-normalised"
 
 
 def encoder_monitor(
@@ -87,25 +134,6 @@ def monitor_report(encoder: Any, images: torch.Tensor, batch_size: int = 128) ->
     return monitor_spaces(encoder, images, batch_size)["backbone"].spectrum
 
 
-def metrics_record(result: MonitorResult) -> dict[str, float]:
-    """The monitor fields of a ``metrics.jsonl`` record (``proj_`` prefix for the projector)."""
-    b, p = result["backbone"], result["projector"]
-    return {
-        "effective_rank": b.effective_rank_sigma,
-        "effective_rank_uncentered": b.rankme,
-        "effective_rank_eigenvalues": b.effective_rank_lambda,
-        "alpha": b.alpha,
-        "alpha_r2": b.spectrum.alpha_r2,
-        "std_l2": b.std_l2,
-        "mean_cosine": b.mean_cosine,
-        "rank_bound": b.spectrum.rank_bound,
-        "proj_effective_rank": p.effective_rank_sigma,
-        "proj_effective_rank_eigenvalues": p.effective_rank_lambda,
-        "proj_std_l2": p.std_l2,
-        "proj_mean_cosine": p.mean_cosine,
-    }
-
-
 def _named(result: MonitorResult, method: str, arch: str) -> tuple[SpectrumResult, SpectrumResult]:
     b, p = result["backbone"].spectrum, result["projector"].spectrum
     return (
@@ -120,11 +148,14 @@ def spectrum_figure(result: MonitorResult, method: str, arch: str, title: str) -
     return fig
 
 
-def write_final_spectrum(result: MonitorResult, run_dir: Path, method: str, arch: str) -> None:
-    """The final monitor result: ``spectrum.png`` (backbone and projector spectra),
-    ``spectrum.json`` (backbone) and ``spectrum_projector.json``."""
+def write_final_spectrum(
+    result: MonitorResult, run_dir: Path, method: str, arch: str, where: str
+) -> None:
+    """The final spectra: ``spectrum.png`` (backbone and projector), ``spectrum.json`` (backbone)
+    and ``spectrum_projector.json``; ``where`` (e.g. :func:`evaluation_set`) goes in the title."""
     backbone, projector = _named(result, method, arch)
-    fig = spectrum_figure(result, method, arch, f"Spectra after training — {run_dir.name}")
+    title = f"Spectra after training — {run_dir.name} ({where})"
+    fig = spectrum_figure(result, method, arch, title)
     save_figure(fig, run_dir / "spectrum.png")
     write_json(backbone, run_dir / "spectrum.json")
     write_json(projector, run_dir / "spectrum_projector.json")

@@ -110,6 +110,17 @@ def explicit_fields(cfg: TrainConfig) -> dict[str, Any]:
     return given
 
 
+def _fitted_queue(key: str, value: Any, saved: TrainConfig) -> bool:
+    """A queue size the run asked for and trained with less of: ``fit_queue`` shrank it to
+    ``N/4`` (:func:`~collapsekit.train.builders.fit_queue`), so asking for it again agrees."""
+    return (
+        key == "model.queue_size"
+        and saved.fit_queue
+        and isinstance(value, int)
+        and value > saved.model.queue_size
+    )
+
+
 def plan_resume(
     saved: Mapping[str, Any], step: int, total_steps: int, given: Mapping[str, Any]
 ) -> ResumePlan:
@@ -134,7 +145,10 @@ def plan_resume(
     conflicts = [
         f"{k} {given[k]!r} (the run has {saved_flat[k]!r})"
         for k in sorted(given)
-        if k not in RUNTIME_FIELDS and k not in _LENGTH_FIELDS and given[k] != saved_flat[k]
+        if k not in RUNTIME_FIELDS
+        and k not in _LENGTH_FIELDS
+        and given[k] != saved_flat[k]
+        and not _fitted_queue(k, given[k], base)
     ]
     if conflicts:
         raise ConfigError(

@@ -13,14 +13,14 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from collapsekit.errors import ConfigError
+from collapsekit.glossary import canonical_key
 
 __all__ = ["TensorBoardLog", "tensorboard_tag", "require_tensorboard"]
 
 INSTALL_HINT = "pip install 'collapsekit[tensorboard]'"
 
-# Record fields that are not plotted: the x-axis itself.
-_NOT_PLOTTED = ("step",)
-_TRAIN = ("epoch", "loss", "loss_global", "loss_local", "loss_chance", "top1", "batch_top1")
+# Row fields that are not plotted: the x-axis itself and the window length.
+_NOT_PLOTTED = ("step", "steps")
 
 
 def require_tensorboard() -> None:
@@ -35,13 +35,12 @@ def require_tensorboard() -> None:
 
 
 def tensorboard_tag(field: str) -> str:
-    """The TensorBoard tag of a ``metrics.jsonl`` field: ``train/`` for the loss, accuracy, lr
-    and speed, ``projector/`` for ``proj_*`` and ``backbone/`` for the other monitor fields."""
-    if field.startswith("proj_"):
-        return f"projector/{field.removeprefix('proj_')}"
-    if field in _TRAIN or field.startswith(("loss", "top1", "batch_top1", "lr", "images_per")):
-        return f"train/{field}"
-    return f"backbone/{field}"
+    """The TensorBoard tag of a ``metrics.jsonl`` key: a layer-qualified key as it is
+    (``backbone/effective_rank_lambda``, ``projector/mean_cosine``), ``train/<key>`` for the
+    training scalars (``train/loss``, ``train/lr``, ``train/top1_in_batch`` …). Keys of earlier
+    versions are mapped to the glossary's names first."""
+    key = canonical_key(field)
+    return key if "/" in key else f"train/{key}"
 
 
 class TensorBoardLog:
@@ -65,7 +64,8 @@ class TensorBoardLog:
         self.writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
 
     def record(self, record: dict[str, Any]) -> None:
-        """One scalar per numeric field of a metrics record, at ``record["step"]``."""
+        """One scalar per numeric field of a metrics row (``MetricsRecord.to_dict()``), at
+        ``record["step"]``; text fields (the health verdict) are not scalars."""
         step = int(record["step"])
         for field, value in record.items():
             if field in _NOT_PLOTTED or isinstance(value, bool) or value is None:

@@ -36,6 +36,7 @@ def test_train_two_steps_on_cuda_with_amp(tmp_path: Path) -> None:
         phantom_size=64,
         phantom_slices=8,
         monitor_samples=16,
+        final_samples=0,
         num_workers=0,
         device="cuda",
         model={"queue_size": 32, "local_queue_size": 128},

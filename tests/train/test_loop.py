@@ -2,15 +2,18 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from collapsekit.data import SliceDataset
 from collapsekit.errors import ConfigError, TrainingError
 from collapsekit.runs.checkpoint import load_checkpoint
 from collapsekit.train.config import TrainConfig, config_from_dict, load_config
 from collapsekit.train.loop import train
+from collapsekit.train.split import load_training_volumes
 
 TINY = dict(
     image_size=32,
@@ -20,6 +23,7 @@ TINY = dict(
     phantom_slices=6,
     monitor_samples=12,
     num_workers=0,
+    final_samples=0,  # the final spectrum on the monitor slices: no evaluation phantom to build
 )
 
 
@@ -33,37 +37,99 @@ def tiny(**kw) -> TrainConfig:
 def test_run_directory_contents(tmp_path: Path) -> None:
     res = train(tiny(epochs=2, model={"method": "local+zca"}), tmp_path / "run")
     run = tmp_path / "run"
-    # 4 phantom cases, one held out for the monitor: 3 x 6 = 18 training slices, 18 // 4 = 4
-    # full batches (drop_last) per epoch, 2 epochs
-    assert res.finished and res.step == res.total_steps == 2 * (3 * 6 // 4) == 8
+    n = len(SliceDataset(load_training_volumes(tiny(), None)[0]))  # the training slices
+    spe = n // 4  # drop_last batches of 4
+    assert res.total_steps == 2 * spe
+    assert res.finished and res.step == res.total_steps and spe >= 1
     assert {p.name for p in run.iterdir()} >= {
         "checkpoint.pt",
         "config.toml",
         "metrics.jsonl",
         "spectrum.png",
+        "summary.json",
     }
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [1, 2]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # a run of < 10 * log_every steps logs every total // 10 steps (here every step); the
+    # monitor's spaces are in the rows at each epoch's end
+    assert [(r["step"], r["steps"]) for r in rows] == [(s, 1) for s in range(1, 2 * spe + 1)]
+    lines = [r for r in rows if "backbone/effective_rank_lambda" in r]
+    assert [(r["epoch"], r["step"]) for r in lines] == [(1, spe), (2, 2 * spe)]
     for r in lines:
         assert set(r) >= {
             "loss",
             "loss_global",
             "loss_local",
             "lr",
+            "top1_queue",
+            "top1_in_batch",
             "images_per_s",
-            "effective_rank",
-            "alpha",
+            "health",
+            "backbone/effective_rank_sigma",
+            "backbone/effective_rank_lambda",
+            "backbone/alpha",
+            "projector/mean_cosine",
         }
-        assert (
-            math.isfinite(r["loss"]) and 1.0 <= r["effective_rank"] <= 11
-        )  # N-1 = 11 bounds the rank
+        assert math.isfinite(r["loss"])
+        assert 1.0 <= r["backbone/effective_rank_sigma"] <= 5  # N-1 = 5 bounds the rank
         assert r["loss"] == pytest.approx(r["loss_global"] + 0.5 * r["loss_local"], rel=1e-5)
+        assert r["health"] in ("healthy", "not learning", "collapsed")
     ck = load_checkpoint(run / "checkpoint.pt")
     assert ck["step"] == res.step and len(ck["losses"]) == res.step
-    # config.toml round-trips to the same config
-    assert load_config(run / "config.toml") == tiny(epochs=2, model={"method": "local+zca"})
+    # config.toml round-trips to the same config, with the queue fitted to the data (K <= N/4)
+    given = tiny(epochs=2, model={"method": "local+zca"})
+    fitted = replace(given, model=replace(given.model, queue_size=n // 4))
+    assert n // 4 < 16 and load_config(run / "config.toml") == fitted
     # the cosine schedule ends at zero
     assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["health"]["health"] == lines[-1]["health"]
+    assert summary["last"] == lines[-1]
+    assert summary["final"]["where"] == "6 held-out monitor slices, rows L2-normalised"
+
+
+def test_rows_every_log_every_steps_and_the_monitor_on_its_own_interval(tmp_path: Path) -> None:
+    res = train(tiny(steps=20, log_every=4, monitor_every=6), tmp_path / "run")
+    rows = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    # 20 < 10 * 4 steps: a row every 20 // 10 = 2 steps, and at each monitor step (6, 12, 18, 20)
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    monitored = [r["step"] for r in rows if "backbone/effective_rank_lambda" in r]
+    assert monitored == [6, 12, 18, 20]
+    assert all(r["steps"] == 2 for r in rows)
+    # each row's loss and top-1 are the means of its window's steps
+    losses = res.losses
+    for r in rows:
+        window = losses[r["step"] - 2 : r["step"]]
+        assert r["loss"] == pytest.approx(sum(window) / 2, rel=1e-6)
+    assert [r.to_dict() for r in res.history] == rows
+
+
+def test_log_interval_gives_short_runs_ten_points() -> None:
+    from collapsekit.train.callbacks import log_interval
+
+    assert log_interval(10, 1200) == 10
+    assert log_interval(10, 20) == 2
+    assert log_interval(10, 5) == 1
+    assert log_interval(3, 20) == 2  # never longer than log_every
+
+
+def test_tiny_data_gets_a_queue_of_a_quarter_of_its_slices(tmp_path: Path) -> None:
+    from collapsekit.progress import Message
+
+    messages: list[str] = []
+
+    def progress(event: object) -> None:
+        if isinstance(event, Message):
+            messages.append(event.text)
+
+    res = train(tiny(steps=1, model={"queue_size": 1024}), tmp_path / "run", progress=progress)
+    k = load_config(res.run_dir / "config.toml").model.queue_size
+    n = len(SliceDataset(load_training_volumes(tiny(), None)[0]))
+    assert k == n // 4
+    assert any(f"queue size K = 1024 exceeds a quarter of the {n}" in m for m in messages)
+    assert res.history[-1].loss_chance == pytest.approx(math.log(k + 1))
+    # fit_queue = false keeps it (and warns)
+    kept = train(tiny(steps=1, fit_queue=False, model={"queue_size": 1024}), tmp_path / "kept")
+    assert kept.history[-1].loss_chance == pytest.approx(math.log(1025))
 
 
 @pytest.mark.slow  # ~7 s: three short trainings
@@ -163,18 +229,22 @@ def test_warmup_then_cosine_schedule_closed_form() -> None:
 
 
 def test_monitor_records_both_spaces_every_n_steps(tmp_path: Path) -> None:
-    res = train(tiny(steps=4, monitor_every=2, warmup_steps=2), tmp_path / "run")
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == [2, 4] and res.history == lines
+    cfg = tiny(steps=4, monitor_every=2, warmup_steps=2, fit_queue=False)
+    res = train(cfg, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.to_dict() for r in res.history] == rows
+    lines = [r for r in rows if "backbone/effective_rank_lambda" in r]
+    assert [r["step"] for r in lines] == [2, 4]
     for r in lines:
         assert r["loss_chance"] == pytest.approx(math.log(16 + 1))
-        assert 0.0 <= r["top1"] <= 1.0 and r["batch_top1_chance"] == 0.25
-        bound = r["rank_bound"]  # N - 1 of the held-out slices (one 6-slice case here)
+        assert 0.0 <= r["top1_queue"] <= 1.0 and r["top1_in_batch_chance"] == 0.25
+        bound = r["backbone/rank_bound"]  # N - 1 of the held-out slices (one 6-slice case here)
         assert bound == 5
         # λ-rank ≤ σ-rank (squaring sharpens the spectrum); projector space of 128 dims
-        assert 1.0 <= r["effective_rank_eigenvalues"] <= r["effective_rank"] <= bound
-        assert 1.0 <= r["proj_effective_rank_eigenvalues"] <= bound
-        assert -1.0 <= r["proj_mean_cosine"] <= 1.0
+        lam, sigma = r["backbone/effective_rank_lambda"], r["backbone/effective_rank_sigma"]
+        assert 1.0 <= lam <= sigma <= bound
+        assert 1.0 <= r["projector/effective_rank_lambda"] <= bound
+        assert -1.0 <= r["projector/mean_cosine"] <= 1.0
     # the final spectrum has both spaces
     assert (tmp_path / "run" / "spectrum_projector.json").is_file()
 
@@ -190,13 +260,12 @@ def test_demo_budget_keeps_the_queue_below_a_quarter_of_the_slices() -> None:
     assert cfg.monitor_samples >= 2 * cfg.model.backbone_width
     # flags win over the budget
     assert config_from_dict({}, "demo", steps=10).steps == 10
-    # a fresh copy each time: changing one (its model table too) leaves the budget as it was
+    # a fresh copy each time: changing one leaves the next untouched
     first = budget_overrides("demo")
-    first["image_size"] = 999
     first["model"]["queue_size"] = 1
-    again = budget_overrides("demo")
-    assert (again["image_size"], again["model"]["queue_size"]) == (64, 256)
-    assert config_from_dict({}, "demo").image_size == 64
+    first["steps"] = 1
+    assert budget_overrides("demo")["model"]["queue_size"] == 256
+    assert budget_overrides("demo")["steps"] == 1200
     phantom = PhantomConfig(
         cases=cfg.phantom_cases, size=32, slices=cfg.phantom_slices, validation=22
     )

@@ -22,6 +22,7 @@ phantom_cases = 4
 phantom_size = 32
 phantom_slices = 6
 monitor_samples = 12
+final_samples = 0
 [model]
 queue_size = 32
 """

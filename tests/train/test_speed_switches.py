@@ -21,6 +21,7 @@ TINY = dict(
     phantom_size=64,
     phantom_slices=8,
     monitor_samples=12,
+    final_samples=0,
     num_workers=0,
     steps=3,
 )

@@ -26,6 +26,7 @@ TINY = dict(
     phantom_size=32,
     phantom_slices=6,
     monitor_samples=12,
+    final_samples=0,
     num_workers=0,
 )
 
@@ -47,7 +48,8 @@ def _assert_events_equal_metrics(log_dir: Path, records: list[dict]) -> None:
     expected: dict[str, list[tuple[int, float]]] = {}
     for r in records:
         for field, v in r.items():
-            if field != "step" and v is not None and math.isfinite(v):
+            numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if field not in ("step", "steps") and numeric and math.isfinite(v):
                 expected.setdefault(tensorboard_tag(field), []).append((r["step"], v))
     assert set(acc.Tags()["scalars"]) == set(expected)
     for tag, points in expected.items():
@@ -58,7 +60,8 @@ def _assert_events_equal_metrics(log_dir: Path, records: list[dict]) -> None:
             np.float32([v for _, v in got]), np.float32([v for _, v in points]), err_msg=tag
         )
     # one spectrum figure per monitor step
-    assert [e.step for e in acc.Images("spectrum")] == [r["step"] for r in records]
+    monitored = [r["step"] for r in records if "backbone/effective_rank_lambda" in r]
+    assert [e.step for e in acc.Images("spectrum")] == monitored
     assert all(e.encoded_image_string.startswith(b"\x89PNG") for e in acc.Images("spectrum"))
 
 
@@ -69,11 +72,18 @@ def test_scalars_and_figures_equal_metrics_jsonl(tmp_path: Path) -> None:
     )
     res = train(cfg, tmp_path / "run", tensorboard=True)
     records = _records(res.run_dir)
-    assert [r["step"] for r in records] == [2, 4, 6]
+    # a 6-step run logs every step; the monitor's spaces every monitor_every = 2 steps
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if "backbone/alpha" in r] == [2, 4, 6]
+    # tags are the glossary's keys; training scalars under train/
     assert tensorboard_tag("loss_local") == "train/loss_local"
-    assert tensorboard_tag("effective_rank_eigenvalues") == "backbone/effective_rank_eigenvalues"
-    assert tensorboard_tag("proj_mean_cosine") == "projector/mean_cosine"
+    assert tensorboard_tag("top1_in_batch") == "train/top1_in_batch"
+    assert tensorboard_tag("backbone/effective_rank_lambda") == "backbone/effective_rank_lambda"
+    assert tensorboard_tag("projector/mean_cosine") == "projector/mean_cosine"
     assert tensorboard_tag("images_per_s") == "train/images_per_s"
+    # keys of earlier versions map to the same tags
+    assert tensorboard_tag("proj_mean_cosine") == "projector/mean_cosine"
+    assert tensorboard_tag("batch_top1") == "train/top1_in_batch"
     _assert_events_equal_metrics(res.run_dir / "tb", records)
     assert _events(res.run_dir / "tb").Scalars("train/lr")[-1].value == pytest.approx(0.0)
 

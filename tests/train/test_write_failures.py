@@ -26,6 +26,7 @@ TINY = dict(
     phantom_size=32,
     phantom_slices=6,
     monitor_samples=12,
+    final_samples=0,
     num_workers=0,
 )
 
