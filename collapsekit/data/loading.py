@@ -464,7 +464,7 @@ def check_dataset(
 
     Raises:
         LayoutError, DataError, ConfigError: the first problem found (a label value outside the
-        class set included).
+            class set included).
     """
     index = discover(dataset, data_dir, phantom)
     volumes: dict[str, list[Volume]] = {}

@@ -44,7 +44,7 @@ class ModelConfig:
         zca_placement: ``block`` (default): ZCA replaces the final norm of the last residual block
             of the last stage (before the residual add and ReLU); ``pre_projector`` (the paper's):
             ZCA on the pooled backbone vector right before the projector. The default follows the
-            demo-regime measurement (docs/collapse/): with ``block`` the backbone and dense
+            demo-regime measurement (docs/archive/collapse/): with ``block`` the backbone and dense
             effective ranks and the probe Dice are higher than with ``pre_projector``, whose
             whitening statistics come from only ``B / shuffle_bn_splits`` pooled vectors.
         zca_method: ``eigh`` | ``newton_schulz`` (see :mod:`collapsekit.models.zca`).
