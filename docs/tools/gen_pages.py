@@ -12,6 +12,7 @@ The functions take no mkdocs objects, so ``tests/test_docs.py`` calls them direc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -110,22 +111,28 @@ def glossary_page() -> str:
 
 
 def _help(args: list[str]) -> str:
-    """``collapsekit ARGS --help`` as Typer renders it at 100 columns, without colour."""
+    """``collapsekit ARGS --help`` at 80 columns, as plain click text (no rich boxes, no colour).
+
+    Typer renders help with rich panels when rich is installed; for a page, click's plain layout
+    reads better and fits the content column, so rich is turned off while rendering (Typer reads
+    ``TYPER_USE_RICH`` once at import, into ``typer.core.HAS_RICH``). Without that switch the
+    rich layout is used as is.
+    """
+    from unittest import mock
+
+    import typer.core
     from typer.testing import CliRunner
 
     from collapsekit.cli.app import app
 
-    env = {"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # rich reads the width from the process environment
-    try:
+    env = {"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}
+    plain = (
+        mock.patch.object(typer.core, "HAS_RICH", False)
+        if hasattr(typer.core, "HAS_RICH")
+        else contextlib.nullcontext()
+    )
+    with plain, mock.patch.dict(os.environ, env):
         result = CliRunner().invoke(app, [*args, "--help"], env=env, color=False)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     if result.exit_code != 0:
         raise RuntimeError(f"collapsekit {' '.join(args)} --help exited {result.exit_code}")
     text = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
@@ -156,7 +163,7 @@ def cli_page() -> str:
         "# CLI reference",
         "",
         "Generated from the Typer app (`collapsekit.cli.app.app`) when the site is built: each",
-        "block is exactly what `collapsekit COMMAND --help` prints. For a one-table overview see",
+        "block is what `collapsekit COMMAND --help` prints (plain layout). For a one-table overview see",
         "[Commands at a glance](commands.md).",
         "",
         "## `collapsekit`",
