@@ -23,7 +23,11 @@ FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 
 #: Pages whose Python blocks are executed (with the README): the guides and getting started.
-PAGES = [README, ROOT / "docs" / "getting-started.md", *sorted((ROOT / "docs" / "guides").glob("*.md"))]
+PAGES = [
+    README,
+    ROOT / "docs" / "getting-started.md",
+    *sorted((ROOT / "docs" / "guides").glob("*.md")),
+]
 
 
 def python_blocks(text: str) -> list[tuple[str, str | None]]:
@@ -102,7 +106,9 @@ def test_relative_links_resolve(md: Path):
     for target in relative_links(md):
         path, _, anchor = target.partition("#")
         dest = (md.parent / path).resolve() if path else md
-        rel = dest.relative_to(ROOT / "docs").as_posix() if dest.is_relative_to(ROOT / "docs") else ""
+        rel = (
+            dest.relative_to(ROOT / "docs").as_posix() if dest.is_relative_to(ROOT / "docs") else ""
+        )
         if rel in generated or rel.startswith(("reference/api/", "tutorials/")):
             continue
         if not dest.exists():
@@ -151,7 +157,9 @@ def test_every_skipped_block_says_why():
 
 
 def _gen_pages():
-    spec = importlib.util.spec_from_file_location("gen_pages", ROOT / "docs" / "tools" / "gen_pages.py")
+    spec = importlib.util.spec_from_file_location(
+        "gen_pages", ROOT / "docs" / "tools" / "gen_pages.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("gen_pages", module)
