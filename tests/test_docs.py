@@ -95,7 +95,11 @@ def test_readme_is_a_front_page():
     assert len(headings) == len(set(headings)), f"duplicated sections: {headings}"
 
 
-@pytest.mark.parametrize("md", [README, *sorted((ROOT / "docs").rglob("*.md"))], ids=str)
+@pytest.mark.parametrize(
+    "md",
+    [README, *sorted((ROOT / "docs").rglob("*.md"))],
+    ids=lambda p: p.relative_to(ROOT).as_posix(),
+)
 def test_relative_links_resolve(md: Path):
     """Every relative link of the README and of the pages points at a file (and heading) that
     exists; pages generated at build time are checked by ``mkdocs build --strict`` instead."""
