@@ -206,3 +206,26 @@ def test_sphinx_roles_become_optional_references():
         'see <autoref identifier="collapsekit.glossary.Quantity" optional><code>Quantity</code>'
         '</autoref> and <autoref identifier="m.x.lookup" optional><code>lookup</code></autoref>'
     )
+
+
+def test_hook_warns_on_an_unrendered_role(caplog: pytest.LogCaptureFixture):
+    spec = importlib.util.spec_from_file_location(
+        "docs_hooks", ROOT / "docs" / "tools" / "hooks.py"
+    )
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+
+    class Page:
+        class file:  # noqa: N801 - mkdocs' page.file.src_uri
+            src_uri = "reference/api/x.md"
+
+    ok = "<p>see <code>:class:</code> and <a href='#q'><code>Quantity</code></a></p>"
+    bad = "<p>uses :func:<code>~collapsekit.data.cache.read_slice</code></p>"
+    with caplog.at_level("WARNING", logger="mkdocs.plugins.collapsekit"):
+        assert hooks.on_page_content(ok, page=Page) == ok
+        assert not caplog.records
+        assert hooks.on_page_content(bad, page=Page) == bad
+    (record,) = caplog.records
+    assert record.getMessage().startswith("reference/api/x.md: unrendered cross-reference: ")
+    assert "uses :func:~collapsekit.data.cache.read_slice" in record.getMessage()

@@ -19,6 +19,7 @@ UNRENDERED = re.compile(r":(?:py:)?[a-z]+:<code>")
 def on_page_content(html: str, page: Any, **kwargs: Any) -> str:
     """Warn about every unrendered role on the page (mkdocs' ``on_page_content`` event)."""
     for m in UNRENDERED.finditer(html):
-        context = re.sub(r"<[^>]+>", "", html[max(0, m.start() - 40) : m.end() + 40])
+        window = html[max(0, m.start() - 40) : m.end() + 60]
+        context = re.sub(r"<[^>]*>|<[^>]*$|^[^<]*>", "", window).strip()
         log.warning("%s: unrendered cross-reference: …%s…", page.file.src_uri, context)
     return html
