@@ -233,7 +233,7 @@ class TrainConfig:
 #: Named training budgets: settings that override the defaults (``collapsekit train --budget``).
 #: ``demo`` is the CPU regime in which MoCo v2 is *healthy* on the phantom (the contrastive task is
 #: solved: loss well below ln(K + 1), positive ranked first far above chance, projector outputs
-#: not a point) so that dimensional collapse can be seen — measured in docs/collapse/. With MoCo
+#: not a point) so that dimensional collapse can be seen — measured in docs/archive/collapse/. With MoCo
 #: v2's default augmentation (crop 0.2–1, intensity jitter, blur) two views of one phantom slice
 #: are no closer than two different slices (partner-view retrieval at chance, even in pixels), the
 #: task is unsolvable and the run collapses completely to a point: a failed run, not the

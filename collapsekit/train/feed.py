@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: The device feed on the CPU under ``auto``: False. Measured (benchmarks/end_to_end.py, 2 loaded
-#: cores, ResNet-18 128 px batch 32; docs/perf/end_to_end_cpu_2core.json): end to end / step only
+#: cores, ResNet-18 128 px batch 32; docs/archive/perf/end_to_end_cpu_2core.json): end to end / step only
 #: 0.98 with the loader workers vs 0.65 with the batched augmentation, which runs between steps in
 #: the training process and costs the same CPU time as the per-sample transform.
 CPU_AUTO = False

@@ -207,7 +207,7 @@ def test_random_row_is_the_bn_recalibrated_baseline(ablation: tuple[Path, Ablati
 
     (The former test "one tiny epoch probes better than random" held only against the raw init,
     whose eval-mode BatchNorm does not normalise; against the honest baseline it does not hold at
-    this size, and the demo budget's measured comparison lives in docs/collapse/.)
+    this size, and the demo budget's measured comparison lives in docs/archive/collapse/.)
     """
     out, res = ablation
     assert res.method("random").label == "random:resnet18 (BN recalibrated)"

@@ -53,7 +53,7 @@ def _count_zca(module: nn.Module) -> int:
 
 
 def test_zca_placements() -> None:
-    # the measured default (docs/collapse/): inside the last block
+    # the measured default (docs/archive/collapse/): inside the last block
     assert ModelConfig().zca_placement == "block"
     block = build_encoder(ModelConfig(method="zca", zca_group_size=128, zca_placement="block"))
     norm = block.backbone.last_norm()

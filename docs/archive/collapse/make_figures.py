@@ -1,6 +1,6 @@
-"""Figures and per-seed tables of docs/collapse from an ablation directory.
+"""Figures and per-seed tables of docs/archive/collapse from an ablation directory.
 
-Usage: python docs/collapse/make_figures.py ABLATION_DIR [OUT_DIR]
+Usage: python docs/archive/collapse/make_figures.py ABLATION_DIR [OUT_DIR]
 
 Writes into OUT_DIR (default: this folder): projector_spectra.png (the final projector spectra of
 seed 0 of every method: Jing et al.'s near-zero tail), rank_curves.png (backbone and projector

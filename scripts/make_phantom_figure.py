@@ -1,8 +1,8 @@
-"""Regenerate ``docs/phantom.png``: four axial slices of one phantom case, with and without labels.
+"""Regenerate ``docs/assets/phantom.png``: four axial slices of one phantom case, with and without labels.
 
 Usage::
 
-    python docs/make_phantom_figure.py [--out docs/phantom.png] [--seed 0] [--size 256]
+    python scripts/make_phantom_figure.py [--out docs/assets/phantom.png] [--seed 0] [--size 256]
 
 Slices are shown in radiological convention (anterior up, patient's right on the left of the image)
 with the BTCV soft-tissue window -175..250 HU.
@@ -90,7 +90,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("phantom.png"))
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "docs" / "assets" / "phantom.png",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--slices", type=int, default=48)

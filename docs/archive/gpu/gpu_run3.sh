@@ -14,7 +14,7 @@ nproc | tee -a "$OUT/gpu.txt"
 (
   OMP_NUM_THREADS=1 timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider \
     tests/train/test_gpu.py tests/monitoring/test_monitor.py 2>&1 | tail -5 > "$OUT/gpu_tests.log"
-  OMP_NUM_THREADS=1 timeout 90 python3 docs/gpu/torchvision_export_check.py > "$OUT/torchvision_export.log" 2>&1
+  OMP_NUM_THREADS=1 timeout 90 python3 docs/archive/gpu/torchvision_export_check.py > "$OUT/torchvision_export.log" 2>&1
   OMP_NUM_THREADS=4 timeout 60 python3 benchmarks/monitor.py --device cuda --threads 4 --repeats 5 \
     --out "$OUT/monitor_cuda.json" > "$OUT/monitor_cuda.log" 2>&1
 ) &
