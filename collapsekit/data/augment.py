@@ -41,7 +41,7 @@ __all__ = ["AUGMENT_PRESETS", "TwoViewTransform", "augment_preset"]
 #:   0.46·ln(K+1) at 1,200 steps, 3 seeds).
 #: * ``ct`` — crops 0.2–1 and mild intensity jitter (quarter strength: brightness/contrast ×0.9–1.1,
 #:   gamma 0.925–1.125, p 0.8), no blur. Quarter-strength jitter was healthy at crop 0.8–1
-#:   (issue 10, C5); at crop 0.2–1 see docs/_drafts/fixes.md for what was measured.
+#:   (issue 10, C5); at crop 0.2–1 see docs/results/fair-test.md (not yet measured).
 #:
 #: Every preset keeps the flip (p 0.5), aspect ratio 3/4–4/3 and noise (σ 0.02, p 0.5).
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {

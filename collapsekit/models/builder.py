@@ -124,7 +124,7 @@ class ModelConfig:
             the other images of the batch and a queue of past local keys; then the local loss is a
             second "which slice?" task) or ``both``. Default ``same_image``: issue 10 measured
             ``other_images`` (local loss 4.36–4.41 vs chance 8.43 in six runs) teaching what the
-            global loss teaches, with no rank or Dice change; see docs/_drafts/fixes.md.
+            global loss teaches, with no rank or Dice change; see docs/guides/training.md.
         local_min_distance: same-image points closer than this many feature cells (in either
             view, Euclidean, on the ``local_layer`` map) to the positive are not negatives: bilinear
             samples that close share most of their cells. Ignored by ``other_images``.

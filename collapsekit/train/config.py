@@ -260,7 +260,7 @@ TRAIN_BUDGETS: dict[str, dict[str, Any]] = {
             "local_negatives": "other_images",
         },
     },
-    # The fair test of issue 20 on CPU (docs/_drafts/fixes.md, pre-registered): 96 px views where
+    # The fair test of issue 20 on CPU (docs/results/fair-test.md, pre-registered): 96 px views where
     # layer3 is 6×6, the ``ct`` preset (crops 0.2–1, quarter-strength jitter), the demo's data,
     # queue and schedule shape at 600 steps; checkpoints every 50 steps so runs resume.
     "fair96": {

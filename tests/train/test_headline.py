@@ -58,7 +58,7 @@ def test_final_spectrum_equals_collapsekit_spectrum_of_the_run(tmp_path: Path) -
 @pytest.mark.slow  # a 20-step training through the CLI and its event files (~20 s quiet)
 def test_smoke_run_writes_a_loss_curve_and_an_honest_closing_line(tmp_path: Path) -> None:
     """Issue 19's done-when: ``train --steps 20 --tensorboard`` writes a loss curve of >= 10
-    points (timed once by hand, not here: see docs/_drafts/loop.md)."""
+    points (timed once by hand, not here: see docs/results/performance.md)."""
     event_accumulator = pytest.importorskip(
         "tensorboard.backend.event_processing.event_accumulator"
     )
