@@ -160,7 +160,7 @@ def check_dataset(
 
     Raises:
         LayoutError, DataError, ConfigError: the first problem found (a label value outside the
-        class set, or a label whose affine differs from its image's, included).
+            class set, or a label whose affine differs from its image's, included).
     """
     index = discover(dataset, data_dir, phantom)
     volumes: dict[str, list[Volume]] = {}
