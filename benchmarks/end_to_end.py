@@ -121,7 +121,11 @@ def end_to_end(cfg: TrainConfig, work: Path, warmup: int, settle: int) -> dict[s
     t0 = time.perf_counter()
     result = train(cfg, work / "run", overwrite=True, progress=timer)
     wall = time.perf_counter() - t0
-    boundaries = {int(r["step"]) for r in result.history}  # a record closes every epoch
+    # epoch ends (the loader restarts there): the last metrics row of each epoch (rows are written
+    # every log_every steps and close every epoch)
+    rows = result.history
+    boundaries = {int(a.step) for a, b in zip(rows, rows[1:], strict=False) if b.epoch != a.epoch}
+    boundaries |= {int(rows[-1].step)} if rows else set()  # the run's end
     out = steady_rate(timer.times, cfg.batch_size, warmup, boundaries, settle)
     out.update(steps=len(timer.times), epoch_ends=sorted(boundaries), wall_s=wall)
     out["losses_finite"] = all(map(lambda v: v == v and abs(v) != float("inf"), result.losses))

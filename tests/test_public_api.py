@@ -108,8 +108,9 @@ def _reads_environment(path: Path) -> list[int]:
 
 def test_environment_is_read_only_at_the_entry_layer() -> None:
     """The CLI and torchrun's process-group set-up read the environment; the rest of the library
-    gets every setting as an argument."""
-    entry = {PKG / "train" / "distributed.py"}
+    gets every setting as an argument. One documented exception: the NIfTI voxel limit
+    ($COLLAPSEKIT_MAX_VOXELS), which preprocessing worker processes must see too (issue 22)."""
+    entry = {PKG / "train" / "distributed.py", PKG / "data" / "_nifti_guard.py"}
     readers = {
         str(p.relative_to(PKG)): lines
         for p in _modules()

@@ -41,7 +41,6 @@ __all__ = [
     "ProjectionHead",
     "Queue",
     "SplitBatchNorm2d",
-    "UndersampledWhiteningWarning",
     "ZCAWhitening",
     "build_backbone",
     "build_encoder",

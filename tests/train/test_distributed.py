@@ -32,6 +32,7 @@ monitor_samples = 12
 final_samples = 0
 fit_queue = false
 prefill_queue = {prefill}
+augment = "mocov2"
 [model]
 method = "{method}"
 queue_size = 32
