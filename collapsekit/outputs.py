@@ -37,11 +37,20 @@ def _nearest_existing(path: Path) -> Path:
 def check_writable_dir(path: str | Path, what: str = "output directory") -> None:
     """Raise :class:`OutputError` unless files can be created in ``path`` (or where it would be made).
 
+    A path that starts with an unexpanded ``~`` (quoted on the command line) is refused rather than
+    created as a directory named ``~``.
+
     Nothing is created: a directory that does not exist yet is checked through its nearest existing
     ancestor. The check writes and removes a temporary file, so read-only mounts and ACLs are seen
     (``os.access`` would miss them, and lies for root).
     """
     path = Path(path)
+    if path.parts and path.parts[0].startswith("~"):
+        # a quoted '~/x' reaches us unexpanded: writing would create a directory named '~' here
+        raise OutputError(
+            f"{what} {path} starts with '~', which the shell did not expand (it was quoted): "
+            f"give the full path, e.g. {path.expanduser()}"
+        )
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what} {path} is a file, not a directory")
     base = _nearest_existing(path)

@@ -153,3 +153,26 @@ def test_train_out_is_a_file_and_non_run_dir(tmp_path: Path) -> None:
         "train into it anyway, or choose another --out"
     )
     assert _snapshot(mine) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["spectrum", "EMB", "--out", "~/x"],
+        ["similarity", "EMB", "--out", "~/x"],
+        ["data", "phantom", "~/x"],
+    ],
+)
+def test_quoted_tilde_out_is_refused_not_created(
+    args: list[str], emb: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quoted ``'~/x'`` reaches the command unexpanded: refused in one line (exit 2) naming the
+    expanded path, and no directory named ``~`` appears (``train --out`` expands it instead)."""
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, [str(emb) if a == "EMB" else a for a in args])
+    assert res.exit_code == 2, res.output
+    home = str(Path("~/x").expanduser())
+    assert error_line(res).endswith(
+        f"starts with '~', which the shell did not expand (it was quoted): give the full path, e.g. {home}"
+    )
+    assert not (tmp_path / "~").exists()
