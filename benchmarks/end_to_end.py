@@ -48,11 +48,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from collapsekit.data import (
-    LoadOptions,
-    PhantomConfig,
-    PreprocessConfig,
     TwoViewTransform,
-    load_split,
 )
 from collapsekit.devices import resolve_device
 from collapsekit.models import MoCo
@@ -61,6 +57,7 @@ from collapsekit.train.config import TrainConfig, config_from_dict
 from collapsekit.train.feed import compile_model, pretrain_feed
 from collapsekit.train.loop import train
 from collapsekit.train.sampling import EpochSampler
+from collapsekit.train.split import load_training_volumes
 
 
 def _csv(text: str) -> list[str]:
@@ -139,22 +136,8 @@ def _transform(cfg: TrainConfig) -> TwoViewTransform:
 
 def ready_batches(cfg: TrainConfig, device: torch.device, n: int) -> list[dict[str, Any]]:
     """``n`` batches of the run's feed, already prepared (augmented) on ``device``."""
-    pre = PreprocessConfig(a_min=cfg.a_min, a_max=cfg.a_max, in_plane_size=cfg.in_plane_size)
-    phantom = PhantomConfig(
-        cases=cfg.phantom_cases,
-        size=cfg.phantom_size,
-        slices=cfg.phantom_slices,
-        seed=cfg.seed,
-        validation=cfg.phantom_validation,
-    )
-    vols = load_split(
-        cfg.dataset,
-        cfg.data_dir,
-        "training",
-        pre,
-        phantom=phantom,
-        options=LoadOptions(cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None),
-    )
+    # the volumes collapsekit train trains on (the monitor's held-out volumes left out)
+    vols, _ = load_training_volumes(cfg, None)
     feed = pretrain_feed(vols, _transform(cfg), cfg.seed, device, cfg.device_augment)
     sampler = EpochSampler(len(feed.dataset), cfg.batch_size, cfg.seed)
     loader = DataLoader(
