@@ -15,6 +15,7 @@ DataLoader workers.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -214,6 +215,12 @@ def train(
                 resources=resources,
             )
     finally:
+        if ctx.distributed:
+            # Free the session's DistributedDataParallel model (kept alive by reference cycles:
+            # the monitor's forward hooks) while its process group still exists. Left to the
+            # interpreter's exit, gloo's threads can outlive it and abort the process
+            # ("terminate called without an active exception", exit -6) after a good run.
+            gc.collect()
         cleanup_distributed(ctx)
 
 
