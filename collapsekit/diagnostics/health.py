@@ -3,7 +3,10 @@
 Three verdicts (checked in this order):
 
 * ``collapsed`` — *complete* collapse: the projector maps every input to nearly one point (mean
-  pairwise cosine ≥ :data:`COLLAPSED_COSINE`, or λ-based effective rank < :data:`COLLAPSED_RANK`).
+  pairwise cosine ≥ :data:`COLLAPSED_COSINE`, or λ-based effective rank < :data:`COLLAPSED_RANK`
+  unless the in-batch top-1 passes its bound: a rank near 1 with inputs still told apart is
+  extreme *dimensional* collapse — measured in healthy default runs early in training — and is
+  listed among the reasons instead).
 * ``not learning`` — the InfoNCE loss is still near the loss of uniform logits, ``ln(K + 1)``
   (``loss_global > NOT_LEARNING_LOSS · ln(K + 1)``), or the in-batch top-1 (the query's own key
   against the other keys of its batch) is below ``NOT_LEARNING_TOP1 × chance`` (chance ``1/B``).
@@ -123,10 +126,16 @@ def health_verdict(
     if top1 is not None and (batch_size is None or batch_size < 2):
         raise InputError("health_verdict: top1_in_batch needs batch_size (B >= 2)")
 
+    # A rank below COLLAPSED_RANK says the variation spans about one direction, not how large it
+    # is: a line still tells inputs apart. An in-batch top-1 above the bound shows it does, so
+    # the low rank is then (extreme) dimensional collapse, reported, not complete collapse.
+    discriminates = (
+        top1 is not None and batch_size is not None and top1 >= NOT_LEARNING_TOP1 / batch_size
+    )
     collapsed = []
     if cos is not None and cos >= COLLAPSED_COSINE:
         collapsed.append(f"mean_cosine {cos:.3f} >= {COLLAPSED_COSINE}")
-    if rank is not None and rank < COLLAPSED_RANK:
+    if rank is not None and rank < COLLAPSED_RANK and not discriminates:
         collapsed.append(f"effective_rank_lambda {rank:.2f} < {COLLAPSED_RANK}")
     if collapsed:
         return HealthVerdict(Health.COLLAPSED, tuple(collapsed))
@@ -143,6 +152,11 @@ def health_verdict(
         bound = NOT_LEARNING_TOP1 / batch_size
         clause = f"top1_in_batch {top1:.3f} {{}} {NOT_LEARNING_TOP1:g}/B = {bound:.3f}"
         (failing if top1 < bound else passing).append(clause.format("<" if top1 < bound else ">="))
+    if rank is not None and rank < COLLAPSED_RANK:  # only here when the top-1 discriminates
+        passing.append(
+            f"effective_rank_lambda {rank:.2f} < {COLLAPSED_RANK}: about one direction, but "
+            "the in-batch top-1 tells inputs apart"
+        )
     if failing:
         return HealthVerdict(Health.NOT_LEARNING, tuple(failing))
     if loss is None and top1 is None:
