@@ -87,7 +87,7 @@ def plot_spectrum(
     ``min(D, N − 1)`` values are drawn — N centred samples have no more than ``N − 1`` nonzero
     eigenvalues, so the rest is rounding noise — and that bound is marked by a dashed line. Zero
     values are left out and the y-axis stops 13 decades below the largest value (float64 rounding
-    noise). The legend gives each name with its λ- and σ-based effective ranks, ``N`` and ``D``.
+    noise). The legend gives each name with its effective rank (λ) and (σ), ``N`` and ``D``.
 
     Args:
         results: one :class:`SpectrumResult` or several (same or different ``D``).
@@ -253,7 +253,7 @@ def plot_rank_history(
     key: str = "backbone/effective_rank_lambda",
     title: str | None = None,
 ) -> tuple[Figure, Axes]:
-    """A quantity of each training run's metrics rows (default: the backbone's λ-effective rank
+    """A quantity of each training run's metrics rows (default: the backbone effective rank (λ)
     on the monitor slices) against the step.
 
     Args:

@@ -81,7 +81,7 @@ from collapsekit.plotting import plot_spectrum
 
 reports = [spectrum_report(e.z, name=e.name) for e in embeddings]
 for r in reports:
-    print(f"{r.name:28s} eff. rank {r.effective_rank_sigma:6.1f} (RankMe {r.rankme:6.1f})"
+    print(f"{r.name:28s} effective rank (σ) {r.effective_rank_sigma:6.1f} (RankMe {r.rankme:6.1f})"
           f"  alpha {r.alpha:.2f}  std(L2) {r.std_l2:.4f} vs 1/sqrt(D) {r.d ** -0.5:.4f}")
 fig, ax = plot_spectrum(reports)"""
     ),
@@ -162,7 +162,7 @@ with torch.no_grad():
     white = zca(z)
 before = spectrum_report(z, name="before ZCA", normalize=False)
 after = spectrum_report(white, name="after ZCA (groups of 64)", normalize=False)
-print(f"effective rank {before.effective_rank_sigma:.1f} -> {after.effective_rank_sigma:.1f}")
+print(f"effective rank (σ) {before.effective_rank_sigma:.1f} -> {after.effective_rank_sigma:.1f}")
 fig, ax = plot_spectrum([before, after], title="ZCA whitening flattens the spectrum")"""
     ),
 ]
@@ -189,7 +189,7 @@ if ABLATION_DIR is None:
 results = load_results(ABLATION_DIR)  # typed: AblationResults
 for m in results.methods:
     rank, dice = m.mean.backbone.effective_rank_lambda, m.mean.mean_dice
-    print(f"{m.label:36s} λ-rank {rank:6.1f}  mean Dice {100 * dice:5.1f}  {m.mean.health or ''}")"""
+    print(f"{m.label:36s} backbone effective rank (λ) {rank:6.1f}  mean Dice {100 * dice:5.1f}  {m.mean.health or ''}")"""
     ),
     new_code_cell(
         """\
@@ -272,7 +272,7 @@ NB4 = [
         "# Monitor dimensional collapse in your own training loop\n\n"
         "`CollapseMonitor` embeds a fixed held-out set every `every` steps (eval mode, no "
         "gradients, the previous train/eval mode restored) and reports, per embedding space, the "
-        "σ- and λ-based effective ranks, RankMe, α-ReQ, the std of L2-normalised embeddings and "
+        "effective rank (λ) and effective rank (σ), RankMe, α-ReQ, the std of L2-normalised embeddings and "
         "the mean pairwise cosine — the same functions as `collapsekit spectrum`, and the same "
         "monitor `collapsekit train` runs. It raises a `CollapseWarning` when a threshold is "
         "crossed. Below: a plain PyTorch loop, then PyTorch Lightning "
@@ -303,7 +303,7 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 for space in ("backbone", "projector"):
     steps = [r.step for r in monitor.history]
     axes[0].plot(steps, [r[space].effective_rank_lambda for r in monitor.history], "o-", label=space)
-axes[0].set(xlabel="step", ylabel="λ-effective rank", title="held-out effective rank")
+axes[0].set(xlabel="step", ylabel="effective rank (λ)", title="held-out effective rank (λ)")
 axes[0].legend()
 plot_spectrum([m.spectrum for m in monitor.history[-1].spaces.values()], ax=axes[1])
 fig.tight_layout()"""
@@ -316,8 +316,8 @@ fig.tight_layout()"""
     ),
     new_code_cell(LIGHTNING),
     new_markdown_cell(
-        "## 3. Warnings\n\nBy default a `CollapseWarning` is raised when a space's λ-based "
-        "effective rank falls below 1.5 (`min_rank_lambda`) or the projector's mean cosine reaches "
+        "## 3. Warnings\n\nBy default a `CollapseWarning` is raised when a space's effective "
+        "rank (λ) falls below 1.5 (`min_rank_lambda`) or the projector's mean cosine reaches "
         "0.95 (`max_cosine`), the thresholds of `collapsekit.diagnostics.health`; `rank_fraction` "
         "and `std_fraction` add optional rules. The `warnings` module filters it like any other: "
         "here a projector that maps every slice to the same direction."

@@ -11,6 +11,7 @@ from rich.table import Table
 from collapsekit.cli.app import app
 from collapsekit.cli.common import console, handle_errors, load_options, rich_progress
 from collapsekit.cli.options import CacheDirOpt, DeviceOpt, PreprocessWorkersOpt, QuietOpt
+from collapsekit.glossary import label
 
 
 @app.command()
@@ -139,7 +140,10 @@ def _print_table(results: object, seeds: int) -> None:
         return "–" if value is None else f"{scale * value:.1f}"
 
     table = Table(title=f"Ablation ({results.config.budget} budget, {seeds} seed(s))")
-    columns = ("method", "local", "ZCA", "health", "λ-rank", "dense λ-rank", "proj. λ-rank")
+    ranks = tuple(
+        label(f"{layer}/effective_rank_lambda") for layer in ("backbone", "dense", "projector")
+    )
+    columns = ("method", "local", "ZCA", "health", *ranks)
     for col in (*columns, "mean Dice"):
         table.add_column(col, justify="left" if col in ("method", "health") else "right")
     flag = {True: "✓", False: "", None: "–"}
@@ -157,7 +161,7 @@ def _print_table(results: object, seeds: int) -> None:
         )
     console.print(table)
     console.print(
-        "λ-ranks: backbone and dense on the evaluation slices, projector on the held-out monitor "
-        "slices at the end of pretraining; rows L2-normalised.",
+        f"{label('effective_rank_lambda')}: backbone and dense on the evaluation slices, projector "
+        "on the held-out monitor slices at the end of pretraining; rows L2-normalised.",
         style="dim",
     )

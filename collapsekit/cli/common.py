@@ -220,8 +220,8 @@ def _progress_interval() -> float:
 
 def _plain_progress(every_s: float) -> Callable[[ProgressEvent], None]:
     """Progress as plain lines on stderr, at most one per task every ``every_s`` seconds and one
-    when the task ends: ``train 120/400 (30%) loss=6.12 img/s=41.3 erank=35.2 elapsed 0:02:51
-    eta 0:06:39``. For logs, where a progress bar prints nothing until the end."""
+    when the task ends: ``train 120/400 (30%) loss=6.12 img/s=41.3 backbone effective rank
+    (λ)=35.2 elapsed 0:02:51 eta 0:06:39``. For logs, where a progress bar prints nothing until the end."""
     started: dict[str, tuple[str, int | None, float]] = {}
     done: dict[str, int] = {}
     last: dict[str, float] = {}

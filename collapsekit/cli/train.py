@@ -11,6 +11,7 @@ from rich.table import Table
 from collapsekit.cli.app import app
 from collapsekit.cli.common import console, err_console, handle_errors, load_options, rich_progress
 from collapsekit.cli.options import CacheDirOpt, DataDirOpt, PreprocessWorkersOpt, QuietOpt
+from collapsekit.glossary import label
 
 #: What ``--help`` shows as each option's default: ``TrainConfig``'s value (the ``default`` budget).
 #: Written out so that ``--help`` does not import torch; tests/cli/test_help.py checks each against
@@ -277,18 +278,19 @@ def _print_closing(result: object, *, tensorboard: bool) -> None:
             f"{last.images_per_s:.1f} img/s"
         )
     final = result.final
+    lam, sigma = label("effective_rank_lambda"), label("effective_rank_sigma")
     if final is not None:
         b, p = final.backbone, final.projector
         console.print(
-            f"backbone λ-rank {b.effective_rank_lambda:.1f} (σ-rank {b.effective_rank_sigma:.1f}, "
-            f"bound {b.rank_bound}); projector λ-rank {p.effective_rank_lambda:.1f}, mean cosine "
-            f"{p.mean_cosine:.3f} — on {final.where}"
+            f"backbone: {lam} {b.effective_rank_lambda:.1f}, {sigma} {b.effective_rank_sigma:.1f}, "
+            f"{label('rank_bound')} {b.rank_bound}; projector: {lam} {p.effective_rank_lambda:.1f}, "
+            f"{label('mean_cosine')} {p.mean_cosine:.3f} — on {final.where}"
             + (", as `collapsekit spectrum` measures by default" if final.as_spectrum else "")
         )
     elif last is not None and last.backbone is not None and last.projector is not None:
         console.print(
-            f"backbone λ-rank {last.backbone.effective_rank_lambda:.1f}; projector λ-rank "
-            f"{last.projector.effective_rank_lambda:.1f}, mean cosine "
+            f"backbone: {lam} {last.backbone.effective_rank_lambda:.1f}; projector: {lam} "
+            f"{last.projector.effective_rank_lambda:.1f}, {label('mean_cosine')} "
             f"{last.projector.mean_cosine:.3f} — on the held-out monitor slices (step {last.step}), "
             "rows L2-normalised"
         )

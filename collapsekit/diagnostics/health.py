@@ -3,7 +3,7 @@
 Three verdicts (checked in this order):
 
 * ``collapsed`` — *complete* collapse: the projector maps every input to nearly one point (mean
-  pairwise cosine ≥ :data:`COLLAPSED_COSINE`, or λ-based effective rank < :data:`COLLAPSED_RANK`
+  pairwise cosine ≥ :data:`COLLAPSED_COSINE`, or effective rank (λ) < :data:`COLLAPSED_RANK`
   unless the in-batch top-1 passes its bound: a rank near 1 with inputs still told apart is
   extreme *dimensional* collapse — measured in healthy default runs early in training — and is
   listed among the reasons instead).
@@ -39,7 +39,7 @@ __all__ = [
 COLLAPSED_COSINE = 0.95
 """Mean pairwise cosine of the projector output at or above which a run is completely collapsed."""
 COLLAPSED_RANK = 1.5
-"""λ-based effective rank below which the embeddings are (numerically) one direction."""
+"""Effective rank (λ) below which the embeddings are (numerically) one direction."""
 NOT_LEARNING_LOSS = 0.9
 """``loss_global`` above this fraction of ``ln(K + 1)`` means the run is not learning."""
 NOT_LEARNING_TOP1 = 2.0
@@ -108,7 +108,7 @@ def health_verdict(
             (needs ``batch_size``).
         batch_size: ``B``; chance in-batch top-1 is ``1/B``.
         mean_cosine: mean pairwise cosine of the projector output.
-        effective_rank_lambda: λ-based effective rank of the projector output.
+        effective_rank_lambda: effective rank (λ) of the projector output.
 
     Returns:
         The verdict with its reasons. NaN signals are treated as absent.

@@ -239,7 +239,7 @@ class SpectrumResult:
             RankMe form of Garrido et al. (2023).
         effective_rank_lambda: effective rank of the covariance eigenvalues ``λ = σ²/(N−1)``
             (the variance spectrum, the quantity plotted by Jing et al. 2022). It shows collapse far
-            more clearly than the σ-based ranks: for ``λ_i ∝ i^{-1.5}`` over 64 dimensions it is
+            more clearly than effective rank (σ): for ``λ_i ∝ i^{-1.5}`` over 64 dimensions it is
             10.8 on λ against 42.9 on σ = √λ.
         alpha: power-law exponent (alpha-ReQ) fitted on ``spectrum[:numerical_rank]``; NaN when
             fewer than 2 values are available.
@@ -346,7 +346,7 @@ def spectrum_result_from_dict(d: dict[str, Any]) -> SpectrumResult:
         spectrum=spectrum,
         effective_rank_sigma=_nan(d["effective_rank_sigma"]),
         rankme=_nan(d["rankme"]),
-        # results saved before the λ-based rank existed: recompute it from the stored spectrum
+        # results saved before effective rank (λ) existed: recompute it from the stored spectrum
         effective_rank_lambda=_nan(d["effective_rank_lambda"])
         if "effective_rank_lambda" in d
         else effective_rank(np.clip(spectrum, 0, None)),
@@ -392,8 +392,8 @@ def summarize_spectrum(
     ``||E||_2 <= ||E||_F <= eps/2 * ||Z||_F``. They count as zero in the effective rank,
     numerical rank, alpha and variance fractions (e.g. when every row points the same way);
     ``spectrum`` keeps the values as computed. At float64's epsilon, the float32 rounding of a
-    completely collapsed set reads as a spread spectrum (σ-rank 24.9 of 32 for rows equal up to
-    float32 rounding); at the data's own it reads as no spread at all.
+    completely collapsed set reads as a spread spectrum (an effective rank (σ) of 24.9 of 32 for
+    rows equal up to float32 rounding); at the data's own it reads as no spread at all.
     """
     cov = np.sort(as_spectrum(cov_eigenvalues, name="covariance eigenvalues"))[::-1]
     raw = as_spectrum(raw_eigenvalues, name="raw eigenvalues")

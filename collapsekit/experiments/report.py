@@ -9,6 +9,7 @@ from pathlib import Path
 
 from collapsekit.experiments.ablation import Budget
 from collapsekit.experiments.results import AblationResults, MethodResult
+from collapsekit.glossary import label
 from collapsekit.plotting import (
     plot_ablation_dice,
     plot_rank_history,
@@ -24,20 +25,49 @@ _FIGURES = (
     ("spectra_dense.png", "dense spectra"),
     ("dice_per_organ.png", "Dice per organ"),
     ("similarity.png", "similarity"),
-    ("effective_rank_backbone.png", "backbone effective rank during pretraining"),
-    ("effective_rank_projector.png", "projector effective rank during pretraining"),
+    ("effective_rank_backbone.png", "backbone effective rank (λ) during pretraining"),
+    ("effective_rank_projector.png", "projector effective rank (λ) during pretraining"),
 )
 
 _PROSE = (
-    "Ranks are effective ranks (exp-entropy) of the L2-normalised embeddings: **λ** on the "
-    "covariance eigenvalues (the variance spectrum Jing et al. plot; it shows collapse clearly), "
-    "**σ** on the singular values of the centred matrix (compresses differences). Backbone and "
+    "Ranks are effective ranks (exp-entropy) of the L2-normalised embeddings: **effective rank "
+    "(λ)** on the covariance eigenvalues (the variance spectrum Jing et al. plot; it shows collapse "
+    "clearly), **effective rank (σ)** on the singular values of the centred matrix (compresses "
+    "differences). Backbone and "
     "dense: the evaluation slices (backbone: pooled output, what probes use; the input of a "
     "pre-projector ZCA). Projector: the contrastive space on the held-out monitor slices, from "
     "the run's last metrics row, as are loss_global (chance ln(K+1)), top1_in_batch (chance 1/B) "
     "and the health verdict (healthy / not learning / collapsed; collapsekit.diagnostics.health). "
     "Dice: linear probe, 3D, per organ, mean over the organs (%). The random baseline has its "
     "BatchNorm statistics re-estimated on the evaluation data."
+)
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+#: The table's columns, in the order of :func:`_row`: the glossary's labels, capitalised.
+_HEADER = (
+    "Method",
+    "Local",
+    "ZCA",
+    "loss_global (ln(K+1))",
+    "top1_in_batch",
+    "Health",
+    *(
+        _capitalised(label(key))
+        for key in (
+            "projector/effective_rank_lambda",
+            "projector/mean_cosine",
+            "backbone/effective_rank_lambda",
+            "backbone/effective_rank_sigma",
+            "dense/effective_rank_lambda",
+            "backbone/alpha",
+            "backbone/mean_cosine",
+            "mean_dice",
+        )
+    ),
 )
 
 
@@ -64,8 +94,8 @@ def render_figures(results: AblationResults, out: Path) -> None:
         "dice_per_organ.png": plot_ablation_dice(methods)[0],
     }
     for space in ("backbone", "projector"):
-        title = f"{space.capitalize()} λ-effective rank of the monitor slices during pretraining"
         key = f"{space}/effective_rank_lambda"
+        title = f"{_capitalised(label(key))} of the monitor slices during pretraining"
         figures[f"effective_rank_{space}.png"] = plot_rank_history(histories, key=key, title=title)[
             0
         ]
@@ -147,8 +177,7 @@ def report_lines(results: AblationResults) -> list[str]:
     )
     lines = ["# collapsekit ablation report", "", head, "", _PROSE, ""]
     lines += [
-        "| Method | Local | ZCA | loss_global (ln(K+1)) | top1_in_batch | Health | Proj. λ-rank "
-        "| Proj. cos | Backbone λ-rank | Backbone σ-rank | Dense λ-rank | α | Cos. sim. | Mean Dice |",
+        "| " + " | ".join(_HEADER) + " |",
         "|---|:-:|:-:|--:|--:|:-:|--:|--:|--:|--:|--:|--:|--:|--:|",
         *(_row(m) for m in results.methods),
         "",

@@ -2,7 +2,7 @@
 
 :class:`CollapseMonitor` embeds a fixed held-out set every ``every`` steps, in eval mode and
 without gradients, and diagnoses each embedding space with the functions of
-:mod:`collapsekit.diagnostics` (no metric is computed here): the σ- and λ-based effective ranks,
+:mod:`collapsekit.diagnostics` (no metric is computed here): effective rank (λ) and (σ),
 RankMe, α-ReQ, the std of L2-normalised rows and the mean pairwise cosine (names as in
 :mod:`collapsekit.glossary`). It warns with :class:`CollapseWarning` when a space crosses a
 threshold and gives each pass a health verdict
@@ -133,7 +133,7 @@ class MonitorResult:
         spaces: ``{space: SpaceMetrics}``.
         alerts: the threshold messages (raised as :class:`CollapseWarning` unless ``warn=False``).
         health: :func:`~collapsekit.diagnostics.health.health_verdict` of ``health_space`` (its
-            mean cosine and λ-rank, plus any loss/top-1 given to :meth:`CollapseMonitor.measure`);
+            mean cosine and effective rank (λ), plus any loss/top-1 given to :meth:`CollapseMonitor.measure`);
             ``unknown`` when only collapse signals were given and they passed.
         health_space: the space the verdict reads (``"projector"`` when there is one, else the
             last space).
@@ -261,10 +261,10 @@ class CollapseMonitor:
     Thresholds (a :class:`CollapseWarning` per crossing; ``None`` turns one off). The defaults are
     those of :mod:`collapsekit.diagnostics.health` for a *completely* collapsed space:
 
-    * ``min_rank_lambda`` (1.5): λ-based effective rank below it, in every watched space;
+    * ``min_rank_lambda`` (1.5): effective rank (λ) below it, in every watched space;
     * ``max_cosine`` (0.95): mean pairwise cosine at or above it, in the ``health_space`` only
       (pooled ReLU features are nonnegative, so a healthy backbone reads 0.97 and more);
-    * optional: ``rank_fraction`` (σ-based effective rank below ``rank_fraction · D``, the rule
+    * optional: ``rank_fraction`` (effective rank (σ) below ``rank_fraction · D``, the rule
       ``collapsekit train`` used) and ``std_fraction`` (``std_l2 · √D`` below it).
 
     Args:
@@ -284,9 +284,9 @@ class CollapseMonitor:
         normalize: L2-normalise rows before the spectrum (Jing et al. 2022's convention).
         cosine_samples: rows used for the pairwise cosine (subsampled with a fixed seed).
         batch_size: chunk size for a tensor ``data``.
-        min_rank_lambda: warn when a space's λ-based effective rank is below this.
+        min_rank_lambda: warn when a space's effective rank (λ) is below this.
         max_cosine: warn when the health space's mean pairwise cosine is at or above this.
-        rank_fraction: warn below this fraction of ``D`` (σ-based effective rank).
+        rank_fraction: warn when effective rank (σ) is below this fraction of ``D``.
         std_fraction: warn when ``std_l2 · √D`` is below this.
         warn_spaces: the spaces the thresholds apply to (default all).
         health_space: the space the health verdict and ``max_cosine`` read (default

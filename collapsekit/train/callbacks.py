@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from collapsekit.glossary import label
 from collapsekit.monitoring import CollapseMonitor, MonitorResult
 from collapsekit.progress import (
     Message,
@@ -220,7 +221,7 @@ class ProgressEvents(Callback):
         }
         last = session.history[-1] if session.history else None
         if last is not None and last.backbone is not None:
-            info["monitor λ-rank"] = last.backbone.effective_rank_lambda
+            info[label("backbone/effective_rank_lambda")] = last.backbone.effective_rank_lambda
         emit(session.progress, TaskAdvanced("train", info=info))
 
     def on_log(self, session: Session, row: MetricsRecord, monitor: MonitorResult | None) -> None:

@@ -5,7 +5,7 @@ embedded in eval mode and diagnosed in both spaces by :class:`~collapsekit.monit
 (the one monitor of collapsekit, also offered to users' own loops): the pooled **backbone** output
 (what probes and segmentation use; the input of a pre-projector whitening layer, never its white
 output) and the **projector** output (what the contrastive loss sees, where Jing et al. 2022 first
-observed dimensional collapse). Each space gets the σ- and λ-based effective ranks, α, the std of
+observed dimensional collapse). Each space gets effective rank (λ) and (σ), α, the std of
 L2-normalised rows and the mean pairwise cosine; a record goes to ``metrics.jsonl`` and a warning
 is raised when the backbone's effective rank drops below a fraction of its width.
 

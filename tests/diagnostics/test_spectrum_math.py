@@ -235,7 +235,8 @@ def test_eigenvalue_effective_rank_is_the_variance_spectrum() -> None:
 
 def test_float32_rounding_of_a_collapsed_set_is_not_read_as_spread() -> None:
     """Rows that all point one way, equal up to float32 rounding: the centred spectrum is pure
-    rounding noise, which at float64's epsilon would read as a high rank (σ-rank 24.9 of 32)."""
+    rounding noise, which at float64's epsilon would read as a high rank (an effective rank (σ)
+    of 24.9 of 32)."""
     from collapsekit.diagnostics import spectrum_report
     from collapsekit.diagnostics.streaming import SpectrumAccumulator
 

@@ -121,7 +121,8 @@ def test_the_readme_example_raises_a_collapse_warning() -> None:
 @pytest.mark.slow
 def test_a_healthy_run_raises_no_warning() -> None:
     """The same toy with BatchNorm in the projector and a mild augmentation trains healthily
-    (in-batch loss 0.69 of ln 32 = 3.47; projector λ-rank 6.0 of 32, mean cosine 0.51)."""
+    (in-batch loss 0.69 of ln 32 = 3.47; projector effective rank (λ) 6.0 of 32, mean cosine
+    0.51)."""
     torch.manual_seed(0)
     train_x, held_out = _phantom_slices()
     model = _toy(projector_bn=True)

@@ -240,7 +240,8 @@ def test_monitor_records_both_spaces_every_n_steps(tmp_path: Path) -> None:
         assert 0.0 <= r["top1_queue"] <= 1.0 and r["top1_in_batch_chance"] == 0.25
         bound = r["backbone/rank_bound"]  # N - 1 of the held-out slices (one 6-slice case here)
         assert bound == 5
-        # λ-rank ≤ σ-rank (squaring sharpens the spectrum); projector space of 128 dims
+        # effective rank (λ) ≤ effective rank (σ) (squaring sharpens the spectrum); projector
+        # space of 128 dims
         lam, sigma = r["backbone/effective_rank_lambda"], r["backbone/effective_rank_sigma"]
         assert 1.0 <= lam <= sigma <= bound
         assert 1.0 <= r["projector/effective_rank_lambda"] <= bound
