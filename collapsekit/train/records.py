@@ -134,12 +134,13 @@ class MetricsRecord:
         """:func:`~collapsekit.diagnostics.health.health_verdict` of this row's signals: the
         window's ``loss_global`` and ``top1_in_batch``, the projector's when monitored."""
         k = round(math.exp(self.loss_chance) - 1)
-        b = round(1 / self.top1_in_batch_chance)
+        chance = self.top1_in_batch_chance
+        b = round(1 / chance) if math.isfinite(chance) and chance > 0 else None
         p = self.projector
         return health_verdict(
             loss_global=self.loss_global,
             queue_size=k,
-            top1_in_batch=self.top1_in_batch,
+            top1_in_batch=self.top1_in_batch if b is not None else None,
             batch_size=b,
             mean_cosine=p.mean_cosine if p else None,
             effective_rank_lambda=p.effective_rank_lambda if p else None,
@@ -180,6 +181,9 @@ class MetricsRecord:
         scalars.setdefault("steps", 1)
         scalars.setdefault("health", "unknown")
         scalars.setdefault("loss_local", None)
+        # rows written before the in-batch top-1 existed (issue 19): not measured
+        scalars.setdefault("top1_in_batch", math.nan)
+        scalars.setdefault("top1_in_batch_chance", math.nan)
         try:
             return cls(**scalars, **spaces)
         except TypeError as e:

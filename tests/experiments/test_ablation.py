@@ -255,6 +255,18 @@ def test_summary_of_an_earlier_results_json_maps_the_old_keys() -> None:
     assert RunSummary.from_dict(s.to_dict()) == s
 
 
+def test_the_archived_demo_results_json_still_loads() -> None:
+    """docs/archive/collapse/demo (issue 10) was written before the in-batch top-1 existed: its
+    metrics rows load with that signal absent (NaN), and their verdict uses what they have."""
+    root = Path(__file__).resolve().parents[2] / "docs/archive/collapse/demo"
+    res = load_results(root)
+    row = res.method("mocov2").history[0][-1]
+    assert math.isnan(row.top1_in_batch) and math.isnan(row.top1_in_batch_chance)
+    assert row.verdict().reasons and "top1_in_batch" not in str(row.verdict())
+    stored = json.loads((root / "results.json").read_text())
+    assert res.method("mocov2").mean.mean_dice == stored["methods"]["mocov2"]["mean"]["mean_dice"]
+
+
 def test_aggregate_is_the_mean_and_sample_std_over_seeds() -> None:
     a = RunSummary(
         backbone=SpaceSummary(effective_rank_lambda=2.0), mean_dice=0.2, health="healthy"
