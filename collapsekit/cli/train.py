@@ -26,7 +26,7 @@ HELP_DEFAULTS = {
     "epochs": "10",
     "batch_size": "32",
     "image_size": "128",
-    "lr": "0.03·B/256",
+    "lr": "0.03",
     "seed": "0",
     "device": "auto",
     "num_workers": "2",

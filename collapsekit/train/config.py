@@ -56,7 +56,11 @@ class TrainConfig:
         epochs: passes over the training slices; ignored when ``steps`` is set.
         steps: total optimiser steps (sets the cosine schedule length).
         batch_size: global batch (split across ranks under torchrun).
-        lr: base learning rate; ``None`` means MoCo's ``0.03 * batch_size / 256``.
+        lr: base learning rate: 0.03, MoCo v2's base rate, *not* scaled to the batch; ``None``
+            means MoCo's linear scaling rule ``0.03 * batch_size / 256``. At batch 32 that rule
+            gives 0.00375, and the default run did not learn in its 120 steps (loss_global 4.33
+            above 0.9·ln(K+1) = 4.12); at 0.03 with a 10-step warm-up it ended healthy (measured:
+            docs/results/performance.md, "The default budget").
         seed: seeds model init, data order and augmentations (runs are reproducible on CPU).
         device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
         cache_dir: directory of the disk cache of preprocessed volumes (``None``: in memory);
@@ -68,7 +72,8 @@ class TrainConfig:
         cache_direct_io: write cache entries with ``O_DIRECT`` where the file system allows it
             (the CLI sets it from ``$COLLAPSEKIT_CACHE_DIRECT``).
         phantom_validation: phantom cases held out for the monitor (default: a third, 1 to 4).
-        warmup_steps: linear learning-rate warm-up before the cosine schedule (0: none).
+        warmup_steps: linear learning-rate warm-up before the cosine schedule (0: none;
+            default 10).
         augment: the two-view augmentation preset (:data:`collapsekit.data.augment.AUGMENT_PRESETS`):
             ``ct`` (default: crops 0.2–1, quarter-strength intensity jitter), ``mocov2`` (full
             jitter and blur) or ``demo`` (crops 0.8–1, no jitter or blur).
@@ -119,7 +124,7 @@ class TrainConfig:
     epochs: int = 10
     steps: int | None = None
     batch_size: int = 32
-    lr: float | None = None
+    lr: float | None = 0.03
     sgd_momentum: float = 0.9
     weight_decay: float = 1e-4
     seed: int = 0
@@ -135,7 +140,7 @@ class TrainConfig:
     cache_dir: str | None = None
     preprocess_workers: int | None = None
     cache_direct_io: bool = True
-    warmup_steps: int = 0
+    warmup_steps: int = 10
     augment: str = "ct"
     crop_min_scale: float | None = None
     jitter_p: float | None = None
@@ -226,7 +231,7 @@ class TrainConfig:
 
     @property
     def base_lr(self) -> float:
-        """MoCo's linear scaling rule: ``0.03 * batch_size / 256`` unless ``lr`` is set."""
+        """``lr``, or MoCo's linear scaling rule ``0.03 * batch_size / 256`` when it is None."""
         return self.lr if self.lr is not None else 0.03 * self.batch_size / 256
 
 
