@@ -241,6 +241,7 @@ def build_config(
         device_augment=feed,
         compile=mode,
         monitor_samples=args.monitor_samples,
+        final_samples=args.final_samples,
         phantom_cases=args.phantom_cases,
         phantom_size=args.phantom_size,
         phantom_slices=args.phantom_slices,
@@ -267,6 +268,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=None, help="loader workers (config default)")
     ap.add_argument("--queue-size", type=int, default=1024)
     ap.add_argument("--monitor-samples", type=int, default=256)
+    ap.add_argument(
+        "--final-samples",
+        type=int,
+        default=None,
+        help="the run's final spectrum (config default; 0: none, after the timed steps either way)",
+    )
     ap.add_argument("--dataset", default="phantom")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--cache-dir", default=None)

@@ -46,6 +46,7 @@ cfg = config_from_dict(
     phantom_cases=4 if QUICK else 12,
     phantom_size=64 if QUICK else 128,
     monitor_samples=64,
+    final_samples=0 if QUICK else 2048,  # slices embedded for the run's final spectrum
     num_workers=0,
 )
 result = train(cfg, f"{workdir}/run")
@@ -183,7 +184,7 @@ from collapsekit.experiments import AblationConfig, load_results, run_ablation
 ABLATION_DIR = os.environ.get("ABLATION_DIR")
 if ABLATION_DIR is None:
     ABLATION_DIR = tempfile.mkdtemp(prefix="collapsekit-nb3-")
-    tiny = dict(image_size=32, epochs=1, batch_size=8, queue_size=32, phantom_cases=4, samples=64,
+    tiny = dict(image_size=32, steps=4, batch_size=8, queue_size=32, phantom_cases=4, samples=64,
                 probe_epochs=2, probe_image_size=32)
     run_ablation(AblationConfig(methods=("mocov2", "local+zca"), overrides=tiny if QUICK else {}), ABLATION_DIR)
 results = load_results(ABLATION_DIR)  # typed: AblationResults

@@ -33,6 +33,7 @@ phantom_cases = 4
 phantom_size = 32
 phantom_slices = 6
 monitor_samples = 12
+final_samples = 0
 [model]
 method = "local+zca"
 queue_size = 16

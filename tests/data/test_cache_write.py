@@ -191,10 +191,17 @@ def test_direct_write_checks_its_buffer(tmp_path):
 def test_tune_allocator_reuses_volume_sized_blocks():
     """After ``tune_allocator`` a freed 64 MiB block is reused: allocating it again faults in
     (almost) no pages, where glibc's default unmaps it and faults all 16,384 in again."""
+    # The module is loaded from its file (it imports only the standard library), not through
+    # the collapsekit.data package, whose imports (torch, MONAI) took seconds per process.
+    from collapsekit.data import _workers
+
     code = textwrap.dedent(
         """
-        import resource, sys
-        from collapsekit.data._workers import tune_allocator
+        import importlib.util, resource, sys
+        spec = importlib.util.spec_from_file_location("_workers", sys.argv[2])
+        workers = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(workers)
+        tune_allocator = workers.tune_allocator
         if sys.argv[1] == "1":
             assert tune_allocator()
         def faults():
@@ -210,7 +217,10 @@ def test_tune_allocator_reuses_volume_sized_blocks():
     out = {}
     for tuned in ("0", "1"):
         proc = subprocess.run(
-            [sys.executable, "-c", code, tuned], capture_output=True, text=True, check=True
+            [sys.executable, "-c", code, tuned, _workers.__file__],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         out[tuned] = int(proc.stdout.strip())
     assert out["0"] >= 16_000 and out["1"] < 1_000

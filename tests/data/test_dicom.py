@@ -511,10 +511,13 @@ def test_train_and_spectrum_on_a_dicom_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     source = ["--dataset", "folder", "--data-dir", str(data)]
+    # no final spectrum on the 48-case evaluation phantom: the spectrum command below measures
+    (tmp_path / "cfg.toml").write_text("final_samples = 0\n")
     train = runner.invoke(
         app,
         ["train", *source, "--budget", "demo", "--steps", "2", "--batch-size", "4"]
-        + ["--image-size", "32", "--workers", "0", "--out", "run", "--quiet"],
+        + ["--image-size", "32", "--workers", "0", "--out", "run", "--quiet"]
+        + ["--config", "cfg.toml"],
     )
     assert train.exit_code == 0, train.output
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

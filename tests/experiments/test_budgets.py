@@ -36,3 +36,15 @@ def test_overrides_replace_fields_and_unknown_keys_fail():
 def test_every_budget_key_may_be_overridden():
     assert set(BUDGET_KEYS) >= {"steps", "zca_placement", "local_layer", "train_budget"}
     assert Budget().with_overrides({k: None for k in ("epochs", "steps")}).to_dict()["arch"]
+
+
+def test_an_epochs_override_replaces_the_train_budgets_steps():
+    # (the ablation tests train a few steps: this is the pretraining config of their former
+    # epochs=1 override of the demo train budget, which has 1200 steps)
+    from collapsekit.experiments.ablation import train_config
+
+    cfg = train_config(AblationConfig(overrides={"epochs": 1, "phantom_cases": 4}), "mocov2", 0)
+    assert (cfg.epochs, cfg.steps, cfg.phantom_cases, cfg.phantom_validation) == (1, None, 4, None)
+    assert cfg.final_samples == 0 and cfg.model.method == "mocov2"
+    steps = train_config(AblationConfig(overrides={"steps": 4}), "local", 1)
+    assert (steps.steps, steps.seed, steps.model.method) == (4, 1, "local")

@@ -371,6 +371,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         phantom_size=32,
         phantom_slices=6,
         monitor_samples=12,
+        final_samples=0,  # no evaluation phantom for a final spectrum
         model=ModelConfig(method="local+zca", queue_size=16, local_queue_size=64),
     )
     out = tmp_path_factory.mktemp("export") / "run"

@@ -31,6 +31,7 @@ TINY: dict[str, Any] = dict(
     phantom_size=64,
     phantom_slices=8,
     monitor_samples=12,
+    final_samples=0,  # no 48-case evaluation phantom for a final spectrum
     num_workers=0,
     steps=3,
 )

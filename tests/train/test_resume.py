@@ -82,7 +82,7 @@ def test_given_settings_and_explicit_fields(tmp_path: Path) -> None:
 
 # --- real runs ---------------------------------------------------------------------------------
 
-TINY = "phantom_cases = 4\nphantom_size = 32\nphantom_slices = 6\nmonitor_samples = 12\n[model]\nqueue_size = 16\nlocal_queue_size = 64\n"
+TINY = "phantom_cases = 4\nphantom_size = 32\nphantom_slices = 6\nmonitor_samples = 12\nfinal_samples = 0\n[model]\nqueue_size = 16\nlocal_queue_size = 64\n"
 runner = CliRunner()
 
 
