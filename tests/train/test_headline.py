@@ -17,6 +17,10 @@ from collapsekit.train.config import TrainConfig, config_from_dict
 from collapsekit.train.loop import train
 
 TINY = dict(
+    # the schedule these tests were written for (MoCo's linear rule, no warm-up; the defaults
+    # before issue 19): lr 0.03 amplifies float rounding between code paths past the tolerances
+    lr=0.03 * 4 / 256,
+    warmup_steps=0,
     image_size=32,
     batch_size=4,
     phantom_cases=4,

@@ -15,6 +15,10 @@ from collapsekit.train.loop import train
 # two values per channel and amplify float rounding ~10^4-fold per step (measured in float64 too),
 # so no two implementations agree after three steps there.
 TINY = dict(
+    # the schedule these tests were written for (MoCo's linear rule, no warm-up; the defaults
+    # before issue 19): lr 0.03 amplifies float rounding between code paths past the tolerances
+    lr=0.03 * 8 / 256,
+    warmup_steps=0,
     image_size=64,
     batch_size=8,
     phantom_cases=4,
