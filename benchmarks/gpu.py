@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queue-size", type=int, default=None, help="default 65536 (256 --quick)")
     ap.add_argument("--zca-method", default="eigh", help="ZCA method inside the steps")
     ap.add_argument("--zca-repeats", type=int, default=None, help="default 20 (3 with --quick)")
+    ap.add_argument("--zca-warmup", type=int, default=3, help="untimed ZCA calls first")
     ap.add_argument("--no-amp", action="store_true", help="float32 steps (default bf16 on CUDA)")
     ap.add_argument("--skip-steps", action="store_true")
     ap.add_argument("--skip-zca", action="store_true")
@@ -438,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             "amp": "bf16" if amp else None,
             "optimizer": "SGD(lr=0.03*B/256, momentum=0.9, weight_decay=1e-4)",
             "zca_method_in_steps": args.zca_method,
+            "zca_warmup": args.zca_warmup,
             "zca_repeats": zca_repeats,
         },
         "paper_budget": {
@@ -465,7 +467,9 @@ def main(argv: list[str] | None = None) -> int:
             shapes += [(2048, (256, 2048)), (2048, (256, 2048, 7, 7))]
         for channels, shape in shapes:
             for method in ("eigh", "newton_schulz"):
-                row = bench_zca(channels, shape, method, device, warmup=3, repeats=zca_repeats)
+                row = bench_zca(
+                    channels, shape, method, device, warmup=args.zca_warmup, repeats=zca_repeats
+                )
                 _free(device)  # the layer and tensors died with the call
                 result["zca"].append(row)
                 _write(result, args.out)

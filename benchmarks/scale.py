@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import resource
@@ -56,7 +55,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +94,13 @@ def write_dataset(root: Path, volumes: int, size: int, slices: int, workers: int
         shutil.rmtree(root)
     root.mkdir(parents=True)
     t0 = time.perf_counter()
-    ctx = multiprocessing.get_context("forkserver" if sys.platform == "linux" else "spawn")
-    with ProcessPoolExecutor(max(1, min(workers, volumes)), mp_context=ctx) as pool:
+    # The preprocessing pool's own start (a forkserver that imports torch and MONAI once): a
+    # forkserver started here without that preload would be the one every later pool of this
+    # process forks from, and each of their workers would import torch and MONAI again, inside
+    # the timed cold passes of (a).
+    from collapsekit.data._workers import worker_pool
+
+    with worker_pool(max(1, min(workers, volumes))) as pool:
         futures = [pool.submit(_write_case, str(root), i, size, slices, 0) for i in range(volumes)]
         for f in futures:
             f.result()

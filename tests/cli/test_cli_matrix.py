@@ -9,6 +9,7 @@ that do not apply: ``data phantom`` reads no input, ``data check`` writes no out
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -144,29 +145,79 @@ def _unreadable_argv() -> list[str]:
     return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c in INPUT_KIND])
-def test_unreadable_input(command: str, tmp_path: Path) -> None:
-    kind = INPUT_KIND[command]
-    inp = _write_input(kind, _input_path(kind, tmp_path))
-    locked = inp / "case1.nii.gz" if kind == "folder" else inp
-    out = tmp_path / "out"
-    out.mkdir()
-    before = _snapshot(tmp_path)
-    locked.chmod(0o000)
+#: Runs every command of a JSON list of argvs through the CLI in this one process (one torch +
+#: MONAI import for all of them, not one each), a fresh in-memory cache each, and prints one
+#: JSON object per command: its exit code, its stderr, and the traceback of an exception that
+#: escaped the command (a bug: ``python -m collapsekit`` would have printed it on stderr).
+UNREADABLE_DRIVER = """
+import json, sys, traceback
+from typer.testing import CliRunner
+from collapsekit.cli.app import app
+from collapsekit.data import clear_cache
+
+for argv in json.loads(sys.argv[1]):
+    clear_cache()
+    r = CliRunner().invoke(app, argv)
+    stderr = r.stderr
+    if r.exc_info is not None and not isinstance(r.exc_info[1], SystemExit):
+        stderr += "".join(traceback.format_exception(*r.exc_info))
+    print("RESULT " + json.dumps({"exit_code": r.exit_code, "stderr": stderr}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def unreadable_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Each command run on its own mode-000 input (a file, or the one volume of a folder), all in
+    ONE subprocess without the DAC-override capabilities: each input and output under its own
+    directory, snapshotted before the run."""
+    setup = [*_unreadable_argv(), sys.executable, "-c", UNREADABLE_DRIVER]
+    runs: dict[str, dict] = {}
+    for command, kind in INPUT_KIND.items():
+        root = tmp_path_factory.mktemp(command.replace(" ", "_"))
+        inp = _write_input(kind, _input_path(kind, root))
+        out = root / "out"
+        out.mkdir()
+        locked = inp / "case1.nii.gz" if kind == "folder" else inp
+        runs[command] = {
+            "root": root,
+            "locked": locked,
+            "argv": _argv(command, inp, out),
+            "before": _snapshot(root),
+        }
+    for run in runs.values():
+        run["locked"].chmod(0o000)
     try:
-        argv = [*_unreadable_argv(), sys.executable, "-m", "collapsekit", *_argv(command, inp, out)]
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"}
+            [*setup, json.dumps([run["argv"] for run in runs.values()])],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "COLUMNS": "300"},
         )
     finally:
-        locked.chmod(0o644)
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    lines = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
-    assert len(lines) == 1, done.stderr
-    assert str(locked) in lines[0] and "ermission denied" in lines[0]
-    _check_nothing_changed(before, tmp_path)
+        for run in runs.values():
+            run["locked"].chmod(0o644)
+    results = [
+        json.loads(x.removeprefix("RESULT "))
+        for x in done.stdout.splitlines()
+        if x.startswith("RESULT ")
+    ]
+    assert done.returncode == 0 and len(results) == len(runs), done.stdout + done.stderr
+    for run, result in zip(runs.values(), results, strict=True):
+        run.update(result)
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c in INPUT_KIND])
+def test_unreadable_input(command: str, unreadable_runs: dict[str, dict]) -> None:
+    run = unreadable_runs[command]
+    assert run["exit_code"] == 2, run["stderr"]
+    assert "Traceback" not in run["stderr"]
+    lines = [x for x in run["stderr"].splitlines() if x.startswith("error: ")]
+    assert len(lines) == 1, run["stderr"]
+    assert str(run["locked"]) in lines[0] and "ermission denied" in lines[0]
+    _check_nothing_changed(run["before"], run["root"])
 
 
 def _with_valid_input(command: str, tmp_path: Path) -> str:

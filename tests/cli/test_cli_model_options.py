@@ -18,6 +18,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from collapsekit.cli.app import app
+from collapsekit.data import write_phantom_dataset
 from collapsekit.runs.models import load_model
 
 runner = CliRunner()
@@ -77,10 +78,14 @@ def test_model_kwargs_json_and_arch_are_checked(tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.stderr == "", res.output
 
 
-@pytest.mark.slow  # embeds 40 phantom slices twice (~10 s)
+@pytest.mark.slow  # embeds 40 slices twice
 def test_spectrum_prints_the_assumption_and_takes_the_stride(tmp_path: Path) -> None:
     src = _monai_stride1(tmp_path)
+    # Two small cases on disk: the default evaluation phantom would be generated first, by a
+    # pool of worker processes, for slices that have nothing to do with the stride.
+    write_phantom_dataset(tmp_path / "btcv", cases=2, size=64, slices=32, validation=0)
     base = ["spectrum", str(src), "--samples", "40", "--image-size", "64", "--json", "--overwrite"]
+    base += ["--dataset", "btcv", "--data-dir", str(tmp_path / "btcv")]
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
     assert "assumed stride 2" in res.stderr and json.loads(res.stdout)["results"][0]["d"] == 512

@@ -14,6 +14,8 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -51,19 +53,55 @@ def write_gz(path: Path, header: bytes, body: bytes = b"", zero_mib: int = 0) ->
     return path
 
 
-def _check_in_subprocess(data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+#: ``collapsekit data check`` of each data folder (a JSON list) through the CLI, all in this one
+#: process (one torch + MONAI import for all of them); one JSON line per folder: the exit code,
+#: stdout, stderr and the traceback of an exception that escaped the command (a bug:
+#: ``python -m collapsekit`` would have printed it on stderr).
+CHECK_DRIVER = """
+import json, sys, traceback
+from typer.testing import CliRunner
+from collapsekit.cli.app import app
+
+for data_dir in json.loads(sys.argv[1]):
+    r = CliRunner().invoke(app, ["data", "check", "--dataset", "folder", "--data-dir", data_dir,
+                                 "--preprocess-workers", "0", "--json"])
+    stderr = r.stderr
+    if r.exc_info is not None and not isinstance(r.exc_info[1], SystemExit):
+        stderr += "".join(traceback.format_exception(*r.exc_info))
+    print("RESULT " + json.dumps({"returncode": r.exit_code, "stdout": r.stdout, "stderr": stderr}))
+"""
+
+
+def _check_in_subprocess(*data_dirs: Path) -> list[SimpleNamespace]:
+    """``data check`` of each folder, in one subprocess under the address-space limit."""
+
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
 
-    return subprocess.run(
-        [sys.executable, "-m", "collapsekit", "data", "check", "--dataset", "folder"]
-        + ["--data-dir", str(data_dir), "--preprocess-workers", "0", "--json"],
+    p = subprocess.run(
+        [sys.executable, "-c", CHECK_DRIVER, json.dumps([str(d) for d in data_dirs])],
         preexec_fn=limit,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
     )
+    results = [json.loads(x[7:]) for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    assert p.returncode == 0 and len(results) == len(data_dirs), p.stdout + p.stderr[-2000:]
+    return [SimpleNamespace(**r) for r in results]
+
+
+@pytest.fixture(scope="module")
+def hostile_checks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any]]:
+    """The two hostile files below, each alone in its folder, checked in ONE subprocess."""
+    bomb, body = tmp_path_factory.mktemp("bomb"), tmp_path_factory.mktemp("body")
+    # a header declaring 16384 x 16384 x 40 int16 (21 GB) over 256 MiB of compressed zeros
+    write_gz(bomb / "bomb.nii.gz", _header((16384, 16384, 40)), zero_mib=256)
+    # a small header (64 x 64 x 8) and its body, followed by 2 GiB of compressed zeros
+    shape = (64, 64, 8)
+    write_gz(body / "a.nii.gz", _header(shape), _ct_body(shape).tobytes("F"), zero_mib=2048)
+    bomb_result, body_result = _check_in_subprocess(bomb, body)
+    return {"bomb": (bomb, bomb_result), "body": (body, body_result)}
 
 
 def _ct_body(shape: tuple[int, int, int]) -> np.ndarray:
@@ -73,11 +111,10 @@ def _ct_body(shape: tuple[int, int, int]) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_gzip_bomb_header_is_refused_before_decompressing(tmp_path):
+def test_gzip_bomb_header_is_refused_before_decompressing(hostile_checks):
     """The issue's reproduction, scaled down: a header declaring 16384 x 16384 x 40 int16 (21 GB)
     over 256 MiB of compressed zeros. Refused in one line, within the memory limit."""
-    write_gz(tmp_path / "bomb.nii.gz", _header((16384, 16384, 40)), zero_mib=256)
-    p = _check_in_subprocess(tmp_path)
+    _, p = hostile_checks["bomb"]
     assert p.returncode == 2, p.stderr[-2000:]
     lines = [x for x in p.stderr.splitlines() if x.startswith("error")]
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
@@ -86,14 +123,13 @@ def test_gzip_bomb_header_is_refused_before_decompressing(tmp_path):
 
 
 @pytest.mark.slow
-def test_body_past_the_declared_size_is_never_inflated(tmp_path):
+def test_body_past_the_declared_size_is_never_inflated(hostile_checks):
     """A small header (64 x 64 x 8) followed by 2 GiB of compressed zeros: only the declared
     64 KiB are decompressed (a reader inflating the whole stream would exceed the 1.5 GiB
     address-space limit); the volume is read and reported."""
     shape = (64, 64, 8)
-    write_gz(tmp_path / "a.nii.gz", _header(shape), _ct_body(shape).tobytes("F"), zero_mib=2048)
-    assert (tmp_path / "a.nii.gz").stat().st_size < 8 << 20
-    p = _check_in_subprocess(tmp_path)
+    folder, p = hostile_checks["body"]
+    assert (folder / "a.nii.gz").stat().st_size < 8 << 20
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads(p.stdout)
     assert report["shape"]["max"] == list(shape) and report["slices"]["total"] == 8
