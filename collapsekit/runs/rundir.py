@@ -25,6 +25,7 @@ __all__ = [
     "default_run_dir",
     "update_latest",
     "hold_run_dir",
+    "check_not_held",
     "resolve_latest",
     "holds_run",
     "diagnostics_dir",
@@ -131,6 +132,21 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[Path]:
         yield run_dir
     finally:
         os.close(fd)  # releases the lock
+
+
+def check_not_held(run_dir: str | Path) -> None:
+    """Refuse ``run_dir`` at once when another process holds it (:func:`hold_run_dir`).
+
+    Training takes the lock only once its data are loaded (minutes for a real dataset); this
+    check, before the loading, refuses a second process before that wait. Nothing is created or
+    written; a ``run_dir`` that does not exist is not held.
+
+    Raises:
+        OutputError: another process holds ``run_dir``.
+    """
+    if Path(run_dir).is_dir():
+        with hold_run_dir(run_dir):
+            pass
 
 
 def _holder(fd: int) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from collapsekit.errors import ConfigError, OutputError
 from collapsekit.outputs import check_writable_dir
 from collapsekit.runs.checkpoint import load_checkpoint
-from collapsekit.runs.rundir import default_run_dir, holds_run
+from collapsekit.runs.rundir import check_not_held, default_run_dir, holds_run
 from collapsekit.train.config import TrainConfig
 from collapsekit.train.distributed import DistContext, broadcast_object
 from collapsekit.train.resume import ResumePlan, explicit_fields, plan_resume
@@ -36,6 +36,8 @@ def open_run(
     that differ from ``TrainConfig()``)."""
     run_dir = Path(out) if out is not None else default_run_dir(cfg.model.method, cfg.model.arch)
     run_dir = Path(broadcast_object(str(run_dir), ctx))
+    if ctx.is_main:
+        check_not_held(run_dir)  # another process trains here: refuse before the data load
     ckpt: dict[str, Any] | None = None
     plan: ResumePlan | None = None
     if resume:

@@ -78,7 +78,10 @@ def _worker(r: int, init: str, out: str) -> None:
 @pytest.mark.slow
 def test_two_process_gloo(tmp_path: Path) -> None:
     init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_worker, args=(init, str(tmp_path)), nprocs=2, join=True)
+    # forked, as DataLoader workers are: the ranks start with torch and collapsekit imported
+    # (spawned, each spent seconds importing them and MONAI again)
+    mp.start_processes(_worker, args=(init, str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")  # fmt: skip
     res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
     # ZCA under DDP whitens each rank's batch on its own (like shuffle-BN): the reference is one

@@ -1,4 +1,8 @@
-"""Two CPU processes under torchrun (gloo) against one process on the same global batch."""
+"""Two CPU processes under torchrun (gloo) against one process on the same global batch.
+
+The one-process reference runs ``collapsekit train`` in this (pytest's) process, with one thread
+as the torchrun ranks have: only the two-process run needs new processes.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from typer.testing import CliRunner
 
+from collapsekit.cli.app import app
 from collapsekit.runs.checkpoint import load_checkpoint
 
 ARGS = [
@@ -46,15 +53,29 @@ def _run(cmd: list[str], cwd: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def _run_here(cfg: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``collapsekit train`` on one process: this one (torch is imported already)."""
+    monkeypatch.chdir(out.parent)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks' OMP_NUM_THREADS=1 (conftest's setting, restated)
+    try:
+        res = CliRunner().invoke(app, [*ARGS, str(cfg), "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["mocov2", "local+zca"])
-def test_two_process_ddp_matches_single_process(tmp_path: Path, method: str) -> None:
+def test_two_process_ddp_matches_single_process(
+    tmp_path: Path, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "cfg.toml"
     # prefilled keys depend on which samples share BatchNorm statistics, and key shuffles differ
     # between one and two processes: compare the training steps alone
     cfg.write_text(CONFIG.format(method=method, prefill="false"))
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    _run([sys.executable, "-m", "collapsekit", *ARGS, str(cfg), "--out", str(single)], tmp_path)
+    _run_here(cfg, single, monkeypatch)
     _run(
         [
             sys.executable,
@@ -83,11 +104,13 @@ def test_two_process_ddp_matches_single_process(tmp_path: Path, method: str) -> 
 
 
 @pytest.mark.slow
-def test_two_process_prefill_fills_the_queue_like_one_process(tmp_path: Path) -> None:
+def test_two_process_prefill_fills_the_queue_like_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(CONFIG.format(method="mocov2", prefill="true"))
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    _run([sys.executable, "-m", "collapsekit", *ARGS, str(cfg), "--out", str(single)], tmp_path)
+    _run_here(cfg, single, monkeypatch)
     _run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
         + ["-m", "collapsekit", *ARGS, str(cfg), "--out", str(ddp)],

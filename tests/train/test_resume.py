@@ -2,8 +2,8 @@
 
 Unit tests of :func:`~collapsekit.train.resume.plan_resume`, then real runs: a finished run is left
 byte for byte as it was, conflicting flags are refused naming each, runtime settings may change
-and are reported, ``--steps`` extends; and two real ``collapsekit train`` processes on one
-``--out``: the second is refused in one line naming the first, whose metrics stay its own.
+and are reported, ``--steps`` extends; and a second ``collapsekit train`` on the ``--out`` of a
+real training process is refused in one line naming the first, whose metrics stay its own.
 """
 
 from __future__ import annotations
@@ -147,8 +147,11 @@ def _cmd(cfg: Path, out: Path, *extra: str) -> list[str]:
             "--out", str(out), *extra]  # fmt: skip
 
 
-@pytest.mark.slow  # two real processes, ~40 s
+@pytest.mark.slow  # one real process, ~10 s
 def test_second_train_process_on_one_out_is_refused(tmp_path: Path) -> None:
+    """The second ``collapsekit train`` runs in this (pytest's) process: the lock is an flock on
+    the directory, held per open file, so this process is refused like any other; it is refused
+    before it loads any data, while the first keeps training."""
     cfg = tmp_path / "c.toml"
     cfg.write_text(TINY)
     run = tmp_path / "run"
@@ -159,18 +162,19 @@ def test_second_train_process_on_one_out_is_refused(tmp_path: Path) -> None:
         for line in first.stderr:  # a progress line of step 1: the first holds the run
             if line.startswith("train "):
                 break
-        second = subprocess.run(_cmd(cfg, run, "--overwrite"), cwd=tmp_path, env=_env(),
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        second = _train(cfg, run, "--steps", "400", "--overwrite")
         assert first.poll() is None, "the first run ended before the second tried"
     finally:
         first.send_signal(signal.SIGTERM)
         out, err = first.communicate(timeout=120)
-    assert second.returncode == 2, second.stderr[-3000:]
+    assert second.exit_code == 2, second.output[-3000:]
     errors = [x for x in second.stderr.splitlines() if x.startswith("error")]
     assert errors and errors[0].startswith(
         f"error: {run} is in use by another training process (PID {first.pid}: "
-    ), second.stderr[-3000:]
-    assert len(errors) == 1 and "Traceback" not in second.stderr
+    ), second.output[-3000:]
+    assert len(errors) == 1 and "Traceback" not in second.output
+    # refused before its data load (a plain progress line "loading volumes ..." ends each load)
+    assert "loading" not in second.stderr, second.stderr[-3000:]
     assert first.returncode == 143, err[-3000:]  # stopped cleanly by our SIGTERM, checkpointed
     ckpt = load_checkpoint(run / "checkpoint.pt")
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]

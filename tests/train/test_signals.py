@@ -3,6 +3,9 @@ the exit code is 128 + the signal (143, 130), and ``--resume`` replays an uninte
 
 stderr is a pipe here, so the CLI prints plain progress lines; ``COLLAPSEKIT_PROGRESS_SECONDS=0``
 prints one per step, which tells the test that the training loop (and its handlers) is running.
+The runs that are not signalled (the uninterrupted reference, the ``--resume`` after a signal) run
+``collapsekit train`` in this (pytest's) process, single-threaded like the subprocesses: they read
+and write the same files, without the seconds a new process spends importing torch.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from typer.testing import CliRunner
 
+from collapsekit.cli.app import app
 from collapsekit.runs.checkpoint import load_checkpoint
 
 # 24 slices a volume: an epoch is ~8 steps, so a run checkpoints and monitors at a few epoch ends
@@ -42,15 +48,27 @@ def _env() -> dict[str, str]:
             "COLLAPSEKIT_PROGRESS_SECONDS": "0"}  # fmt: skip
 
 
+def _train_here(cmd: list[str], cwd: Path) -> None:
+    """``cmd`` (a ``collapsekit`` command line of :func:`_cmd`) run in this process, in ``cwd``
+    and on one thread (as ``OMP_NUM_THREADS=1``); it must succeed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(cwd)
+            res = CliRunner().invoke(app, cmd[3:])  # without: python -m collapsekit
+    finally:
+        torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output[-3000:]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted_losses(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
     """The losses of the run without a signal (one run for both signals)."""
     tmp = tmp_path_factory.mktemp("full")
     cfg = tmp / "cfg.toml"
     cfg.write_text(CONFIG)
-    full = subprocess.run(_cmd(cfg, tmp / "full", "-q"), cwd=tmp, env=_env(),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert full.returncode == 0, full.stderr[-3000:]
+    _train_here(_cmd(cfg, tmp / "full", "-q"), tmp)
     return load_checkpoint(tmp / "full" / "checkpoint.pt")["losses"]
 
 
@@ -83,9 +101,7 @@ def test_signal_checkpoints_and_resume_replays(
     ]
     assert not list(run.glob(".*.tmp"))
 
-    resumed = subprocess.run(_cmd(cfg, run, "--resume", "-q"), cwd=tmp_path, env=_env(),
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _train_here(_cmd(cfg, run, "--resume", "-q"), tmp_path)
     a = uninterrupted_losses
     b = load_checkpoint(run / "checkpoint.pt")["losses"]
     assert len(a) == len(b) == STEPS
