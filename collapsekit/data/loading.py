@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 import numpy as np
@@ -288,30 +289,34 @@ def _run_pool(
     """
     pool = worker_pool(workers)
     running: dict[Future[tuple[Volume | None, bool]], tuple[str, CaseRecord]] = {}
+    # Finished futures arrive on a queue written in C, not through concurrent.futures.wait():
+    # wait() holds every future's lock while it sets up, and a Ctrl-C or SIGTERM raised in there
+    # left a lock held forever, so the pool's shutdown (which cancels those futures) hung.
+    finished: SimpleQueue[Future[tuple[Volume | None, bool]]] = SimpleQueue()
     try:
         for digest, rec in jobs:
             fut = pool.submit(
                 _preprocess_job, rec, preprocess, phantom, cache, digest, keys[digest], direct
             )
             running[fut] = (digest, rec)
+            fut.add_done_callback(finished.put)
         while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                digest, rec = running.pop(fut)
-                try:
-                    result = fut.result()
-                except CollapsekitError as e:
-                    raise e.with_traceback(None) from None
-                except BrokenProcessPool:
-                    cases = sorted({rec.case_id, *(r.case_id for _, r in running.values())})
-                    raise DataError(
-                        f"a preprocessing worker process died while preprocessing case {rec.case_id}"
-                        + (f" ({rec.image})" if rec.image else "")
-                        + f" with {len(cases)} cases pending: killed (out of memory?) or could not "
-                        "start (a script must guard its top level with `if __name__ == "
-                        "'__main__':`); retry with fewer --preprocess-workers, or 0"
-                    ) from None
-                done(digest, result)
+            fut = finished.get()
+            digest, rec = running.pop(fut)
+            try:
+                result = fut.result()
+            except CollapsekitError as e:
+                raise e.with_traceback(None) from None
+            except BrokenProcessPool:
+                cases = sorted({rec.case_id, *(r.case_id for _, r in running.values())})
+                raise DataError(
+                    f"a preprocessing worker process died while preprocessing case {rec.case_id}"
+                    + (f" ({rec.image})" if rec.image else "")
+                    + f" with {len(cases)} cases pending: killed (out of memory?) or could not "
+                    "start (a script must guard its top level with `if __name__ == "
+                    "'__main__':`); retry with fewer --preprocess-workers, or 0"
+                ) from None
+            done(digest, result)
     finally:
         # Ctrl-C, SIGTERM or an error: queued jobs are cancelled and the volumes being decoded
         # finish (a worker killed while it sends a result would leave the pool's reader thread
