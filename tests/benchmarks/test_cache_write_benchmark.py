@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -15,22 +13,15 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "cache_write.py"
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cache_write_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/stat")
-def test_cache_write_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cache_write_benchmark_smoke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], load_script
+) -> None:
     # In this process, as test_end_to_end_benchmark.py runs its script: a subprocess would spend
     # most of its CPU importing torch and MONAI (collapsekit.data) before writing a byte.
     out = tmp_path / "w.json"
     args = ["--dir", str(tmp_path / "d"), "--files", "2", "--repeats", "1", "--settle", "0"]
-    _script().main([*args, "--out", str(out)])
+    load_script(SCRIPT).main([*args, "--out", str(out)])
     assert f"wrote {out}" in capsys.readouterr().out
     res = json.loads(out.read_text())
     assert res["file_bytes"] == 512 * 512 * 100 * 2

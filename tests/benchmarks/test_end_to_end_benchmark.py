@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -17,17 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "end_to_end.py"
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("end_to_end_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_steady_rate_leaves_out_warmup_and_epoch_ends() -> None:
-    e2e = _script()
+def test_steady_rate_leaves_out_warmup_and_epoch_ends(load_script) -> None:
+    e2e = load_script(SCRIPT)
     # steps end at t = 1, 2, ..., except a 10 s pause after step 4 (an epoch end) and a slow
     # first step after it
     times = [1.0, 2.0, 3.0, 4.0, 14.0, 16.0, 17.0, 18.0]
@@ -41,13 +29,13 @@ def test_steady_rate_leaves_out_warmup_and_epoch_ends() -> None:
 
 
 @pytest.mark.slow  # ~1 min on 2 shared cores: 2 feeds x (2 step-only + 1 training) at 32 px
-def test_end_to_end_benchmark_writes_consistent_json(tmp_path: Path) -> None:
+def test_end_to_end_benchmark_writes_consistent_json(tmp_path: Path, load_script) -> None:
     out = tmp_path / "e2e.json"
     args = "--device cpu --image-size 32 --batch 4 --steps 3 --step-only-steps 2 --warmup 1"
     args += " --phantom-cases 4 --phantom-size 32 --phantom-slices 8 --workers 0"
     args += " --methods mocov2 --queue-size 16 --monitor-samples 8 --device-augment off,on"
     args += " --final-samples 0"  # no evaluation phantom for the runs' final spectra
-    _script().main([*args.split(), "--out", str(out)])
+    load_script(SCRIPT).main([*args.split(), "--out", str(out)])
     res = json.loads(out.read_text())
     assert set(res) == {"config", "machine", "results"}
     m = res["machine"]

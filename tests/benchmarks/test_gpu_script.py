@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -18,18 +16,9 @@ SCRIPT = ROOT / "benchmarks" / "gpu.py"
 METHODS = ("mocov2", "local", "zca", "local+zca")
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_gpu_script_cpu_fallback_writes_sane_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], load_script
 ) -> None:
     # In this process (torch is imported already): the script's own start as a process is
     # test_gpu_script_refuses_cuda_without_a_gpu's. The fewest untimed calls and ZCA repeats:
@@ -37,7 +26,7 @@ def test_gpu_script_cpu_fallback_writes_sane_json(
     out = tmp_path / "gpu.json"
     args = ["--quick", "--device", "cpu", "--out", str(out), "--threads", "1", "--warmup", "0"]
     args += ["--zca-warmup", "0", "--zca-repeats", "1"]
-    assert _script().main(args) == 0
+    assert load_script(SCRIPT).main(args) == 0
     stdout = capsys.readouterr().out
     res = json.loads(out.read_text())
 
